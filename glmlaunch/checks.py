@@ -1,0 +1,381 @@
+"""Recipe × allocation checks: every rule of the trainer contract §4 a launcher can check before
+any node is touched. Each rule names the recipe field, the numbers, and its source (the miles or
+Megatron line, or the SGLang check). :func:`check_all` returns every finding, not just the first.
+
+The deep checks that need megatron-core or SGLang live in :mod:`glmlaunch.deep`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING
+
+from .errors import Finding
+from .hosts import Allocation
+from .models import BLACKWELL, HARDWARE_GPUS, MODELS
+from .recipe import Recipe
+
+if TYPE_CHECKING:
+    from .plan import LaunchPlan
+
+MEGATRON = "Megatron-LM megatron/training/arguments.py"
+MILES_ARGS = "miles/utils/arguments.py"
+
+
+def _err(out: list[Finding], field: str, message: str, rule: str, source: str, severity: str = "error") -> None:
+    out.append(Finding(field=field, message=message, rule=rule, source=source, severity=severity))
+
+
+def check_cluster(recipe: Recipe, alloc: Allocation, gpus: int, out: list[Finding]) -> None:
+    """Nodes and GPUs of the allocation against the recipe."""
+    c = recipe.cluster
+    n = alloc.num_nodes
+    where = f"{alloc.origin}" if alloc.origin else "the allocation"
+    if c.nodes is not None and n != c.nodes:
+        _err(out, "cluster.nodes",
+             f"the recipe wants {c.nodes} nodes but {where} has {n}; set cluster.nodes={n} or use a hostfile with {c.nodes} nodes",
+             "nodes in allocation == cluster.nodes", "glmlaunch (the seed's silent short cluster, contract §6.1)")
+    if alloc.gpus_per_node and c.gpus_per_node and alloc.gpus_per_node != c.gpus_per_node:
+        _err(out, "cluster.gpus_per_node",
+             f"{where} says slots={alloc.gpus_per_node} but the recipe says {c.gpus_per_node}; make them agree",
+             "hostfile slots == cluster.gpus_per_node", "miles --num-gpus-per-node must equal the physical GPUs (slime PR #2012)")
+    if not gpus and recipe.trainer.kind == "miles":
+        _err(out, "cluster.gpus_per_node",
+             "GPUs per node unknown: the hostfile has no slots and the recipe sets none",
+             "GPUs per node known", "glmlaunch", )
+    hw = HARDWARE_GPUS.get(c.hardware)
+    if hw and gpus and gpus != hw and recipe.trainer.kind == "miles":
+        _err(out, "cluster.hardware",
+             f"{c.hardware} nodes have {hw} GPUs, but the launch uses {gpus} per node; fix cluster.hardware or the slots",
+             "GPUs per node == hardware's", "miles command_utils.py NUM_GPUS_OF_HARDWARE", "warning")
+    if n > 1:
+        for h in alloc.hosts:
+            if h.is_loopback:
+                _err(out, "hosts", f"{h.source or h.name}: {h.address} is a loopback address in a {n}-node cluster; "
+                     "other nodes cannot reach it — use the node's cluster IP",
+                     "multi-node addresses are routable", "contract §6.4 (MASTER_ADDR left at 127.0.0.1)")
+
+
+def check_layout(recipe: Recipe, alloc: Allocation, gpus: int, out: list[Finding]) -> dict:
+    """Megatron parallel sizes against the world and the model (contract §4 rows 1-7)."""
+    from .plan import actor_nodes, effective_layout
+
+    spec = MODELS.get(recipe.model.type)
+    if spec is None:
+        _err(out, "model.type", f"unknown model '{recipe.model.type}'; use one of {', '.join(sorted(MODELS))}",
+             "known model", "miles scripts/models/")
+        return {}
+    n = alloc.num_nodes
+    lay = effective_layout(recipe, n)
+    src = lay["source"]
+    tp, pp, cp, ep, etp = lay["tp"], lay["pp"], lay["cp"], lay["ep"], lay["etp"]
+    a_nodes = actor_nodes(recipe, n)
+    world = a_nodes * gpus
+    info = {"world": world, "tp": tp, "pp": pp, "cp": cp, "ep": ep, "etp": etp}
+    if not gpus:
+        return info
+    c = recipe.cluster
+    total = n * gpus
+    if c.colocate:
+        if a_nodes != n:
+            _err(out, "cluster.actor_nodes",
+                 f"colocated training uses every node: actor_nodes={a_nodes} but the cluster has {n} nodes",
+                 "colocate: actor GPUs == cluster GPUs", f"{MILES_ARGS}:3296-3317; miles/ray/placement_group.py:92-105")
+    else:
+        used = world + c.rollout_gpus
+        if used > total:
+            _err(out, "cluster.rollout_gpus",
+                 f"actor {world} GPUs + rollout {c.rollout_gpus} GPUs = {used} > the cluster's {total}; the placement group would wait forever",
+                 "actor + rollout GPUs <= cluster GPUs", "miles/ray/placement_group.py:60 (no timeout)")
+        elif used < total:
+            _err(out, "cluster.rollout_gpus",
+                 f"actor {world} + rollout {c.rollout_gpus} GPUs = {used}, but the cluster has {total}: {total - used} GPUs stay idle",
+                 "actor + rollout GPUs == cluster GPUs", "miles/ray/placement_group.py:92-105", "warning")
+        if c.rollout_gpus == 0:
+            _err(out, "cluster.rollout_gpus", "not colocated but no rollout GPUs: set cluster.rollout_gpus",
+                 "non-colocate needs rollout GPUs", f"{MILES_ARGS}:3296-3317")
+    f = {k: f"parallelism.{k}" if src == "parallelism" else f"{src}.{k}" for k in ("tp", "pp", "cp", "ep", "etp")}
+    mp = tp * pp * cp
+    if world % mp:
+        _err(out, f"{f['tp']}/{f['pp']}/{f['cp']}",
+             f"world size {world} (actor {a_nodes} nodes × {gpus} GPUs) is not divisible by TP·PP·CP = {tp}·{pp}·{cp} = {mp}",
+             "world % (TP*PP*CP) == 0", f"{MEGATRON}:314-319")
+    emp = etp * ep * pp
+    if world % emp:
+        _err(out, f"{f['etp']}/{f['ep']}/{f['pp']}",
+             f"world size {world} is not divisible by ETP·EP·PP = {etp}·{ep}·{pp} = {emp}",
+             "world % (ETP*EP*PP) == 0", "megatron/core/parallel_state.py:797 (fires in actor init)")
+    first, last = lay["decoder_first_pipeline_num_layers"], lay["decoder_last_pipeline_num_layers"]
+    layers = spec.num_layers
+    if first or last:
+        inner = pp - (1 if first else 0) - (1 if last else 0)
+        rest = layers - (first or 0) - (last or 0)
+        if inner < 0 or rest < 0 or (inner == 0 and rest != 0) or (inner > 0 and rest % inner):
+            _err(out, "parallelism.decoder_last_pipeline_num_layers",
+                 f"{layers} layers with first={first or '-'} last={last or '-'} do not split evenly over the other {inner} of PP={pp} stages",
+                 "uneven PP split consistent", f"{MEGATRON}:623-636")
+    elif layers % pp:
+        _err(out, f["pp"],
+             f"{layers} layers ({recipe.model.type}) are not divisible by PP={pp}; pick a PP dividing {layers} "
+             "or set parallelism.decoder_last_pipeline_num_layers",
+             "num_layers % PP == 0", f"{MEGATRON}:623-636")
+    if spec.num_experts % ep:
+        _err(out, f["ep"], f"{spec.num_experts} experts are not divisible by EP={ep}",
+             "num_experts % EP == 0", f"{MEGATRON}:1089-1092")
+    if spec.num_attention_heads % tp:
+        _err(out, f["tp"], f"{spec.num_attention_heads} attention heads are not divisible by TP={tp}",
+             "heads % TP == 0", "megatron/core/transformer/transformer_config.py")
+    if spec.num_query_groups % tp:
+        _err(out, f["tp"], f"{spec.num_query_groups} query groups are not divisible by TP={tp}",
+             "query groups % TP == 0", f"{MEGATRON} (num_query_groups % tensor_model_parallel_size)")
+    if recipe.parallelism.sequence_parallel and tp == 1:
+        _err(out, "parallelism.sequence_parallel", "sequence parallelism is silently turned off by Megatron when TP=1",
+             "SP needs TP > 1", f"{MEGATRON}:971-977", "warning")
+    info["dp"] = world // mp if mp and world % mp == 0 else None
+    return info
+
+
+def check_sglang(recipe: Recipe, alloc: Allocation, gpus: int, out: list[Finding]) -> None:
+    """Rollout engine sizes (contract §4 rows 12-16)."""
+    from .plan import rollout_gpus
+
+    s = recipe.sglang
+    spec = MODELS.get(recipe.model.type)
+    rg = rollout_gpus(recipe, alloc.num_nodes, gpus)
+    g = s.gpus_per_engine
+    if not gpus or not rg:
+        return
+    unit = min(g, gpus)
+    if rg % unit:
+        _err(out, "sglang.gpus_per_engine",
+             f"{rg} rollout GPUs are not divisible by min(gpus_per_engine={g}, GPUs per node={gpus}) = {unit}; "
+             f"{rg % unit} GPUs would be wasted", "rollout GPUs % min(engine GPUs, GPUs/node) == 0",
+             "miles/ray/rollout/rollout_server.py:47-49")
+    if g > gpus and g % gpus:
+        _err(out, "sglang.gpus_per_engine",
+             f"an engine of {g} GPUs spans nodes of {gpus} GPUs but is not a whole number of nodes",
+             "engine GPUs % GPUs/node == 0 when > 1 node", "miles sglang_engine.py:711")
+    if g > rg:
+        _err(out, "sglang.gpus_per_engine", f"an engine needs {g} GPUs but rollout has only {rg}",
+             "engine GPUs <= rollout GPUs", "miles/ray/rollout/rollout_server.py:47-49")
+    dp = s.dp_size or 1
+    if dp > 1 and not s.enable_dp_attention:
+        _err(out, "sglang.dp_size", f"dp_size={dp} needs sglang.enable_dp_attention = true",
+             "dp_size > 1 requires dp-attention", "miles/backends/sglang_utils/arguments.py:193-194")
+    if g % dp:
+        _err(out, "sglang.dp_size", f"engine TP {g} (= gpus_per_engine) is not divisible by dp_size={dp}",
+             "engine TP % dp == 0", "sglang ServerArgs (tp_size % attn_dp_size)")
+    ep = s.ep_size or 1
+    if ep not in (1, g):
+        _err(out, "sglang.ep_size", f"ep_size={ep} must be 1 or the engine's TP ({g})",
+             "sglang ep ∈ {1, engine TP}", "SGLang MoE (accepted by ServerArgs but wrong; deps.md §6)")
+    if spec and spec.num_experts % ep:
+        _err(out, "sglang.ep_size", f"{spec.num_experts} experts are not divisible by ep_size={ep}",
+             "experts % sglang ep == 0", "SGLang MoE expert placement")
+    if s.moe_dense_tp_size not in (None, 1, g):
+        _err(out, "sglang.moe_dense_tp_size", f"moe_dense_tp_size={s.moe_dense_tp_size} must be 1 or the engine's TP ({g})",
+             "moe-dense-tp ∈ {1, tp}", "sglang check_server_args")
+    if (s.fp8_rollout or s.fp8_kv_cache) and recipe.cluster.hardware not in BLACKWELL:
+        field = "sglang.fp8_rollout" if s.fp8_rollout else "sglang.fp8_kv_cache"
+        _err(out, field, f"FP8 rollout / FP8 KV cache are Blackwell-only, but cluster.hardware = {recipe.cluster.hardware}",
+             "FP8 on Blackwell", "miles scripts/run_glm45_355b_a32b.py (Blackwell options)")
+
+
+def check_batches(recipe: Recipe, dp: int | None, cp: int, out: list[Finding]) -> None:
+    """Batch arithmetic (contract §4 rows 22, 24-26)."""
+    from .plan import debug_minimal
+
+    r = debug_minimal(recipe)
+    ro = r.rollout
+    total = ro.rollout_batch_size * ro.n_samples_per_prompt
+    if total % ro.num_steps_per_rollout:
+        _err(out, "rollout.num_steps_per_rollout",
+             f"rollout_batch_size·n_samples_per_prompt = {ro.rollout_batch_size}·{ro.n_samples_per_prompt} = {total} "
+             f"is not divisible by num_steps_per_rollout={ro.num_steps_per_rollout}",
+             "(rbs*n) % steps == 0", f"{MILES_ARGS}:3431-3439")
+    gbs = total // ro.num_steps_per_rollout
+    if ro.global_batch_size is not None and ro.global_batch_size != gbs:
+        _err(out, "rollout.global_batch_size",
+             f"global_batch_size={ro.global_batch_size} but rollout_batch_size·n_samples/steps = {gbs}; the trainer refuses a mismatch",
+             "gbs == rbs*n/steps", f"{MILES_ARGS}:3431-3439")
+    gbs = ro.global_batch_size or gbs
+    if dp and gbs % dp:
+        _err(out, "rollout.global_batch_size",
+             f"global batch {gbs} is not divisible by data-parallel size {dp}; {gbs % dp} samples per step would be dropped silently",
+             "gbs % DP == 0", "miles/backends/training_utils/data.py:465-466")
+    if ro.dynamic_sampling and ro.over_sampling_batch_size is not None and ro.over_sampling_batch_size < ro.rollout_batch_size:
+        _err(out, "rollout.over_sampling_batch_size",
+             f"over_sampling_batch_size={ro.over_sampling_batch_size} < rollout_batch_size={ro.rollout_batch_size}",
+             "over_sampling >= rollout batch", f"{MILES_ARGS}:3450")
+    if ro.num_rollout is None:
+        _err(out, "rollout.num_rollout", "num_rollout is not set; the trainer needs num_rollout (or num_epoch)",
+             "num_rollout required", f"{MILES_ARGS}:3455-3467")
+    p = r.parallelism
+    if p.use_dynamic_batch_size and not p.max_tokens_per_gpu:
+        _err(out, "parallelism.max_tokens_per_gpu", "use_dynamic_batch_size needs max_tokens_per_gpu",
+             "dynamic batch needs max tokens", f"{MILES_ARGS}:3155-3158")
+    if p.max_tokens_per_gpu:
+        need = ro.rollout_max_response_len + (ro.prompt_len or 0)
+        budget = p.max_tokens_per_gpu * cp
+        if need > budget:
+            _err(out, "parallelism.max_tokens_per_gpu",
+                 f"a sample of up to {need} tokens exceeds max_tokens_per_gpu·CP = {p.max_tokens_per_gpu}·{cp} = {budget}; "
+                 "it gets its own micro-batch (risk of OOM)", "sample len <= max_tokens*CP",
+                 "miles/utils/data.py:277-288", "warning")
+
+
+def check_flags(recipe: Recipe, out: list[Finding]) -> None:
+    """Flag logic the trainer enforces in parse_args (contract §4 rows 7, 18-21, 27-30, 35)."""
+    from .plan import checkpoint_paths
+
+    al = recipe.algorithm
+    if float(al.kl_coef or 0) != 0 and float(al.kl_loss_coef or 0) != 0:
+        _err(out, "algorithm.kl_coef", f"kl_coef={al.kl_coef} and kl_loss_coef={al.kl_loss_coef} are both non-zero; set one to 0",
+             "not both kl_coef and kl_loss_coef", f"{MILES_ARGS}:3134")
+    if al.use_tis and al.use_rollout_logprobs:
+        _err(out, "algorithm.use_tis", "use_tis and use_rollout_logprobs exclude each other",
+             "use_tis xor use_rollout_logprobs", f"{MILES_ARGS}:3142-3143")
+    o = recipe.optimizer
+    if o.cpu_offload and not o.precision_aware:
+        _err(out, "optimizer.precision_aware", "optimizer.cpu_offload needs precision_aware = true",
+             "--optimizer-cpu-offload requires --use-precision-aware-optimizer", f"{MEGATRON}:1254-1258")
+    if o.overlap_cpu_optimizer_d2h_h2d and not o.cpu_offload:
+        _err(out, "optimizer.overlap_cpu_optimizer_d2h_h2d", "overlapping CPU optimizer copies does nothing without cpu_offload",
+             "overlap needs offload", "megatron OptimizerConfig", "warning")
+    if o.precision_aware and o.optimizer != "adam":
+        _err(out, "optimizer.optimizer", "the precision-aware optimizer only supports adam",
+             "precision-aware needs adam", "megatron.core.optimizer.OptimizerConfig")
+    ev = recipe.eval
+    if ev.enabled and ev.interval and not (ev.prompt_data or recipe.rollout.task):
+        _err(out, "eval.prompt_data", "eval.interval is set but there is no eval data",
+             "eval_interval needs eval data", f"{MILES_ARGS}:3060-3061")
+    paths = checkpoint_paths(recipe)
+    if recipe.checkpoint.save_interval and not paths["save"]:
+        _err(out, "checkpoint.save", "save_interval is set but checkpoint.save is empty",
+             "save_interval requires --save", f"{MILES_ARGS}:3075-3076")
+    if paths["save"] and not recipe.checkpoint.save_interval:
+        _err(out, "checkpoint.save_interval", "checkpoint.save is set without save_interval; Megatron refuses",
+             "--save requires --save-interval", "Megatron validate_args (contract addendum #35)")
+    if not paths["load"]:
+        _err(out, "checkpoint.load",
+             "no --load: a restarted run would start from --ref-load again instead of its own checkpoints",
+             "--load set", f"{MILES_ARGS}:3035-3057", "warning")
+    wt = recipe.weight_transfer.mode
+    if recipe.cluster.colocate and wt in ("p2p", "disk-delta"):
+        _err(out, "weight_transfer.mode", f"'{wt}' weight transfer does not work with cluster.colocate = true",
+             "p2p/disk-delta need non-colocate", f"{MILES_ARGS}:3263-3295")
+    if not recipe.cluster.colocate and wt == "colocate":
+        _err(out, "weight_transfer.mode", "cluster.colocate = false needs weight_transfer.mode p2p or broadcast",
+             "non-colocate needs a transfer mode", f"{MILES_ARGS}:3263-3295")
+    if al.advantage_estimator == "grpo" and float(al.eps_clip) < 1e-3:
+        _err(out, "algorithm.eps_clip",
+             f"eps_clip={al.eps_clip} is a sequence-ratio band (GSPO); under token-level GRPO it clips almost every token",
+             "GSPO-sized clip under GRPO", "miles run_glm45_355b_a32b.py ('TODO wrong?'), contract §5", "warning")
+
+
+def check_paths(recipe: Recipe, out: list[Finding]) -> None:
+    """Paths are absolute, under a real base_dir, and carry no unexpanded variables."""
+    from .plan import checkpoint_paths, task_paths
+
+    base = recipe.run.base_dir
+    if not base.startswith("/") or base.rstrip("/") == "":
+        _err(out, "run.base_dir", f"base_dir '{base}' must be an absolute directory on a filesystem every node mounts",
+             "base_dir absolute, not /", "the seed's unset $BASE_DIR (contract §6.21)")
+    if recipe.trainer.kind != "miles":
+        return
+    items = {f"checkpoint.{k}": v for k, v in checkpoint_paths(recipe).items()}
+    tp = task_paths(recipe)
+    items["rollout.prompt_data"] = tp["prompt_data"]
+    items["eval.prompt_data"] = tp["eval_data"]
+    items["trainer.miles_dir"] = recipe.trainer.miles_dir
+    items["trainer.megatron_dir"] = recipe.trainer.megatron_dir
+    for field, v in items.items():
+        if not v:
+            continue
+        if "$" in v or "{" in v:
+            _err(out, field, f"'{v}' still holds a variable; give a concrete path", "no unexpanded variables",
+                 "contract (c)1")
+        elif not v.startswith("/"):
+            _err(out, field, f"'{v}' is not an absolute path", "absolute paths", "contract (c)6")
+
+
+def check_argv(plan: LaunchPlan, out: list[Finding]) -> None:
+    """The rendered trainer argv and env are well formed (contract (c)15): no empty values, no
+    ``${``, no ``--flag value`` glued into one token, each flag once, no secrets."""
+    seen: dict[str, int] = {}
+    for i, tok in enumerate(plan.argv):
+        if tok == "":
+            _err(out, "argv", f"token {i} is empty", "no empty tokens", "contract (c)15")
+        if "${" in tok:
+            _err(out, "argv", f"token {i} '{tok}' holds an unexpanded variable", "no ${VAR}", "contract (c)1")
+        if tok.startswith("--") and any(c.isspace() for c in tok):
+            _err(out, "argv", f"token '{tok}' holds a flag and its value in one token", "one token per word",
+                 "contract §3 bug 2 ('--sglang-load-format dummy')")
+        if tok.startswith("--"):
+            if tok in seen:
+                _err(out, "argv", f"{tok} appears twice (tokens {seen[tok]} and {i})", "each flag once",
+                     "contract (c)9 (argparse last-wins)")
+            seen[tok] = i
+    for k, v in plan.env_vars.items():
+        if "${" in v:
+            _err(out, f"env.vars.{k}", f"'{v}' holds an unexpanded variable", "no ${VAR} in the runtime env",
+                 "contract §1.3 (Ray expands it per node, unset becomes '')")
+        if v == "":
+            _err(out, f"env.vars.{k}", "empty value", "no empty values", "contract (c)15")
+    for k in plan.secret_env:
+        if any(k in tok for tok in plan.argv):
+            _err(out, "argv", f"the secret {k} appears in argv", "no secrets in argv", "contract (c)10")
+
+
+def check_ports(plan: LaunchPlan, out: list[Finding]) -> None:
+    """The port plan: distinct ports, worker range clear of the trainer's ranges (contract §4)."""
+    from .plan import TRAINER_PORT_RANGES
+
+    named = plan.ports.named()
+    vals = list(named.values())
+    if len(set(vals)) != len(vals):
+        _err(out, "ports", f"two Ray ports coincide: {named}", "distinct ports", "glmlaunch port plan")
+    lo, hi = plan.ports.min_worker, plan.ports.max_worker
+    if lo > hi:
+        _err(out, "ports.min_worker", f"worker port range {lo}-{hi} is empty", "min <= max", "ray start")
+    for name, (a, b) in TRAINER_PORT_RANGES.items():
+        if lo <= b and a <= hi:
+            _err(out, "ports.min_worker", f"Ray worker ports {lo}-{hi} overlap the {name} range {a}-{b}",
+                 "worker ports clear of trainer ranges", "miles addr_allocator.py:20-21 (PR #1819)")
+        for k, v in named.items():
+            if a <= v <= b:
+                _err(out, f"ports.{k}", f"port {v} is in the {name} range {a}-{b}", "ports clear of trainer ranges",
+                     "trainer contract §4 ports")
+        if plan.trainer_kind != "miles":
+            break
+    for v in vals:
+        if lo <= v <= hi:
+            _err(out, "ports", f"port {v} is inside the worker range {lo}-{hi}", "ports outside worker range", "ray start")
+    if plan.head_address in ("0.0.0.0", "::"):
+        _err(out, "hosts", "the head's address is a wildcard; the job API would listen on every interface",
+             "no wildcard bind", "contract: job API open on 0.0.0.0")
+    try:
+        ipaddress.ip_address(plan.head_address)
+    except ValueError:
+        if plan.num_nodes > 1 and plan.trainer_kind == "miles" and not plan.placeholder:
+            _err(out, "hosts", f"head address '{plan.head_address}' is not an IP literal; the miles router needs one",
+                 "IP literal addresses", "radixark/miles#3133", "warning")
+
+
+def check_all(recipe: Recipe, alloc: Allocation, plan: LaunchPlan | None = None) -> list[Finding]:
+    """Run every check; return all findings (errors first, then warnings)."""
+    from .plan import resolved_gpus_per_node
+
+    out: list[Finding] = []
+    gpus = resolved_gpus_per_node(recipe, alloc)
+    check_cluster(recipe, alloc, gpus, out)
+    check_paths(recipe, out)
+    if recipe.trainer.kind == "miles":
+        info = check_layout(recipe, alloc, gpus, out)
+        check_sglang(recipe, alloc, gpus, out)
+        check_batches(recipe, info.get("dp"), info.get("cp", 1), out)
+        check_flags(recipe, out)
+    if plan is not None:
+        check_argv(plan, out)
+        check_ports(plan, out)
+    return sorted(out, key=lambda f: f.severity != "error")

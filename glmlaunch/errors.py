@@ -1,0 +1,87 @@
+"""Errors and check findings shared by every glmlaunch module.
+
+Library code raises these and never prints or exits; the CLI turns them into messages
+and exit codes. Every error says what is wrong and what to do next.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class GlmlaunchError(Exception):
+    """Base class of every error glmlaunch raises on purpose.
+
+    ``hint`` is the next step for the user; the CLI prints it after the message.
+    """
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  fix: {self.hint}"
+
+
+class HostfileError(GlmlaunchError):
+    """A hostfile or Slurm allocation that cannot be used (names the file and line)."""
+
+
+class RecipeError(GlmlaunchError):
+    """A recipe file, field or override that cannot be used (names the field)."""
+
+
+class CheckFailed(GlmlaunchError):
+    """One or more checks failed; ``findings`` holds every finding, errors first."""
+
+    def __init__(self, findings: list[Finding]):
+        self.findings = sorted(findings, key=lambda f: f.severity != "error")
+        errors = [f for f in self.findings if f.severity == "error"]
+        super().__init__(
+            f"{len(errors)} check(s) failed:\n" + "\n".join(f"  - {f}" for f in errors),
+            "fix the recipe fields named above (or override them with --set KEY=VALUE) and run again",
+        )
+
+
+class TransportError(GlmlaunchError):
+    """A command could not be run on one or more hosts (per-host detail in ``failures``)."""
+
+    def __init__(self, message: str, failures: dict[str, str] | None = None, hint: str | None = None):
+        super().__init__(message, hint)
+        self.failures = failures or {}
+
+
+class ClusterError(GlmlaunchError):
+    """The Ray cluster could not be started or is not complete (names the hosts)."""
+
+    def __init__(self, message: str, missing: dict[str, str] | None = None, hint: str | None = None):
+        super().__init__(message, hint)
+        self.missing = missing or {}
+
+
+class JobError(GlmlaunchError):
+    """The trainer job could not be submitted, followed or stopped."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One result of a check.
+
+    ``field`` is the recipe field (dotted) or the input it concerns, ``rule`` the rule that was
+    applied and ``source`` where the rule comes from (the miles flag or file, the Megatron check,
+    the SGLang check). ``severity`` is ``"error"`` (launch refused) or ``"warning"``.
+    """
+
+    field: str
+    message: str
+    rule: str = ""
+    source: str = ""
+    severity: str = "error"
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __str__(self) -> str:
+        s = f"{self.field}: {self.message}"
+        if self.source:
+            s += f" [{self.source}]"
+        return s

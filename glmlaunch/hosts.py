@@ -1,0 +1,411 @@
+"""Hosts and allocations: read an MPI hostfile, pick the head node, resolve addresses.
+
+Formats accepted (one host per line; ``#`` starts a comment; blank lines are skipped):
+
+=============  ================================  ==========================================
+format         example                           who writes it
+=============  ================================  ==========================================
+OpenMPI        ``node1 slots=8 max_slots=8``     mpirun
+DeepSpeed      ``node1 slots=8``                 deepspeed ``_parse_hostfile``
+slime / miles  ``10.0.0.1 slot=8``               miles docs (``ip slot=8``; only column 1 read)
+MPICH / Hydra  ``node1:8``                       mpiexec, Intel MPI
+bare           ``node1``                         anything else
+=============  ================================  ==========================================
+
+A host may carry ``user@`` in front and ``ssh_port=N`` / ``ssh_user=NAME`` after it. ``slots``
+is the GPU count of the node. A node's *address* is the IP the cluster uses for it (Ray's
+``--node-ip-address``); names are resolved once, here, so that the head is identified by its
+resolved IP, never by comparing strings (the seed script's bug, trainer contract §1.2).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import HostfileError
+
+DEFAULT_HOSTFILE = "/root/mpi_rack_hostfile"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.\-]*[A-Za-z0-9_])?$")
+_KV_RE = re.compile(r"^([A-Za-z_]+)=(.*)$")
+
+
+@dataclass(frozen=True)
+class Host:
+    """One node of the cluster.
+
+    ``name``: as written (hostname or IP). ``address``: the resolved IP string used for Ray and
+    NCCL. ``slots``: GPUs on the node, or ``None`` when the hostfile does not say.
+    ``source``: ``"file:line"`` where the host came from, for error messages.
+    """
+
+    name: str
+    address: str
+    slots: int | None = None
+    ssh_user: str | None = None
+    ssh_port: int | None = None
+    source: str = ""
+
+    @property
+    def is_loopback(self) -> bool:
+        try:
+            return ipaddress.ip_address(self.address).is_loopback
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The nodes a launch runs on. ``hosts[0]`` is the head node.
+
+    ``gpus_per_node`` is the same for every node (mixed slot counts are refused).
+    ``origin`` says where the allocation came from: a hostfile path, ``"slurm:<jobid>"``,
+    ``"local"`` or ``"nodes"`` (a dry render from ``--nodes N``).
+    """
+
+    hosts: tuple[Host, ...]
+    gpus_per_node: int | None
+    origin: str = ""
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def head(self) -> Host:
+        return self.hosts[0]
+
+    @property
+    def workers(self) -> tuple[Host, ...]:
+        return self.hosts[1:]
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.hosts)
+
+    def with_gpus_per_node(self, gpus: int) -> Allocation:
+        return replace(self, gpus_per_node=gpus, hosts=tuple(replace(h, slots=gpus) for h in self.hosts))
+
+
+def resolve(name: str) -> str | None:
+    """Resolve a hostname or IP literal to one IP string (IPv4 preferred); ``None`` if it fails."""
+    try:
+        return str(ipaddress.ip_address(name.strip("[]")))
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return None
+    v4 = [i[4][0] for i in infos if i[0] == socket.AF_INET]
+    v6 = [i[4][0] for i in infos if i[0] == socket.AF_INET6]
+    return (v4 or v6 or [None])[0]
+
+
+def _parse_line(text: str, where: str) -> tuple[str, int | None, str | None, int | None]:
+    """Parse one hostfile line (comment already removed) into (name, slots, user, port)."""
+    tokens = text.split()
+    first, rest = tokens[0], tokens[1:]
+    user = None
+    if "@" in first:
+        user, first = first.split("@", 1)
+        if not user or not first:
+            raise HostfileError(f"{where}: cannot read host '{tokens[0]}'", "write it as user@host")
+    slots: int | None = None
+    # MPICH "host:8" or "[v6addr]:8"; a bare IPv6 address also contains ':'.
+    m = re.match(r"^\[([0-9A-Fa-f:.]+)\]:(\d+)$", first)
+    if m:
+        first, slots = m.group(1), int(m.group(2))
+    elif first.count(":") == 1:
+        host, _, n = first.partition(":")
+        if not n.isdigit():
+            raise HostfileError(
+                f"{where}: cannot read '{first}': the count after ':' must be a whole number",
+                "write host:8 (MPICH) or host slots=8 (OpenMPI)",
+            )
+        first, slots = host, int(n)
+    elif first.startswith("["):
+        first = first.strip("[]")
+    is_ip = True
+    try:
+        ipaddress.ip_address(first)
+    except ValueError:
+        is_ip = False
+    if not is_ip and not _NAME_RE.match(first):
+        raise HostfileError(f"{where}: '{first}' is not a hostname or IP address", "fix or remove this line")
+    port = None
+    for tok in rest:
+        kv = _KV_RE.match(tok)
+        if not kv:
+            raise HostfileError(
+                f"{where}: cannot read '{tok}' after the host name",
+                "use key=value: slots=8 (OpenMPI/DeepSpeed), slot=8 (miles), max_slots=8, ssh_user=NAME, ssh_port=22",
+            )
+        key, val = kv.group(1), kv.group(2)
+        if key in ("slots", "slot", "max_slots", "ssh_port"):
+            if not val.isdigit() or int(val) < (0 if key == "max_slots" else 1):
+                raise HostfileError(f"{where}: {key}={val} is not a positive whole number", f"write {key}=8")
+        if key in ("slots", "slot"):
+            if slots is not None and slots != int(val):
+                raise HostfileError(f"{where}: the GPU count is given twice ({slots} and {val})", "keep one")
+            slots = int(val)
+        elif key == "max_slots":
+            pass  # OpenMPI's oversubscription cap; the GPU count is slots
+        elif key == "ssh_port":
+            port = int(val)
+        elif key == "ssh_user":
+            user = val
+        else:
+            raise HostfileError(
+                f"{where}: unknown key '{key}'", "known keys: slots, slot, max_slots, ssh_user, ssh_port"
+            )
+    if slots is not None and slots < 1:
+        raise HostfileError(f"{where}: slots must be at least 1", "write slots=8")
+    return first, slots, user, port
+
+
+def parse_hostfile_text(
+    text: str, path: str = "<hostfile>", resolver: Callable[[str], str | None] = resolve
+) -> list[Host]:
+    """Parse hostfile text into hosts, in file order.
+
+    Raises :class:`HostfileError` naming ``path:line`` for an unreadable line, an empty file,
+    a host that does not resolve, a duplicate host (also one host given by name and by IP) and
+    mixed slot counts.
+    """
+    hosts: list[Host] = []
+    seen: dict[str, Host] = {}
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        where = f"{path}:{lineno}"
+        name, slots, user, port = _parse_line(line, where)
+        address = resolver(name)
+        if address is None:
+            raise HostfileError(
+                f"{where}: cannot resolve host '{name}'",
+                "use an IP address, or add the name to DNS or /etc/hosts on the launching machine",
+            )
+        if address in seen:
+            prev = seen[address]
+            same = "" if prev.name == name else f" ('{prev.name}' and '{name}' are the same address {address})"
+            raise HostfileError(
+                f"{where}: host '{name}' is listed twice{same}; first at {prev.source}",
+                "list each node once",
+            )
+        h = Host(name=name, address=address, slots=slots, ssh_user=user, ssh_port=port, source=where)
+        seen[address] = h
+        hosts.append(h)
+    if not hosts:
+        raise HostfileError(
+            f"{path}: no hosts (the file is empty or only has comments)",
+            "write one node per line, e.g. '10.0.0.1 slots=8'",
+        )
+    given = {h.slots for h in hosts if h.slots is not None}
+    if len(given) > 1:
+        detail = ", ".join(f"{h.name}={h.slots}" for h in hosts if h.slots is not None)
+        raise HostfileError(
+            f"{path}: nodes have different slot counts ({detail})",
+            "every node must have the same number of GPUs; fix the slots or remove the odd node",
+        )
+    if given and len(given) == 1 and any(h.slots is None for h in hosts):
+        missing = next(h for h in hosts if h.slots is None)
+        raise HostfileError(
+            f"{missing.source}: '{missing.name}' has no slot count while other lines do",
+            f"write slots={next(iter(given))} on every line, or on none",
+        )
+    return hosts
+
+
+def read_hostfile(
+    path: str | os.PathLike = DEFAULT_HOSTFILE,
+    head: str | None = None,
+    resolver: Callable[[str], str | None] = resolve,
+) -> Allocation:
+    """Read an MPI hostfile into an :class:`Allocation`.
+
+    ``head`` names the head node (a hostname or IP from the file, compared by resolved address);
+    default: the first host. Raises :class:`HostfileError` (file missing or unreadable, bad line,
+    duplicates, mixed slots, unknown head).
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise HostfileError(
+            f"{p}: hostfile not found",
+            "pass --hostfile PATH (one node per line, e.g. '10.0.0.1 slots=8'), or run inside a Slurm allocation",
+        ) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise HostfileError(f"{p}: cannot read hostfile ({e.__class__.__name__})", "pass a readable text file") from None
+    hosts = parse_hostfile_text(text, str(p), resolver)
+    hosts = choose_head(hosts, head, str(p), resolver)
+    slots = hosts[0].slots
+    return Allocation(hosts=tuple(hosts), gpus_per_node=slots, origin=str(p))
+
+
+def choose_head(
+    hosts: list[Host], head: str | None, origin: str, resolver: Callable[[str], str | None] = resolve
+) -> list[Host]:
+    """Move the host named ``head`` (matched by resolved address) to the front."""
+    if head is None:
+        return list(hosts)
+    addr = resolver(head)
+    for i, h in enumerate(hosts):
+        if h.address == addr or h.name == head:
+            return [h] + hosts[:i] + hosts[i + 1 :]
+    raise HostfileError(
+        f"--head {head}: not a host of {origin}",
+        f"pick one of: {', '.join(h.name for h in hosts)}",
+    )
+
+
+def from_hosts(names: Iterable[str], gpus_per_node: int | None = None, origin: str = "hosts") -> Allocation:
+    """Build an :class:`Allocation` from host names/IPs (first = head), resolving each."""
+    text = "\n".join(names)
+    hosts = parse_hostfile_text(text, origin)
+    if gpus_per_node is not None:
+        hosts = [replace(h, slots=gpus_per_node) for h in hosts]
+    return Allocation(hosts=tuple(hosts), gpus_per_node=gpus_per_node or hosts[0].slots, origin=origin)
+
+
+def local_allocation(gpus_per_node: int | None = None) -> Allocation:
+    """The launching machine alone, on loopback (the main job's default local cluster)."""
+    h = Host(name="localhost", address="127.0.0.1", slots=gpus_per_node, source="local")
+    return Allocation(hosts=(h,), gpus_per_node=gpus_per_node, origin="local")
+
+
+def placeholder_allocation(nodes: int, gpus_per_node: int) -> Allocation:
+    """Hosts ``node-0`` .. ``node-{N-1}`` for a dry render with ``--nodes N`` (no hostfile).
+
+    The addresses are the names themselves: the render shows where each node's IP goes.
+    """
+    if nodes < 1:
+        raise HostfileError(f"--nodes {nodes}: need at least 1 node", "pass --nodes 8")
+    if gpus_per_node < 1:
+        raise HostfileError(f"--gpus-per-node {gpus_per_node}: need at least 1 GPU", "pass --gpus-per-node 8")
+    hosts = tuple(Host(name=f"node-{i}", address=f"node-{i}", slots=gpus_per_node, source="--nodes") for i in range(nodes))
+    return Allocation(hosts=hosts, gpus_per_node=gpus_per_node, origin=f"--nodes {nodes}", extra={"placeholder": True})
+
+
+def _expand_nodelist(nodelist: str) -> list[str]:
+    """Expand ``node[01-03,07],gpu-a[1-2]`` with ``scontrol show hostnames`` where it exists,
+    else with python-hostlist (same results for ranges, lists, zero padding, several groups)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("scontrol"):
+        try:
+            out = subprocess.run(
+                ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=20, check=True
+            ).stdout.split()
+            if out:
+                return out
+        except (subprocess.SubprocessError, OSError):
+            pass
+    import hostlist
+
+    try:
+        return hostlist.expand_hostlist(nodelist)
+    except hostlist.BadHostlist as e:
+        raise HostfileError(f"SLURM_JOB_NODELIST={nodelist}: cannot expand ({e})", "check the Slurm allocation") from None
+
+
+def _slurm_gpus(env: dict) -> int | None:
+    """GPUs per node from SLURM_GPUS_ON_NODE, SLURM_GPUS_PER_NODE (``8`` or ``gpu:h100:8``) or
+    SLURM_JOB_GPUS / CUDA_VISIBLE_DEVICES (a list of ids)."""
+    for key in ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE"):
+        v = env.get(key, "").strip()
+        if v:
+            last = v.split(",")[0].split(":")[-1].split("(")[0]
+            if last.isdigit() and int(last) > 0:
+                return int(last)
+    for key in ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS"):
+        v = env.get(key, "").strip()
+        if v:
+            return len([x for x in v.split(",") if x])
+    return None
+
+
+def from_slurm(env: dict | None = None, head: str | None = None, resolver: Callable[[str], str | None] = resolve) -> Allocation:
+    """Read the current Slurm allocation: ``SLURM_JOB_NODELIST`` expanded (``scontrol show
+    hostnames`` where it exists), checked against ``SLURM_JOB_NUM_NODES``; GPUs per node from
+    ``SLURM_GPUS_ON_NODE`` and friends. Raises :class:`HostfileError` outside an allocation."""
+    env = dict(os.environ if env is None else env)
+    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+    if not nodelist:
+        raise HostfileError(
+            "not inside a Slurm allocation (SLURM_JOB_NODELIST is not set)",
+            "run inside salloc/sbatch, or pass --hostfile PATH",
+        )
+    names = _expand_nodelist(nodelist)
+    want = env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES")
+    if want and want.isdigit() and int(want) != len(names):
+        raise HostfileError(
+            f"SLURM_JOB_NODELIST={nodelist} expands to {len(names)} nodes but SLURM_JOB_NUM_NODES={want}",
+            "check the allocation (het jobs are not supported)",
+        )
+    gpus = _slurm_gpus(env)
+    job = env.get("SLURM_JOB_ID", "?")
+    origin = f"slurm:{job}"
+    hosts = []
+    for i, name in enumerate(names):
+        addr = resolver(name)
+        if addr is None:
+            raise HostfileError(f"{origin}: cannot resolve node '{name}'", "check DNS or /etc/hosts on the nodes")
+        hosts.append(Host(name=name, address=addr, slots=gpus, source=f"{origin}[{i}]"))
+    hosts = choose_head(hosts, head, origin, resolver)
+    return Allocation(hosts=tuple(hosts), gpus_per_node=gpus, origin=origin, extra={"job_id": job})
+
+
+def detect_local_gpus() -> int:
+    """GPUs on this machine, from ``nvidia-smi -L`` (0 when there is none)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (subprocess.SubprocessError, OSError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def discover(
+    hostfile: str | None = None,
+    *,
+    nodes: int | None = None,
+    gpus_per_node: int | None = None,
+    head: str | None = None,
+    local: bool = False,
+    slurm: bool | None = None,
+    env: dict | None = None,
+) -> Allocation:
+    """Pick the allocation the way the CLI does: ``local`` → this machine; ``hostfile`` → that
+    file; ``nodes`` → placeholders for a dry render; inside Slurm → the allocation; else the
+    default hostfile ``/root/mpi_rack_hostfile``. ``gpus_per_node`` fills in missing slots and
+    must agree with slots that are given."""
+    env = dict(os.environ if env is None else env)
+    if local:
+        alloc = local_allocation(gpus_per_node if gpus_per_node is not None else detect_local_gpus())
+    elif hostfile:
+        alloc = read_hostfile(hostfile, head=head)
+    elif nodes is not None:
+        return placeholder_allocation(nodes, gpus_per_node or 8)
+    elif slurm or (slurm is None and env.get("SLURM_JOB_NODELIST")):
+        alloc = from_slurm(env, head=head)
+    else:
+        alloc = read_hostfile(DEFAULT_HOSTFILE, head=head)
+    if gpus_per_node is not None and not local:
+        if alloc.gpus_per_node and alloc.gpus_per_node != gpus_per_node:
+            raise HostfileError(
+                f"{alloc.origin} says {alloc.gpus_per_node} GPUs per node but --gpus-per-node {gpus_per_node}",
+                "drop --gpus-per-node or fix the slots",
+            )
+        alloc = alloc.with_gpus_per_node(gpus_per_node)
+    return alloc

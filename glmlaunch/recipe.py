@@ -1,0 +1,437 @@
+"""Recipes: the typed, validated description of one training (or probe) run.
+
+A recipe is a TOML (or YAML) file under ``templates/`` plus dotted overrides
+(``--set parallelism.tp=4``). Unknown keys and wrong types are errors that name the key.
+Paths may use ``{base_dir}``, ``{run_name}``, ``{model_dir}`` and ``{miles_dir}``; they are
+expanded here, once, so that nothing reaches a node as an unset shell variable (the seed's
+``$BASE_DIR`` bug, trainer contract §1.2 and §6.21).
+
+Numbers that the trainer receives as text (``eps_clip = "1e-4"``, ``kl_coef = "0.00"``) are kept
+as the text written, so the rendered flags equal the seed's flag for flag.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from .errors import RecipeError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE_DIRS = (REPO_ROOT / "templates", Path(__file__).resolve().parent / "templates")
+
+
+def _num_text(v: Any) -> str:
+    """Keep a number as the text the user wrote; accept int/float from TOML too."""
+    if isinstance(v, bool):
+        raise ValueError("expected a number, got true/false")
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError("expected a finite number")
+        r = repr(v)
+        if "e" in r or (v != 0 and abs(v) < 1e-3):
+            m, e = f"{v:e}".split("e")
+            m = m.rstrip("0").rstrip(".")
+            return f"{m}e{int(e)}"
+        return r
+    if isinstance(v, str):
+        try:
+            f = float(v)
+        except ValueError:
+            raise ValueError(f"'{v}' is not a number") from None
+        if not math.isfinite(f):
+            raise ValueError("expected a finite number")
+        return v.strip()
+    raise ValueError(f"expected a number, got {type(v).__name__}")
+
+
+Num = Annotated[str, BeforeValidator(_num_text)]
+"""A number kept as its text (rendered verbatim on the trainer's command line)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunSection(_Section):
+    """Names and the shared directory. ``base_dir`` is the seed's ``BASE_DIR``: a directory on a
+    filesystem every node mounts at the same path."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    base_dir: str = Field(min_length=1)
+    mode: Literal["normal", "debug_minimal"] = "normal"
+    description: str = ""
+
+
+class ClusterSection(_Section):
+    """Node layout. ``nodes`` × ``gpus_per_node`` GPUs (``nodes`` unset: as many as the allocation
+    has); ``hardware`` sets GPUs per node when the
+    hostfile has no slots (miles ``NUM_GPUS_OF_HARDWARE``) and turns on Blackwell-only options."""
+
+    nodes: int | None = Field(default=None, ge=1)
+    gpus_per_node: int | None = Field(default=None, ge=1)
+    hardware: Literal["H100", "H200", "B200", "B300", "GB200", "GB300", "cpu"] = "H200"
+    colocate: bool = True
+    actor_nodes: int | None = Field(default=None, ge=1)
+    rollout_gpus: int = Field(default=0, ge=0)
+    setup: list[str] = Field(default_factory=list)
+
+
+class ModelSection(_Section):
+    """The model (a miles ``megatron_model_type``) and the Megatron MoE options that override its
+    args: ``moe_token_dispatcher = "flex"`` with ``moe_enable_deepep`` is the seed's DeepEP setting."""
+
+    type: str = "glm4.5-355B-A32B"
+    moe_token_dispatcher: Literal["", "alltoall", "allgather", "flex"] = ""
+    moe_enable_deepep: bool = False
+
+
+class CheckpointSection(_Section):
+    """``load`` defaults to ``save`` (the run's own checkpoints), so a restart resumes; the trainer
+    falls back to ``ref_load`` only while ``save`` has no checkpoint yet (miles arguments.py:3035)."""
+
+    hf_checkpoint: str = "{model_dir}"
+    hf_checkpoint_fp8: str = "{model_dir}-FP8"
+    ref_load: str = "{model_dir}_torch_dist"
+    save: str = "{base_dir}/runs/{run_name}/checkpoints"
+    load: str = ""
+    save_interval: int | None = Field(default=20, ge=1)
+
+
+class RolloutSection(_Section):
+    task: Literal["dapo_aime", "gsm8k"] = "dapo_aime"
+    prompt_data: str = ""
+    input_key: str = "prompt"
+    label_key: str = "label"
+    apply_chat_template: bool = True
+    rollout_shuffle: bool = True
+    rm_type: str = ""
+    num_rollout: int | None = Field(default=3000, ge=1)
+    rollout_batch_size: int = Field(default=128, ge=1)
+    n_samples_per_prompt: int = Field(default=8, ge=1)
+    rollout_max_response_len: int = Field(default=32768, ge=1)
+    rollout_temperature: Num = "1"
+    dynamic_sampling: bool = True
+    over_sampling_batch_size: int | None = Field(default=256, ge=1)
+    dynamic_sampling_filter_path: str = (
+        "miles.rollout.filter_hub.dynamic_sampling_filters.check_reward_nonzero_std"
+    )
+    num_steps_per_rollout: int = Field(default=4, ge=1)
+    global_batch_size: int | None = Field(default=None, ge=1)
+    balance_data: bool = True
+    stop_token_ids: list[int] = Field(default_factory=lambda: [151329, 151336, 151338])
+    prompt_len: int | None = Field(default=None, ge=1)
+
+
+class EvalSection(_Section):
+    enabled: bool = True
+    interval: int | None = Field(default=20, ge=1)
+    name: str = ""
+    prompt_data: str = ""
+    n_samples_per_eval_prompt: int = Field(default=8, ge=1)
+    max_response_len: int = Field(default=32768, ge=1)
+    top_p: Num = "1"
+
+
+class PipelineStage(_Section):
+    """A parallel layout that applies up to ``max_nodes`` nodes (the Python launcher's
+    ``num_nodes <= 4`` debug layout)."""
+
+    max_nodes: int = Field(ge=1)
+    tp: int = Field(ge=1)
+    pp: int = Field(ge=1)
+    cp: int = Field(ge=1)
+    ep: int = Field(ge=1)
+    etp: int = Field(default=1, ge=1)
+    decoder_last_pipeline_num_layers: int | None = Field(default=None, ge=1)
+
+
+class ParallelismSection(_Section):
+    """Megatron parallel sizes: TP, PP, CP, EP (experts) and ETP (expert TP)."""
+
+    tp: int = Field(default=1, ge=1)
+    pp: int = Field(default=1, ge=1)
+    cp: int = Field(default=1, ge=1)
+    ep: int = Field(default=1, ge=1)
+    etp: int = Field(default=1, ge=1)
+    sequence_parallel: bool = True
+    max_tokens_per_gpu: int | None = Field(default=16384, ge=1)
+    use_dynamic_batch_size: bool = True
+    recompute_granularity: Literal["full", "selective", ""] = "full"
+    recompute_method: Literal["uniform", "block", ""] = "uniform"
+    recompute_num_layers: int | None = Field(default=1, ge=1)
+    decoder_first_pipeline_num_layers: int | None = Field(default=None, ge=1)
+    decoder_last_pipeline_num_layers: int | None = Field(default=None, ge=1)
+    small_layouts: list[PipelineStage] = Field(default_factory=list)
+
+
+class AlgorithmSection(_Section):
+    advantage_estimator: Literal["grpo", "gspo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "ppo"] = "gspo"
+    use_kl_loss: bool = False
+    kl_loss_coef: Num = "0.00"
+    kl_loss_type: str = "low_var_kl"
+    kl_coef: Num = "0.00"
+    entropy_coef: Num = "0.00"
+    eps_clip: Num = "1e-4"
+    eps_clip_high: Num | None = "2e-4"
+    use_tis: bool = True
+    use_rollout_logprobs: bool = False
+    enable_mis: bool = False
+    tis_use_rs: bool = True
+    use_rollout_routing_replay: bool = False
+
+
+class OptimizerSection(_Section):
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: Num = "1e-6"
+    lr_decay_style: str = "constant"
+    weight_decay: Num = "0.1"
+    adam_beta1: Num = "0.9"
+    adam_beta2: Num = "0.98"
+    cpu_offload: bool = True
+    overlap_cpu_optimizer_d2h_h2d: bool = True
+    precision_aware: bool = True
+
+
+class SglangSection(_Section):
+    """Rollout engines. An engine spans ``gpus_per_engine`` GPUs (its TP size, miles forces
+    ``sglang_tp_size = rollout_num_gpus_per_engine``)."""
+
+    gpus_per_engine: int = Field(default=32, ge=1)
+    mem_fraction_static: Num = "0.7"
+    enable_dp_attention: bool = True
+    dp_size: int = Field(default=4, ge=1)
+    ep_size: int = Field(default=32, ge=1)
+    enable_dp_lm_head: bool = True
+    moe_dense_tp_size: int | None = Field(default=1, ge=1)
+    mtp: bool = True
+    spec_v2: bool = False
+    speculative_num_steps: int = Field(default=1, ge=1)
+    speculative_eagle_topk: int = Field(default=1, ge=1)
+    speculative_num_draft_tokens: int = Field(default=2, ge=1)
+    draft_weights_cpu_backup: bool = True
+    cuda_graph_bs: list[int] = Field(default_factory=list)
+    fp8_rollout: bool = False
+    fp8_kv_cache: bool = False
+    attention_backend: str = ""
+
+
+class WeightTransferSection(_Section):
+    """How weights reach the rollout engines. ``colocate`` uses CUDA IPC; ``p2p`` and
+    ``broadcast`` need separate rollout nodes (miles arguments.py:3263-3295)."""
+
+    mode: Literal["colocate", "p2p", "broadcast", "disk-delta"] = "colocate"
+    buffer_size: int | None = Field(default=None, ge=1)
+    check_weight_update_equal: bool = False
+
+
+class WandbSection(_Section):
+    """W&B logging. The key is read from the launcher's environment variable ``key_env`` at submit
+    time and passed in the job's runtime env; it never appears in argv, the plan or a script."""
+
+    enabled: bool = False
+    project: str = "glmlaunch"
+    group: str = ""
+    key_env: str = "WANDB_API_KEY"
+
+
+class TrainerSection(_Section):
+    """What the Ray job runs. ``kind = "miles"``: miles' ``train.py``; ``kind = "probe"``: the
+    cluster probe (``python -m glmlaunch.probe``)."""
+
+    kind: Literal["miles", "probe"] = "miles"
+    python: str = "python3"
+    miles_dir: str = "/root/miles"
+    megatron_dir: str = "/root/Megatron-LM"
+    train_script: str = "train.py"
+    extra_args: list[str] = Field(default_factory=list)
+    attention_backend: str = "flash"
+    distributed_timeout_minutes: int | None = Field(default=None, ge=1)
+    probe_paths: list[str] = Field(default_factory=list)
+    probe_timeout_s: int = Field(default=300, ge=1)
+
+
+class EnvSection(_Section):
+    """Runtime env for the trainer. Precedence: glmlaunch defaults < ``nccl`` preset < ``vars``
+    (same order as miles' ``execute_train``, where the user's ``extra_env_vars`` win).
+    ``interface`` sets GLOO/TP/NCCL_SOCKET_IFNAME; it must exist on every node."""
+
+    nccl_preset: Literal["rack", "none"] = "rack"
+    interface: str = ""
+    vars: dict[str, str] = Field(default_factory=dict)
+    secret_vars: list[str] = Field(default_factory=list)
+
+
+class Recipe(BaseModel):
+    """A complete recipe. Build with :func:`load_recipe`; fields are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    run: RunSection
+    cluster: ClusterSection
+    model: ModelSection = Field(default_factory=ModelSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    rollout: RolloutSection = Field(default_factory=RolloutSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    parallelism: ParallelismSection = Field(default_factory=ParallelismSection)
+    algorithm: AlgorithmSection = Field(default_factory=AlgorithmSection)
+    optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
+    sglang: SglangSection = Field(default_factory=SglangSection)
+    weight_transfer: WeightTransferSection = Field(default_factory=WeightTransferSection)
+    wandb: WandbSection = Field(default_factory=WandbSection)
+    trainer: TrainerSection = Field(default_factory=TrainerSection)
+    env: EnvSection = Field(default_factory=EnvSection)
+
+    source: str = Field(default="", exclude=True)
+
+    def expand(self, value: str) -> str:
+        """Expand ``{base_dir}``, ``{run_name}``, ``{model_dir}``, ``{miles_dir}`` in a path."""
+        from .models import MODELS
+
+        spec = MODELS.get(self.model.type)
+        model_dir = f"{self.run.base_dir.rstrip('/')}/{spec.dir_name if spec else self.model.type}"
+        keys = {
+            "base_dir": self.run.base_dir.rstrip("/"),
+            "run_name": self.run.name,
+            "model_dir": model_dir,
+            "miles_dir": self.trainer.miles_dir.rstrip("/"),
+        }
+        try:
+            return value.format(**keys)
+        except (KeyError, IndexError, ValueError) as e:
+            raise RecipeError(
+                f"cannot expand '{value}': unknown placeholder {e}",
+                "use only {base_dir}, {run_name}, {model_dir} or {miles_dir}",
+            ) from None
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def template_path(name: str) -> Path:
+    """Find a template by name (``glm45-355b-a32b-gspo``) or path. Raises :class:`RecipeError`."""
+    p = Path(name)
+    if p.suffix in (".toml", ".yaml", ".yml") and p.exists():
+        return p
+    for d in TEMPLATE_DIRS:
+        for ext in (".toml", ".yaml", ".yml"):
+            cand = d / f"{name}{ext}"
+            if cand.exists():
+                return cand
+    raise RecipeError(
+        f"recipe '{name}' not found (not a file, and not a template name)",
+        f"pass a path to a .toml/.yaml recipe, or one of: {', '.join(list_templates())}",
+    )
+
+
+def list_templates() -> list[str]:
+    names: set[str] = set()
+    for d in TEMPLATE_DIRS:
+        if d.is_dir():
+            names |= {p.stem for p in d.glob("*.toml")}
+    return sorted(names)
+
+
+def _read_mapping(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read ({e.strerror})", "pass a readable recipe file") from None
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text) or {}
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(f"{path}: not valid TOML: {e}", "fix the syntax at the line named") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise RecipeError(f"{path}: not valid YAML{line}: {getattr(e, 'problem', e)}", "fix the syntax") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a table of sections", "see templates/ for examples")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``section.key=value``. The value is read as TOML (``4``, ``true``, ``[1, 2]``,
+    ``"text"``); anything that is not valid TOML is taken as a plain string. Floats keep their
+    text (``1e-4`` stays ``1e-4``)."""
+    if "=" not in item:
+        raise RecipeError(f"--set {item}: expected KEY=VALUE", "for example --set parallelism.tp=4")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise RecipeError(f"--set {item}: '{key}' is not a dotted key", "for example --set parallelism.tp=4")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    if isinstance(value, float):
+        value = raw
+    return parts, value
+
+
+def _apply(data: dict, parts: list[str], value: Any, item: str) -> None:
+    cur = data
+    for p in parts[:-1]:
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise RecipeError(f"--set {item}: '{p}' is a value, not a section", "set the value itself")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def _format_loc(loc: tuple) -> str:
+    return ".".join(str(x) for x in loc)
+
+
+def recipe_from_dict(data: dict, source: str = "<recipe>") -> Recipe:
+    """Validate a recipe mapping. Raises :class:`RecipeError` listing every bad field."""
+    try:
+        r = Recipe.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = _format_loc(err["loc"])
+            if err["type"] == "extra_forbidden":
+                lines.append(f"{loc}: unknown key")
+            elif err["type"] == "missing":
+                lines.append(f"{loc}: required but not set")
+            else:
+                lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+        raise RecipeError(
+            f"{source}: invalid recipe:\n" + "\n".join(f"  - {x}" for x in lines),
+            "fix the keys named above in the file, or with --set KEY=VALUE; see templates/ for the known keys",
+        ) from None
+    r.source = source
+    return r
+
+
+def load_recipe(recipe: str | Path | dict | Recipe, overrides: list[str] | None = None) -> Recipe:
+    """Load a recipe (template name, file path, mapping or :class:`Recipe`) and apply dotted
+    ``overrides`` (``["parallelism.tp=4", ...]``). Returns a validated :class:`Recipe`.
+
+    Raises :class:`RecipeError` naming the file, key or override that is wrong.
+    """
+    if isinstance(recipe, Recipe):
+        data, source = recipe.model_dump(), recipe.source or "<recipe>"
+    elif isinstance(recipe, dict):
+        data, source = copy.deepcopy(recipe), "<recipe>"
+    else:
+        path = template_path(str(recipe))
+        data, source = _read_mapping(path), str(path)
+    for item in overrides or []:
+        parts, value = parse_override(item)
+        _apply(data, parts, value, item)
+    return recipe_from_dict(data, source)
