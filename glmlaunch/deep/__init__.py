@@ -1,0 +1,1 @@
+"""Deep pre-flight checks that run the trainer's own libraries (megatron-core) or read checkpoint files."""

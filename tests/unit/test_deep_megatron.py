@@ -1,0 +1,478 @@
+"""glmlaunch.deep.megatron: glmlaunch's verdict vs megatron-core's own verdict on the same layout.
+
+For every layout case the test calls megatron-core directly (``initialize_model_parallel`` on a
+fake process group, and ``TransformerConfig``) and asserts that ``check_megatron`` reports an
+error from that check iff megatron-core raised, with megatron-core's message, naming the right
+recipe field. Rules megatron-core accepts but Megatron-LM / the model build refuse are asserted
+as "core accepts, glmlaunch refuses, citing Megatron-LM".
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import pytest
+
+from glmlaunch.deep import megatron as dm
+from glmlaunch.deep.megatron import (
+    SRC_OC,
+    SRC_PS,
+    SRC_TC,
+    check_megatron,
+    megatron_layout,
+    parse_flags,
+    parse_moe_layer_freq,
+)
+
+# trainer-contract §1.5 (scripts/models/glm4.5-355B-A32B.py)
+M355 = (
+    "--disable-bias-linear --qk-layernorm --group-query-attention --num-attention-heads 96 "
+    "--num-query-groups 8 --kv-channels 128 --num-layers 92 --hidden-size 5120 --ffn-hidden-size 12288 "
+    "--add-qkv-bias --normalization RMSNorm --position-embedding-type rope --rotary-percent 0.5 --swiglu "
+    "--untie-embeddings-and-output-weights --vocab-size 151552 --rotary-base 1000000 "
+    "--moe-ffn-hidden-size 1536 --moe-shared-expert-intermediate-size 1536 --moe-router-pre-softmax "
+    "--moe-router-score-function sigmoid --moe-router-enable-expert-bias --moe-router-bias-update-rate 0 "
+    "--moe-router-load-balancing-type seq_aux_loss --moe-token-dispatcher-type alltoall --moe-router-topk 8 "
+    "--moe-router-topk-scaling-factor 2.5 --moe-layer-freq [0]*3+[1]*89 --num-experts 160 "
+    "--moe-grouped-gemm --moe-router-dtype fp32 --moe-permute-fusion --moe-aux-loss-coeff 0"
+).split()
+# scripts/models/glm4.5-106B-A12B.py (GLM-4.5-Air): the differences listed in §1.5
+MAIR = (
+    "--disable-bias-linear --group-query-attention --num-attention-heads 96 "
+    "--num-query-groups 8 --kv-channels 128 --num-layers 46 --hidden-size 4096 --ffn-hidden-size 10944 "
+    "--add-qkv-bias --normalization RMSNorm --position-embedding-type rope --rotary-percent 0.5 --swiglu "
+    "--untie-embeddings-and-output-weights --vocab-size 151552 --rotary-base 1000000 "
+    "--moe-ffn-hidden-size 1408 --moe-shared-expert-intermediate-size 1408 --moe-router-pre-softmax "
+    "--moe-router-score-function sigmoid --moe-router-enable-expert-bias --moe-router-bias-update-rate 0 "
+    "--moe-router-load-balancing-type seq_aux_loss --moe-token-dispatcher-type alltoall --moe-router-topk 8 "
+    "--moe-layer-freq [0]*1+[1]*45 --num-experts 128 "
+    "--moe-grouped-gemm --moe-router-dtype fp32 --moe-permute-fusion --moe-aux-loss-coeff 0"
+).split()
+OPT = (
+    "--optimizer adam --lr 1e-6 --lr-decay-style constant --weight-decay 0.1 --adam-beta1 0.9 "
+    "--adam-beta2 0.98 --optimizer-cpu-offload --overlap-cpu-optimizer-d2h-h2d --use-precision-aware-optimizer"
+).split()
+MISC = (
+    "--recompute-granularity full --recompute-method uniform --recompute-num-layers 1 "
+    "--use-dynamic-batch-size --max-tokens-per-gpu 16384 --attention-dropout 0.0 --hidden-dropout 0.0 "
+    "--rollout-stop-token-ids 151329 151336 151338 --eval-prompt-data aime /data/aime.jsonl"
+).split()
+
+FIELDS = {
+    "--tensor-model-parallel-size": "parallelism.tp",
+    "--pipeline-model-parallel-size": "parallelism.pp",
+    "--context-parallel-size": "parallelism.cp",
+    "--expert-model-parallel-size": "parallelism.ep",
+    "--expert-tensor-parallel-size": "parallelism.etp",
+    "--decoder-last-pipeline-num-layers": "parallelism.decoder_last_pipeline_num_layers",
+    "--sequence-parallel": "parallelism.sequence_parallel",
+    "--num-layers": "model.num_layers",
+    "--num-experts": "model.num_experts",
+    "--moe-router-topk": "model.moe_router_topk",
+    "--optimizer-cpu-offload": "optimizer.cpu_offload",
+}
+
+# The same models as TransformerConfig kwargs, written out independently of glmlaunch's mapping.
+TC355 = dict(
+    num_layers=92,
+    hidden_size=5120,
+    num_attention_heads=96,
+    num_query_groups=8,
+    kv_channels=128,
+    ffn_hidden_size=12288,
+    num_moe_experts=160,
+    moe_router_topk=8,
+    moe_ffn_hidden_size=1536,
+    moe_shared_expert_intermediate_size=1536,
+    moe_router_pre_softmax=True,
+    moe_router_score_function="sigmoid",
+    moe_router_enable_expert_bias=True,
+    moe_router_load_balancing_type="seq_aux_loss",
+    moe_layer_freq=[0] * 3 + [1] * 89,
+    add_bias_linear=False,
+    add_qkv_bias=True,
+    qk_layernorm=True,
+    gated_linear_unit=True,
+    normalization="RMSNorm",
+    recompute_granularity="full",
+    recompute_method="uniform",
+    recompute_num_layers=1,
+    bf16=True,
+)
+TCAIR = dict(
+    TC355,
+    num_layers=46,
+    hidden_size=4096,
+    ffn_hidden_size=10944,
+    num_moe_experts=128,
+    moe_ffn_hidden_size=1408,
+    moe_shared_expert_intermediate_size=1408,
+    qk_layernorm=False,
+    moe_layer_freq=[0] + [1] * 45,
+)
+
+
+def _set(argv: list[str], flag: str, *values: str) -> list[str]:
+    """Drop every occurrence of ``flag`` (and its values), then append ``flag values``."""
+    out, skip = [], False
+    for tok in argv:
+        if tok.startswith("--"):
+            skip = tok == flag
+        if not skip:
+            out.append(tok)
+    return out + [flag, *values]
+
+
+def _drop(argv: list[str], flag: str) -> list[str]:
+    return _set(argv, flag)[:-1]
+
+
+@dataclass
+class Case:
+    id: str
+    world: int
+    model: str  # "355b" | "air"
+    tp: int
+    pp: int
+    cp: int
+    ep: int
+    etp: int | None = 1
+    sp: bool = True
+    extra: list[list[str]] = field(default_factory=list)  # [flag, values...] set on the argv
+    drop: list[str] = field(default_factory=list)
+    tc: dict = field(default_factory=dict)  # the same change as TransformerConfig kwargs
+    vpp: int | None = None
+    core_ps_error: bool = False  # declared: megatron-core's parallel_state refuses
+    core_tc_error: bool = False  # declared: megatron-core's TransformerConfig refuses
+    errors: set[str] = field(default_factory=set)  # recipe fields of every error finding
+    warnings: set[str] = field(default_factory=set)  # recipe fields of every warning finding
+
+    def argv(self) -> list[str]:
+        argv = ["python3", "/root/miles/train.py", "--actor-num-nodes", "8", "--actor-num-gpus-per-node", "8"]
+        argv += M355 if self.model == "355b" else MAIR
+        argv += ["--tensor-model-parallel-size", str(self.tp)]
+        argv += ["--sequence-parallel"] if self.sp else []
+        argv += ["--pipeline-model-parallel-size", str(self.pp), "--context-parallel-size", str(self.cp)]
+        argv += ["--expert-model-parallel-size", str(self.ep)]
+        if self.etp is not None:
+            argv += ["--expert-tensor-parallel-size", str(self.etp)]
+        if self.vpp is not None:
+            argv += ["--num-virtual-stages-per-pipeline-rank", str(self.vpp)]
+        argv += MISC + OPT
+        for flag in self.drop:
+            argv = _drop(argv, flag)
+        for flag, *values in self.extra:
+            argv = _set(argv, flag, *values)
+        return argv
+
+
+# fmt: off
+CASES = [
+    # --- the seed layouts ---
+    Case("355B-bash-64", 64, "355b", 8, 4, 2, 16),
+    Case("py-debug-32", 32, "355b", 4, 1, 1, 4),
+    Case("py-8node-4gpu-32", 32, "355b", 4, 8, 2, 8, core_ps_error=True,
+         errors={"parallelism.tp", "parallelism.pp", "parallelism.ep"}),
+    Case("air-32", 32, "air", 1, 4, 1, 8, extra=[["--decoder-last-pipeline-num-layers", "10"]],
+         tc=dict(num_layers_in_last_pipeline_stage=10), warnings={"parallelism.sequence_parallel"}),
+    # --- valid variations ---
+    Case("355B-128", 128, "355b", 8, 4, 2, 16),
+    Case("355B-1024-ep32", 1024, "355b", 8, 4, 2, 32),
+    Case("355B-tp16-divisor-groups", 128, "355b", 16, 4, 2, 32),
+    Case("355B-ep1", 64, "355b", 8, 4, 2, 1),
+    Case("air-64-uneven", 64, "air", 2, 4, 1, 16, extra=[["--decoder-last-pipeline-num-layers", "10"]],
+         tc=dict(num_layers_in_last_pipeline_stage=10)),
+    # --- megatron-core parallel_state refuses ---
+    Case("355B-world-48", 48, "355b", 8, 4, 2, 16, core_ps_error=True,
+         errors={"parallelism.tp", "parallelism.ep"}),
+    Case("cp3", 64, "355b", 8, 4, 3, 16, core_ps_error=True, errors={"parallelism.tp"}),
+    Case("etp4-expert-product", 64, "355b", 4, 2, 1, 16, etp=4, core_ps_error=True,
+         errors={"parallelism.ep"}),
+    Case("etp-default-is-tp", 64, "355b", 8, 4, 2, 16, etp=None, core_ps_error=True,
+         errors={"parallelism.ep"}),
+    Case("vpp-needs-pp", 32, "355b", 4, 1, 1, 4, vpp=2, core_ps_error=True,
+         errors={"--num-virtual-stages-per-pipeline-rank"}),
+    # --- megatron-core TransformerConfig refuses ---
+    Case("heads-vs-tp5", 320, "355b", 5, 4, 2, 16, core_tc_error=True, errors={"parallelism.tp"}),
+    Case("groups-vs-tp3", 48, "355b", 3, 4, 2, 4, core_tc_error=True, errors={"parallelism.tp"}),
+    Case("air-uneven-last-11", 32, "air", 1, 4, 1, 8, extra=[["--decoder-last-pipeline-num-layers", "11"]],
+         tc=dict(num_layers_in_last_pipeline_stage=11), core_tc_error=True,
+         errors={"parallelism.decoder_last_pipeline_num_layers"}, warnings={"parallelism.sequence_parallel"}),
+    Case("air-uneven-pp1", 32, "air", 1, 1, 1, 8, extra=[["--decoder-last-pipeline-num-layers", "10"]],
+         tc=dict(num_layers_in_last_pipeline_stage=10), core_tc_error=True,
+         errors={"parallelism.decoder_last_pipeline_num_layers"}, warnings={"parallelism.sequence_parallel"}),
+    Case("expert-bias-softmax", 64, "355b", 8, 4, 2, 16,
+         extra=[["--moe-router-score-function", "softmax"]], tc=dict(moe_router_score_function="softmax"),
+         core_tc_error=True, errors={"--moe-router-score-function"}),
+    Case("recompute-no-method", 64, "355b", 8, 4, 2, 16, drop=["--recompute-method"],
+         tc=dict(recompute_method=None), core_tc_error=True, errors={"--recompute-method"}),
+    Case("ep-without-experts", 64, "355b", 8, 4, 2, 16, drop=["--num-experts"],
+         tc=dict(num_moe_experts=None, moe_ffn_hidden_size=None, moe_layer_freq=1,
+                 moe_shared_expert_intermediate_size=None, moe_router_enable_expert_bias=False),
+         core_tc_error=True, errors={"model.num_experts"}),
+    # --- megatron-core accepts; Megatron-LM / the model build refuse ---
+    Case("layers-not-div-pp", 64, "355b", 8, 8, 1, 8, errors={"parallelism.pp"}),
+    Case("experts-not-div-ep", 192, "355b", 8, 4, 2, 12, errors={"parallelism.ep"}),
+    Case("topk-above-experts", 32, "air", 1, 4, 1, 8, extra=[["--decoder-last-pipeline-num-layers", "10"],
+                                                             ["--moe-router-topk", "200"]],
+         tc=dict(num_layers_in_last_pipeline_stage=10, moe_router_topk=200),
+         errors={"model.moe_router_topk"}, warnings={"parallelism.sequence_parallel"}),
+    Case("moe-freq-length", 64, "355b", 8, 4, 2, 16, extra=[["--moe-layer-freq", "[0]*3+[1]*88"]],
+         tc=dict(moe_layer_freq=[0] * 3 + [1] * 88), errors={"--moe-layer-freq"}),
+    Case("offload-without-precision-aware", 64, "355b", 8, 4, 2, 16,
+         drop=["--use-precision-aware-optimizer"], errors={"optimizer.cpu_offload"}),
+    # --- warnings only ---
+    Case("ep-tp-without-sp", 32, "355b", 4, 1, 1, 4, sp=False, warnings={"parallelism.sequence_parallel"}),
+]
+# fmt: on
+
+
+def _core_ps_verdict(case: Case) -> str | None:
+    """megatron-core's own verdict on the process-group layout (None = accepted)."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    dist.init_process_group("fake", rank=0, world_size=case.world, store=FakeStore())
+    try:
+        ps.initialize_model_parallel(
+            tensor_model_parallel_size=case.tp,
+            pipeline_model_parallel_size=case.pp,
+            virtual_pipeline_model_parallel_size=case.vpp,
+            context_parallel_size=case.cp,
+            expert_model_parallel_size=case.ep,
+            expert_tensor_parallel_size=case.etp,
+            create_gloo_process_groups=False,
+        )
+        return None
+    except (RuntimeError, AssertionError) as exc:
+        return str(exc)
+    finally:
+        ps.destroy_model_parallel()
+        dist.destroy_process_group()
+
+
+def _core_tc_verdict(case: Case) -> str | None:
+    """megatron-core's own verdict on the TransformerConfig (None = accepted)."""
+    import torch
+    from megatron.core.transformer import TransformerConfig
+
+    kw = dict(TC355 if case.model == "355b" else TCAIR)
+    kw.update(
+        tensor_model_parallel_size=case.tp,
+        pipeline_model_parallel_size=case.pp,
+        context_parallel_size=case.cp,
+        expert_model_parallel_size=case.ep,
+        expert_tensor_parallel_size=case.etp,
+        sequence_parallel=case.sp and case.tp > 1,
+        pipeline_dtype=torch.bfloat16 if case.pp > 1 else None,
+        virtual_pipeline_model_parallel_size=case.vpp,
+    )
+    kw.update(case.tc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            TransformerConfig(**kw)
+            return None
+        except (ValueError, AssertionError) as exc:
+            return str(exc)
+
+
+def test_case_count():
+    assert len(CASES) >= 20
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_layout_matches_megatron_core(case: Case):
+    pytest.importorskip("megatron.core")
+    core_ps = _core_ps_verdict(case)
+    core_tc = _core_tc_verdict(case)
+    # The case table's claim about megatron-core holds.
+    assert (core_ps is not None) == case.core_ps_error, core_ps
+    assert (core_tc is not None) == case.core_tc_error, core_tc
+
+    findings = check_megatron(case.argv(), case.world, FIELDS)
+    errors = [f for f in findings if f.severity == "error"]
+    ps_errors = [f for f in errors if f.source.startswith(SRC_PS) and "not reached" not in f.source]
+    tc_errors = [f for f in errors if f.source.startswith(SRC_TC)]
+
+    # glmlaunch reports a parallel_state error iff megatron-core raised, quoting it.
+    assert bool(ps_errors) == (core_ps is not None), findings
+    if core_ps is not None:
+        assert len(ps_errors) == 1 and core_ps in ps_errors[0].message
+    # ... and a TransformerConfig error iff megatron-core raised (glmlaunch's own uneven-PP
+    # message replaces core's duplicate).
+    assert bool(tc_errors) == (core_tc is not None), findings
+    if core_tc is not None and "uneven" not in tc_errors[0].message:
+        assert core_tc in tc_errors[0].message
+    # Every error names the right recipe field, and nothing else fails.
+    assert {f.field for f in errors} == case.errors, [str(f) for f in errors]
+    assert {f.field for f in findings if f.severity == "warning"} == case.warnings, [str(f) for f in findings]
+    for f in findings:
+        assert f.source and f.rule
+
+
+def test_seed_8node_messages_name_numbers():
+    pytest.importorskip("megatron.core")
+    case = next(c for c in CASES if c.id == "py-8node-4gpu-32")
+    by_field = {f.field: f for f in check_megatron(case.argv(), 32, FIELDS)}
+    world = by_field["parallelism.tp"]
+    assert "world size 32" in world.message and "4×8×2 = 64" in world.message
+    assert "parallelism.pp" in world.message and "parallelism.cp" in world.message
+    assert "Megatron-LM arguments.py:314-319" in world.source
+    layers = by_field["parallelism.pp"]
+    assert "92" in layers.message and "92 % 8 = 4" in layers.message
+    assert layers.source == "Megatron-LM arguments.py:623-636"
+
+
+def test_megatron_layout_seeds():
+    pytest.importorskip("megatron.core")
+    seeds = {c.id: c for c in CASES}
+    lay = megatron_layout(seeds["355B-bash-64"].argv(), 64)
+    assert (lay["tp"], lay["pp"], lay["cp"], lay["ep"], lay["etp"]) == (8, 4, 2, 16, 1)
+    assert (lay["dp"], lay["dp_with_cp"], lay["expert_dp"]) == (1, 2, 1)
+    lay = megatron_layout(seeds["air-32"].argv(), 32)
+    assert (lay["dp"], lay["expert_dp"]) == (8, 1)
+    lay = megatron_layout(seeds["py-debug-32"].argv(), 32)
+    assert (lay["dp"], lay["expert_dp"]) == (8, 8)
+    with pytest.raises(ValueError, match=r"world size 32 .* not divisible by TP×PP×CP = 4×8×2 = 64"):
+        megatron_layout(seeds["py-8node-4gpu-32"].argv(), 32)
+    with pytest.raises(ValueError, match="not an integer"):
+        megatron_layout(["--tensor-model-parallel-size", "eight"], 8)
+
+
+def test_repeated_calls_leave_no_global_state():
+    pytest.importorskip("megatron.core")
+    import megatron.core.utils as mu
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    argv = CASES[0].argv()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        assert check_megatron(argv, 64) == []
+        assert check_megatron(argv, 48)  # an error case in between
+    assert time.perf_counter() - t0 < 10
+    assert not dist.is_initialized()
+    assert not ps.model_parallel_is_initialized()
+    assert mu._te_version is None  # the TE-version workaround was undone
+
+
+def test_existing_process_group_is_left_alone():
+    pytest.importorskip("megatron.core")
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    dist.init_process_group("fake", rank=0, world_size=4, store=FakeStore())
+    try:
+        findings = check_megatron(CASES[0].argv(), 64)
+        assert [f.severity for f in findings] == ["warning"]
+        assert "already initialized" in findings[0].message
+        with pytest.raises(RuntimeError, match="already initialized"):
+            megatron_layout(CASES[0].argv(), 64)
+        assert dist.get_world_size() == 4
+    finally:
+        dist.destroy_process_group()
+
+
+def _core_optimizer_verdict(**kw) -> str | None:
+    import megatron.core.utils as mu
+    from megatron.core.optimizer import OptimizerConfig
+    from packaging.version import Version
+
+    saved = mu._te_version
+    mu._te_version = Version("2.8.0")
+    try:
+        OptimizerConfig(**kw)
+        return None
+    except AssertionError as exc:
+        return str(exc)
+    finally:
+        mu._te_version = saved
+
+
+def test_optimizer_config_matches_megatron_core():
+    pytest.importorskip("megatron.core")
+    base = CASES[0].argv()
+    # GLM recipe: offload + precision-aware + distributed (adam) -> accepted.
+    assert (
+        _core_optimizer_verdict(
+            optimizer="adam",
+            bf16=True,
+            use_distributed_optimizer=True,
+            use_precision_aware_optimizer=True,
+            optimizer_cpu_offload=True,
+            optimizer_offload_fraction=1.0,
+            overlap_cpu_optimizer_d2h_h2d=True,
+        )
+        is None
+    )
+    assert not [f for f in check_megatron(base, 64) if f.source.startswith(SRC_OC)]
+    # sgd + precision-aware -> megatron-core asserts (miles turns the distributed optimizer off).
+    core = _core_optimizer_verdict(optimizer="sgd", bf16=True, use_precision_aware_optimizer=True)
+    assert core == "--use-precision-aware-optimizer only supported with adam"
+    findings = [
+        f for f in check_megatron(_set(base, "--optimizer", "sgd"), 64) if f.source.startswith(SRC_OC)
+    ]
+    assert len(findings) == 1 and core in findings[0].message
+    assert findings[0].field == "--use-precision-aware-optimizer"
+    # exp_avg_dtype bf16 without precision-aware -> megatron-core asserts.
+    argv = _set(
+        _drop(_drop(base, "--use-precision-aware-optimizer"), "--optimizer-cpu-offload"),
+        "--exp-avg-dtype",
+        "bf16",
+    )
+    findings = [f for f in check_megatron(argv, 64) if f.severity == "error"]
+    assert [f.source for f in findings] == [SRC_OC]
+    assert "exp_avg_dtype can only be fp32" in findings[0].message
+    # precision-aware without offload needs TE's FusedAdam: true on the GPU image, not an error here.
+    argv = _drop(_drop(base, "--optimizer-cpu-offload"), "--overlap-cpu-optimizer-d2h-h2d")
+    assert check_megatron(argv, 64) == []
+
+
+def test_bad_values_are_findings_not_exceptions():
+    pytest.importorskip("megatron.core")
+    argv = _set(CASES[0].argv(), "--pipeline-model-parallel-size", "four")
+    findings = check_megatron(argv, 64, FIELDS)
+    assert [f.field for f in findings] == ["parallelism.pp"]
+    assert "not an integer" in findings[0].message
+    argv = _set(CASES[0].argv(), "--context-parallel-size", "0")
+    assert [f.field for f in check_megatron(argv, 64, FIELDS)] == ["parallelism.cp"]
+    argv = _set(CASES[0].argv(), "--moe-layer-freq", "__import__('os')")
+    assert [f.field for f in check_megatron(argv, 64, FIELDS)] == ["--moe-layer-freq"]
+    argv = _drop(CASES[0].argv(), "--num-layers")
+    assert "model.num_layers" in {f.field for f in check_megatron(argv, 64, FIELDS)}
+    assert check_megatron(CASES[0].argv(), 0, FIELDS)[0].field == "--actor-num-nodes"
+
+
+def test_missing_megatron_is_a_warning(monkeypatch):
+    def boom():
+        raise ImportError("No module named 'megatron'")
+
+    monkeypatch.setattr(dm, "_import_megatron", boom)
+    findings = check_megatron(CASES[0].argv(), 64)
+    assert len(findings) == 1 and findings[0].severity == "warning"
+    assert "skipped" in findings[0].message
+    assert "pip install torch==2.13.0 && pip install 'glmlaunch[megatron]'" in findings[0].message
+    with pytest.raises(ImportError, match="glmlaunch\\[megatron\\]"):
+        megatron_layout(CASES[0].argv(), 64)
+
+
+def test_parse_flags():
+    flags = parse_flags(
+        ["python3", "train.py", "--a", "1", "--b", "--c", "x", "y", "--a", "2", "--d=5", "--", "z"]
+    )
+    assert flags == {"--a": ["2"], "--b": [], "--c": ["x", "y"], "--d": ["5"]}
+    assert parse_flags(["--eps", "-1e-4"]) == {"--eps": ["-1e-4"]}
+
+
+def test_parse_moe_layer_freq():
+    assert parse_moe_layer_freq("[0]*3+[1]*89") == [0] * 3 + [1] * 89
+    assert parse_moe_layer_freq("([1]*3+[0]*1)*3") == [1, 1, 1, 0] * 3
+    assert parse_moe_layer_freq("2") == 2
+    for bad in ("__import__('os')", "[0]*3+", "[0.5]", "[0]*10**9"):
+        with pytest.raises(ValueError):
+            parse_moe_layer_freq(bad)
