@@ -43,9 +43,9 @@ def _fail(e: GlmlaunchError, code: int = 2) -> None:
         if e.hint:
             err.print(f"[yellow]fix:[/] {e.hint}")
         raise typer.Exit(1)
-    err.print("[bold red]error:[/] " + _esc(e.message))
+    err.print("[bold red]error:[/] " + _esc(e.message), soft_wrap=True)
     if e.hint:
-        err.print("[yellow]fix:[/] " + _esc(e.hint))
+        err.print("[yellow]fix:[/] " + _esc(e.hint), soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -140,10 +140,10 @@ def check(
         plan = build_plan(r, alloc)
         findings = list(plan.findings)
         if deep:
-            from .deepcheck import deep_check
+            from .deepcheck import deep_check, merge_findings
 
-            with err.status("running deep checks (megatron-core, HF config)..."):
-                findings += deep_check(r, plan)
+            with err.status("running deep checks (megatron-core, SGLang, HF config)..."):
+                findings = merge_findings(findings, deep_check(r, plan))
     except GlmlaunchError as e:
         _fail(e)
     findings.sort(key=lambda f: f.severity != "error")

@@ -168,14 +168,15 @@ def _parse_line(text: str, where: str) -> tuple[str, int | None, str | None, int
 
 
 def parse_hostfile_text(
-    text: str, path: str = "<hostfile>", resolver: Callable[[str], str | None] = resolve
+    text: str, path: str = "<hostfile>", resolver: Callable[[str], str | None] | None = None
 ) -> list[Host]:
     """Parse hostfile text into hosts, in file order.
 
     Raises :class:`HostfileError` naming ``path:line`` for an unreadable line, an empty file,
     a host that does not resolve, a duplicate host (also one host given by name and by IP) and
-    mixed slot counts.
+    mixed slot counts. ``resolver`` defaults to :func:`resolve` (looked up when called).
     """
+    resolver = resolver or resolve
     hosts: list[Host] = []
     seen: dict[str, Host] = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
@@ -208,8 +209,11 @@ def parse_hostfile_text(
     given = {h.slots for h in hosts if h.slots is not None}
     if len(given) > 1:
         detail = ", ".join(f"{h.name}={h.slots}" for h in hosts if h.slots is not None)
+        first = next(h for h in hosts if h.slots is not None)
+        odd = next(h for h in hosts if h.slots is not None and h.slots != first.slots)
         raise HostfileError(
-            f"{path}: nodes have different slot counts ({detail})",
+            f"{odd.source}: '{odd.name}' has slots={odd.slots} but {first.source} has slots={first.slots}: "
+            f"nodes have different slot counts ({detail})",
             "every node must have the same number of GPUs; fix the slots or remove the odd node",
         )
     if given and len(given) == 1 and any(h.slots is None for h in hosts):
@@ -224,7 +228,7 @@ def parse_hostfile_text(
 def read_hostfile(
     path: str | os.PathLike = DEFAULT_HOSTFILE,
     head: str | None = None,
-    resolver: Callable[[str], str | None] = resolve,
+    resolver: Callable[[str], str | None] | None = None,
 ) -> Allocation:
     """Read an MPI hostfile into an :class:`Allocation`.
 
@@ -249,12 +253,12 @@ def read_hostfile(
 
 
 def choose_head(
-    hosts: list[Host], head: str | None, origin: str, resolver: Callable[[str], str | None] = resolve
+    hosts: list[Host], head: str | None, origin: str, resolver: Callable[[str], str | None] | None = None
 ) -> list[Host]:
     """Move the host named ``head`` (matched by resolved address) to the front."""
     if head is None:
         return list(hosts)
-    addr = resolver(head)
+    addr = (resolver or resolve)(head)
     for i, h in enumerate(hosts):
         if h.address == addr or h.name == head:
             return [h] + hosts[:i] + hosts[i + 1 :]
@@ -331,10 +335,13 @@ def _slurm_gpus(env: dict) -> int | None:
     return None
 
 
-def from_slurm(env: dict | None = None, head: str | None = None, resolver: Callable[[str], str | None] = resolve) -> Allocation:
+def from_slurm(
+    env: dict | None = None, head: str | None = None, resolver: Callable[[str], str | None] | None = None
+) -> Allocation:
     """Read the current Slurm allocation: ``SLURM_JOB_NODELIST`` expanded (``scontrol show
     hostnames`` where it exists), checked against ``SLURM_JOB_NUM_NODES``; GPUs per node from
     ``SLURM_GPUS_ON_NODE`` and friends. Raises :class:`HostfileError` outside an allocation."""
+    resolver = resolver or resolve
     env = dict(os.environ if env is None else env)
     nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
     if not nodelist:

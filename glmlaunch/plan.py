@@ -636,9 +636,15 @@ def render_bash(plan: LaunchPlan) -> str:
                f"> {q(plan.state_dir)}/ray-start.log 2>&1 < /dev/null & echo $! > {q(plan.state_dir)}/ray.pid")
         return on(node, cmd)
 
+    # the GCS refuses clients without the token (Ray token auth), health-check included
+    auth = f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={q(plan.state_dir)}/auth_token "
     lines.append(f"# 1. head node {plan.head.name} ({plan.head.address})")
     lines.append(start(plan.head))
-    lines.append(f"for i in $(seq 60); do {on(plan.head, f'{q(plan.ray_bin)} health-check --address {plan.head_address}:{plan.ports.gcs}')} && break; sleep 2; done")
+    lines.append(
+        f"ok=0; for i in $(seq 60); do {on(plan.head, f'{auth}{q(plan.ray_bin)} health-check --address {plan.head_address}:{plan.ports.gcs}')}"
+        " && { ok=1; break; }; sleep 2; done"
+    )
+    lines.append(f'[ "$ok" = 1 ] || {{ echo "the Ray head did not come up: see {plan.state_dir}/ray-start.log on {plan.head.name}" >&2; exit 1; }}')
     if plan.workers:
         lines.append("")
         lines.append(f"# 2. {len(plan.workers)} workers in parallel; each exit status is checked")
@@ -650,10 +656,11 @@ def render_bash(plan: LaunchPlan) -> str:
     total = plan.num_nodes * plan.gpus_per_node
     lines.append(f"# 3. wait (at most 10 minutes) until {plan.num_nodes} nodes and {total} GPUs have joined")
     lines.append(
-        "for i in $(seq 120); do "
-        + on(plan.head, f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={q(plan.state_dir)}/auth_token {q(plan.ray_bin)} status --address {plan.head_address}:{plan.ports.gcs}")
-        + f" | grep -q '/{total}.0 GPU' && break; sleep 5; done"
+        "ok=0; for i in $(seq 120); do "
+        + on(plan.head, f"{auth}{q(plan.ray_bin)} status --address {plan.head_address}:{plan.ports.gcs}")
+        + f" | grep -q '/{total}.0 GPU' && {{ ok=1; break; }}; sleep 5; done"
     )
+    lines.append(f'[ "$ok" = 1 ] || {{ echo "the cluster did not reach {plan.num_nodes} nodes and {total} GPUs in 10 minutes; not submitting" >&2; exit 1; }}')
     lines.append("")
     lines.append("# 4. runtime env (secrets come from this shell's environment, never from argv)")
     env_json = json.dumps({"env_vars": plan.env_vars}, indent=None)

@@ -15,11 +15,13 @@ from __future__ import annotations
 import copy
 import math
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import RecipeError
 
@@ -57,8 +59,24 @@ Num = Annotated[str, BeforeValidator(_num_text)]
 """A number kept as its text (rendered verbatim on the trainer's command line)."""
 
 
+def _admits_none(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(annotation)
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_unsets(cls, data: Any) -> Any:
+        """TOML has no null: ``""`` unsets an optional field (``--set checkpoint.save_interval=``)."""
+        if isinstance(data, dict):
+            fields = cls.model_fields
+            data = {
+                k: None if v == "" and k in fields and _admits_none(fields[k].annotation) else v
+                for k, v in data.items()
+            }
+        return data
 
 
 class RunSection(_Section):
@@ -396,8 +414,9 @@ def _format_loc(loc: tuple) -> str:
     return ".".join(str(x) for x in loc)
 
 
-def recipe_from_dict(data: dict, source: str = "<recipe>") -> Recipe:
-    """Validate a recipe mapping. Raises :class:`RecipeError` listing every bad field."""
+def recipe_from_dict(data: dict, source: str = "<recipe>", label: str | None = None) -> Recipe:
+    """Validate a recipe mapping. Raises :class:`RecipeError` listing every bad field; the
+    message names ``label`` (the file and the overrides applied) or ``source``."""
     try:
         r = Recipe.model_validate(data)
     except ValidationError as e:
@@ -411,7 +430,7 @@ def recipe_from_dict(data: dict, source: str = "<recipe>") -> Recipe:
             else:
                 lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
         raise RecipeError(
-            f"{source}: invalid recipe:\n" + "\n".join(f"  - {x}" for x in lines),
+            f"{label or source}: invalid recipe:\n" + "\n".join(f"  - {x}" for x in lines),
             "fix the keys named above in the file, or with --set KEY=VALUE; see templates/ for the known keys",
         ) from None
     r.source = source
@@ -434,4 +453,5 @@ def load_recipe(recipe: str | Path | dict | Recipe, overrides: list[str] | None 
     for item in overrides or []:
         parts, value = parse_override(item)
         _apply(data, parts, value, item)
-    return recipe_from_dict(data, source)
+    label = f"{source} with --set {' --set '.join(overrides)}" if overrides else None
+    return recipe_from_dict(data, source, label)
