@@ -64,7 +64,8 @@ TASKS = {
 class PortPlan:
     """Every port Ray listens on, pinned (NeMo-Run's lesson: random ports collide).
 
-    Ray's own ports are ``base`` .. ``base+7``; the dashboard / job API is ``dashboard``; Ray
+    Ray's own ports are ``base`` .. ``base+9`` (the two metrics ports without a ``ray start`` flag
+    are pinned through ``AUTOSCALER_METRIC_PORT`` / ``DASHBOARD_METRIC_PORT``); the dashboard / job API is ``dashboard``; Ray
     workers use ``min_worker`` .. ``max_worker``, which avoids the trainer's ranges
     (:data:`TRAINER_PORT_RANGES`).
     """
@@ -89,13 +90,16 @@ class PortPlan:
             "dashboard_agent_listen": b + 5,
             "metrics_export": b + 6,
             "ray_client_server": b + 7,
+            "autoscaler_metrics": b + 8,
+            "dashboard_metrics": b + 9,
             "dashboard": self.dashboard,
         }
 
     def node_ports(self, head: bool) -> list[int]:
         """Ports that must be free on a node before ``ray start`` (head: also GCS, dashboard, client)."""
         n = self.named()
-        keys = list(n) if head else [k for k in n if k not in ("gcs", "dashboard", "ray_client_server")]
+        head_only = ("gcs", "dashboard", "ray_client_server", "autoscaler_metrics", "dashboard_metrics")
+        keys = list(n) if head else [k for k in n if k not in head_only]
         return [n[k] for k in keys]
 
 
@@ -499,9 +503,15 @@ def ray_start_commands(
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": f"{state_dir}/auth_token",
             "RAY_JOB_STOP_WAIT_TIME_S": "120",
+            # SIGTERM to `ray start --block` drains for up to this long before stopping (default 30 s)
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "5",
+            "AUTOSCALER_METRIC_PORT": str(n["autoscaler_metrics"]),
+            "DASHBOARD_METRIC_PORT": str(n["dashboard_metrics"]),
         }
-        if h.is_loopback:
-            env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep 127.0.0.1 (deps.md §3 loopback gotcha)
+        if h.is_loopback and alloc.num_nodes == 1:
+            # keep 127.0.0.1 instead of Ray's rewrite to the machine's IP (deps.md §3); this
+            # setting forbids workers, so only for a one-node cluster
+            env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         argv = [ray_bin, "start"]
         if i == 0:
             argv += ["--head", "--node-ip-address", head_ip, "--port", str(ports.gcs)]
@@ -677,3 +687,16 @@ def render_bash(plan: LaunchPlan) -> str:
         f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={q(plan.state_dir)}/auth_token " + shlex.join(plan.submit_argv())
     )
     return "\n".join(lines) + "\n"
+
+
+def plan_from_dict(d: dict) -> LaunchPlan:
+    """Rebuild a :class:`LaunchPlan` from :func:`plan_to_dict` / ``plan.json`` data."""
+    p = d["ports"]
+    ports = PortPlan(base=p["gcs"], dashboard=p["dashboard"], min_worker=p["min_worker"], max_worker=p["max_worker"])
+    keep = {f.name for f in LaunchPlan.__dataclass_fields__.values()} - {"ports", "nodes", "findings"}
+    kw = {k: v for k, v in d.items() if k in keep}
+    return LaunchPlan(
+        ports=ports, nodes=[NodePlan(**n) for n in d["nodes"]],
+        findings=[Finding(**{k: f[k] for k in ("field", "message", "rule", "source", "severity")}) for f in d.get("findings", [])],
+        **kw,
+    )

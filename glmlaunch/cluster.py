@@ -1,0 +1,489 @@
+"""RayCluster: carry a launch plan out on the nodes, prove every node and GPU joined, and tear
+down exactly what was started.
+
+Order (each step bounded in time, each failure naming the host):
+
+1. preflight, one parallel round over every node: reachable, the plan's Python and Ray present,
+   every planned port free (a foreign Ray cluster on our ports is reported, never touched);
+2. a random token per run (Ray token auth, ``RAY_AUTH_MODE=token``) written to each node with mode
+   600 and read by ``ray start`` through ``RAY_AUTH_TOKEN_PATH``: never in argv or logs;
+3. the head: ``ray start --head ... --block`` in a session of its own (its PID and start time
+   recorded), then wait until its GCS and dashboard answer;
+4. every worker in parallel, the same way;
+5. wait until N nodes are alive with exactly G GPUs each, at the planned addresses. On timeout,
+   or as soon as any node's ``ray start`` dies, name the missing hosts with the last lines of
+   their Ray logs, and roll back (stop everything started);
+6. ``down``: stop each recorded session (SIGTERM, grace, then SIGKILL of that session only).
+   Never ``ray stop`` (it stops every Ray on the machine) and never kill by name.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import secrets
+import shlex
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import nodeops
+from .errors import CheckFailed, ClusterError, Finding, TransportError
+from .plan import LaunchPlan, NodePlan
+from .progress import NullReporter, Reporter
+from .runs import RunDir
+from .transport import RemoteResult, Target, Transport
+
+log = logging.getLogger(__name__)
+
+_NODEOPS_SRC = inspect.getsource(nodeops)
+
+
+@dataclass
+class NodeState:
+    """What is known about one node's Ray process: ``pid``/``starttime`` as seen on the node."""
+
+    name: str
+    address: str
+    role: str
+    pid: int | None = None
+    starttime: int | None = None
+    joined: bool = False
+    gpus: float | None = None
+
+
+@dataclass
+class ClusterStatus:
+    """A snapshot: ``nodes`` maps host -> {"address", "role", "alive", "gpus", "process"}."""
+
+    head: str
+    dashboard_url: str
+    nodes: dict[str, dict] = field(default_factory=dict)
+    ok: bool = False
+    problems: list[str] = field(default_factory=list)
+
+
+def target_of(node: NodePlan) -> Target:
+    return Target(name=node.name, address=node.address, ssh_user=node.ssh_user, ssh_port=node.ssh_port)
+
+
+class RayCluster:
+    """A Ray cluster started from a :class:`~glmlaunch.plan.LaunchPlan` over a transport.
+
+    Use as a context manager (``with RayCluster(plan, transport) as c: ...`` tears down on exit),
+    or call :meth:`up` and :meth:`down`. Library code: raises, never prints; progress goes to
+    ``reporter``. Times are seconds.
+
+    Raises :class:`~glmlaunch.errors.ClusterError` (a node failed or never joined; ``missing``
+    maps host -> reason) and :class:`~glmlaunch.errors.TransportError` (nodes unreachable).
+    """
+
+    def __init__(
+        self,
+        plan: LaunchPlan,
+        transport: Transport,
+        *,
+        run_dir: RunDir | None = None,
+        reporter: Reporter | None = None,
+        join_timeout_s: float = 300.0,
+        command_timeout_s: float = 120.0,
+        stop_grace_s: float = 20.0,
+        token: str | None = None,
+        recipe=None,
+    ):
+        self.plan = plan
+        self.recipe = recipe
+        self.preflight_findings: list[Finding] = []
+        self.transport = transport
+        self.run_dir = run_dir
+        self.reporter = reporter or NullReporter()
+        self.join_timeout_s = join_timeout_s
+        self.command_timeout_s = command_timeout_s
+        self.stop_grace_s = stop_grace_s
+        self.token = token
+        self.nodes: dict[str, NodeState] = {
+            n.name: NodeState(n.name, n.address, n.role) for n in plan.nodes
+        }
+        self._targets = {n.name: target_of(n) for n in plan.nodes}
+        self.started = False
+        self.reused = False
+
+    # ------------------------------------------------------------------ helpers
+
+    def _prefix(self) -> str:
+        return "".join(f"{s} && " for s in self.plan.setup)
+
+    def _nodeop_cmd(self, op: str, args: dict, python: str | None = None) -> str:
+        py = python or self.plan.python
+        return f"{self._prefix()}{shlex.quote(py)} -c {shlex.quote(_NODEOPS_SRC)} {op} {shlex.quote(json.dumps(args))}"
+
+    def _nodeop(self, op: str, per_node: dict[str, dict], *, timeout: float | None = None, step: str | None = None) -> dict[str, tuple[dict | None, RemoteResult]]:
+        """Run a node operation on several nodes at once; returns host -> (parsed JSON or None, result)."""
+        cmds = {self._targets[name]: self._nodeop_cmd(op, args) for name, args in per_node.items()}
+        res = self.transport.run_many(cmds, timeout=timeout or self.command_timeout_s)
+        out = {}
+        for t, r in res.items():
+            parsed = None
+            if r.ok:
+                try:
+                    parsed = json.loads(r.stdout.strip().splitlines()[-1])
+                except (ValueError, IndexError):
+                    r.error = r.error or f"unreadable answer from the node: {r.stdout[-200:]!r} {r.stderr[-300:]!r}"
+            if self.run_dir and step:
+                self.run_dir.host_log(t.name, step, f"nodeops {op}", r.stdout, r.stderr, r.exit_code, r.error)
+            out[t.name] = (parsed, r)
+        return out
+
+    def _record(self) -> None:
+        if self.run_dir:
+            self.run_dir.update(nodes={
+                n.name: {"address": n.address, "role": n.role, "pid": n.pid, "starttime": n.starttime}
+                for n in self.nodes.values()
+            })
+
+    def _log_files(self) -> list[str]:
+        s = self.plan.state_dir
+        return [f"{s}/ray-start.log", f"{s}/ray/session_latest/logs/raylet.err", f"{s}/ray/session_latest/logs/raylet.out",
+                f"{s}/ray/session_latest/logs/gcs_server.err"]
+
+    def tail_logs(self, hosts: list[str], lines: int = 12) -> dict[str, str]:
+        """The last lines of each host's Ray logs (``ray-start.log``, raylet/GCS logs)."""
+        res = self._nodeop("tail", {h: {"files": self._log_files(), "lines": lines} for h in hosts}, timeout=30)
+        out = {}
+        for h, (parsed, r) in res.items():
+            if parsed is None:
+                out[h] = f"(could not read logs: {r.reason()})"
+                continue
+            parts = []
+            for f, ls in parsed.items():
+                ls = [x for x in ls if x.strip()]
+                if ls:
+                    parts.append(f"{Path(f).name}:\n    " + "\n    ".join(ls[-lines:]))
+            out[h] = "\n  ".join(parts) or "(no Ray log lines)"
+        return out
+
+    # ------------------------------------------------------------------ steps
+
+    def preflight(self) -> list[Finding]:
+        """One parallel round over every node: reachable, the plan's Python answers, every planned
+        port free, and what :mod:`glmlaunch.preflight` inspects (versions, GPUs, files, shared
+        ``--save``, space, interface, clock). Returns all findings; raises
+        :class:`TransportError` for unreachable nodes and :class:`CheckFailed` for errors."""
+        from . import preflight as pf
+
+        step = "preflight"
+        self.token = self.token or secrets.token_hex(32)
+        self.reporter.step("preflight: reach every node, check ports, versions, GPUs and files", total=len(self.nodes))
+        sent = time.time()
+        res = self._nodeop("preflight", pf.requests(self.plan, self.recipe, self.token[:16]), step=step)
+        unreachable, busy, answers = {}, {}, {}
+        for h, (parsed, r) in res.items():
+            if parsed is None:
+                unreachable[h] = r.reason()
+                self.reporter.host(step, h, "failed", r.reason())
+                continue
+            answers[h] = parsed
+            if parsed["ports"]["busy"]:
+                busy[h] = parsed["ports"]["busy"]
+                self.reporter.host(step, h, "failed", f"{len(busy[h])} port(s) busy")
+            else:
+                self.reporter.host(step, h, "ok")
+        if unreachable:
+            self.reporter.done("preflight", False)
+            raise TransportError(
+                f"{len(unreachable)} of {len(self.nodes)} nodes cannot be used:\n"
+                + "\n".join(f"  - {h}: {why}" for h, why in unreachable.items()),
+                failures=unreachable,
+                hint=f"check ssh access (key, user, known_hosts) and that {self.plan.python} exists on every node "
+                     "(or give setup lines with cluster.setup)",
+            )
+        findings = pf.analyze(self.plan, self.recipe, answers, sent)
+        for h, ports in busy.items():
+            for p, why in ports.items():
+                foreign = "; it looks like another Ray cluster, which is left alone" if ("gcs_server" in why or "raylet" in why) else ""
+                findings.insert(0, Finding("ports", f"{h}: port {p} {why}{foreign}", "planned ports free",
+                                           "glmlaunch port plan (contract §6.2: a busy 6379 joins a stranger's cluster)"))
+        findings += self._shared_check(answers)
+        self.preflight_findings = findings
+        if self.run_dir:
+            self.run_dir.update(preflight=[f.__dict__ | {"extra": None} for f in findings])
+        errors = [f for f in findings if f.severity == "error"]
+        self.reporter.done("preflight", not errors, f"{len(findings) - len(errors)} warning(s)")
+        if errors:
+            raise CheckFailed(findings)
+        return findings
+
+    def _shared_check(self, answers: dict[str, dict]) -> list[Finding]:
+        """Is ``--save`` one filesystem? Every node wrote a sentinel; the head reads the others'."""
+        from . import preflight as pf
+
+        files, writable = pf.recipe_files(self.recipe)
+        if not writable or len(self.plan.nodes) < 2:
+            return []
+        d = writable[0]
+        others = {h: f"{d}/.glmlaunch-probe-{a['inspect']['hostname']}" for h, a in answers.items() if h != self.plan.head.name}
+        res = self._nodeop("inspect", {self.plan.head.name: {"shared_read": list(others.values())}}, timeout=60)
+        parsed, r = res[self.plan.head.name]
+        if parsed is None:
+            return [Finding("checkpoint.save", f"could not verify that {d} is shared: {r.reason()}", "", "", "warning")]
+        out = []
+        for h, path in others.items():
+            if parsed.get("shared", {}).get(path) != self.token[:16]:
+                out.append(Finding("checkpoint.save",
+                                   f"{d} is not shared: the head does not see what {h} wrote there",
+                                   "--save on a filesystem every node shares", "miles docs: BASE_DIR 'accessible by all machines'"))
+        return out
+
+    def _write_token(self) -> None:
+        targets = list(self._targets.values())
+        res = self.transport.put_text(targets, f"{self.plan.state_dir}/auth_token", self.token + "\n", mode=0o600)
+        bad = {t.name: r.reason() for t, r in res.items() if not r.ok}
+        if bad:
+            raise TransportError("cannot write the Ray auth token on " + ", ".join(bad),
+                                 failures=bad, hint="check that /tmp is writable on every node")
+
+    def _start(self, nodes: list[NodePlan], step: str) -> dict[str, str]:
+        """Start ``ray start --block`` on ``nodes`` in their own sessions; returns host -> error."""
+        args = {}
+        for n in nodes:
+            args[n.name] = {
+                "argv": n.ray_start, "env": n.env, "cwd": self.plan.state_dir,
+                "log": f"{self.plan.state_dir}/ray-start.log", "pidfile": f"{self.plan.state_dir}/ray.pid",
+                "settle_s": 2,
+            }
+        res = self._nodeop("start", args, step=step)
+        failed = {}
+        for h, (parsed, r) in res.items():
+            if parsed is None:
+                failed[h] = r.reason()
+                continue
+            self.nodes[h].pid, self.nodes[h].starttime = parsed["pid"], parsed.get("starttime")
+            self.started = True
+            if "exited" in parsed:
+                failed[h] = f"ray start exited at once with code {parsed['exited']}"
+        self._record()
+        return failed
+
+    def _api(self, path: str, timeout: float = 5.0):
+        req = urllib.request.Request(self.plan.dashboard_url + path)
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 (cluster-internal URL)
+            return json.loads(r.read().decode())
+
+    def ray_nodes(self) -> list[dict]:
+        """Nodes as the Ray state API (dashboard ``/api/v0/nodes``) reports them:
+        ``[{"node_ip", "state", "resources_total", "node_name"}, ...]``."""
+        data = self._api("/api/v0/nodes?limit=10000&detail=1")
+        res = data.get("data", {}).get("result", {})
+        return res.get("result", res) if isinstance(res, dict) else res
+
+    def _alive_procs(self) -> dict[str, bool]:
+        per = {n.name: {"procs": [{"pid": n.pid, "starttime": n.starttime}]} for n in self.nodes.values() if n.pid}
+        res = self._nodeop("alive", per, timeout=30)
+        out = {}
+        for h, (parsed, _r) in res.items():
+            out[h] = bool(parsed and all(parsed.values()))
+        return out
+
+    def _fail(self, message: str, missing: dict[str, str], hint: str) -> None:
+        logs = self.tail_logs(list(missing)) if missing else {}
+        detail = "\n".join(f"  - {h}: {why}\n  {logs.get(h, '')}" for h, why in missing.items())
+        if self.run_dir:
+            self.run_dir.event("failed", message=message, missing=missing)
+        raise ClusterError(f"{message}\n{detail}", missing=missing, hint=hint)
+
+    def _wait_head(self) -> None:
+        deadline = time.monotonic() + min(self.join_timeout_s, 180)
+        head = self.plan.head
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                self._api("/api/version", timeout=3)
+                return
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                last = str(e)
+            if not self._alive_procs().get(head.name, False):
+                self._fail("the head node's ray start exited", {head.name: "ray start --head exited"},
+                           "read the log lines above; a busy port or a bad flag is the usual cause")
+            time.sleep(1.0)
+        self._fail(f"the head's dashboard/job API at {self.plan.dashboard_url} did not answer in time ({last})",
+                   {head.name: "no answer"}, "check the head's Ray logs in the run directory")
+
+    def wait_ready(self, timeout_s: float | None = None) -> ClusterStatus:
+        """Wait until every planned node is alive at its address with exactly G GPUs. Fails fast
+        when a node's ``ray start`` dies. Raises :class:`ClusterError` naming the missing hosts."""
+        timeout_s = self.join_timeout_s if timeout_s is None else timeout_s
+        step = "join"
+        want = {n.address: n for n in self.plan.nodes}
+        g = float(self.plan.gpus_per_node)
+        self.reporter.step(f"waiting for {len(want)} nodes x {self.plan.gpus_per_node} GPUs to join", total=len(want))
+        deadline = time.monotonic() + timeout_s
+        seen: set[str] = set()
+        last_proc_check = 0.0
+        status = ClusterStatus(self.plan.head.name, self.plan.dashboard_url)
+        while True:
+            try:
+                ray_nodes = self.ray_nodes()
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                ray_nodes, status.problems = [], [f"state API: {e}"]
+            alive = {}
+            for rn in ray_nodes:
+                if rn.get("state") == "ALIVE":
+                    alive[rn.get("node_ip")] = rn
+            wrong = {}
+            for addr, n in want.items():
+                rn = alive.get(addr)
+                if rn is None:
+                    continue
+                gpus = float(rn.get("resources_total", {}).get("GPU", 0))
+                self.nodes[n.name].gpus = gpus
+                if gpus != g:
+                    wrong[n.name] = f"joined with {gpus:g} GPUs, expected {g:g}"
+                elif n.name not in seen:
+                    seen.add(n.name)
+                    self.nodes[n.name].joined = True
+                    self.reporter.host(step, n.name, "ok", f"{gpus:g} GPUs")
+            strangers = [ip for ip in alive if ip not in want]
+            if wrong:
+                self._fail("nodes joined with the wrong GPU count", wrong, "make the hostfile's slots match the nodes' GPUs")
+            if strangers:
+                self._fail(f"unexpected nodes joined this cluster: {', '.join(strangers)}", {ip: "not in the plan" for ip in strangers},
+                           "another launcher may be using the same head address and port; move ports with --port-base")
+            if len(seen) == len(want):
+                status.ok = True
+                status.nodes = {n.name: {"address": n.address, "role": n.role, "alive": True, "gpus": n.gpus}
+                                for n in self.nodes.values()}
+                self.reporter.done("join", True, f"{len(want)} nodes, {int(g * len(want))} GPUs")
+                if self.run_dir:
+                    self.run_dir.event("ready")
+                return status
+            now = time.monotonic()
+            if now - last_proc_check > 3:
+                last_proc_check = now
+                procs = self._alive_procs()
+                dead = {h: "ray start exited before the node joined" for h, ok in procs.items()
+                        if not ok and h not in seen}
+                if dead:
+                    self.reporter.done("join", False)
+                    self._fail(f"{len(dead)} node(s) failed to join", dead,
+                               "read each node's log lines above (unreachable head GCS, busy port, version mismatch)")
+            if now > deadline:
+                missing = {n.name: "not joined" for n in self.plan.nodes if n.name not in seen}
+                self.reporter.done("join", False)
+                self._fail(f"{len(missing)} of {len(want)} nodes did not join within {timeout_s:.0f} s", missing,
+                           "check the named hosts' network path to the head "
+                           f"({self.plan.head_address}:{self.plan.ports.gcs}) and their Ray logs; raise --join-timeout if they are slow")
+            time.sleep(1.0)
+
+    def up(self) -> ClusterStatus:
+        """Preflight, start the head, start the workers, wait for every node and GPU. On any
+        failure (or Ctrl-C) everything started so far is stopped before the error propagates."""
+        try:
+            self.preflight()
+            self._write_token()
+            if self.run_dir:
+                self.run_dir.update(state="starting")
+            self.reporter.step(f"starting the head node {self.plan.head.name}", total=1)
+            failed = self._start([self.plan.head], "ray-start")
+            if failed:
+                self._fail("the head node did not start", failed, "read the log lines above")
+            self._wait_head()
+            self.reporter.host("head", self.plan.head.name, "ok", self.plan.dashboard_url)
+            self.reporter.done("head", True)
+            if self.plan.workers:
+                self.reporter.step(f"starting {len(self.plan.workers)} workers", total=len(self.plan.workers))
+                failed = self._start(self.plan.workers, "ray-start")
+                for w in self.plan.workers:
+                    if w.name not in failed:
+                        self.reporter.host("workers", w.name, "ok", "ray start running")
+                if failed:
+                    self._fail(f"{len(failed)} worker(s) did not start", failed, "read each node's log lines above")
+                self.reporter.done("workers", True)
+            status = self.wait_ready()
+            if self.run_dir:
+                self.run_dir.update(state="up")
+            return status
+        except BaseException:
+            if self.started:
+                try:
+                    self.down()
+                except Exception as e:  # the original error matters more
+                    log.warning("rollback after a failed start was incomplete: %s", e)
+            raise
+
+    def status(self) -> ClusterStatus:
+        """Nodes as Ray sees them, plus whether each node's ``ray start`` process is alive."""
+        st = ClusterStatus(self.plan.head.name, self.plan.dashboard_url)
+        try:
+            by_ip = {rn.get("node_ip"): rn for rn in self.ray_nodes()}
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            by_ip, st.problems = {}, [f"state API at {self.plan.dashboard_url}: {e}"]
+        procs = self._alive_procs() if any(n.pid for n in self.nodes.values()) else {}
+        for n in self.plan.nodes:
+            rn = by_ip.get(n.address, {})
+            st.nodes[n.name] = {
+                "address": n.address, "role": n.role, "alive": rn.get("state") == "ALIVE",
+                "gpus": rn.get("resources_total", {}).get("GPU"), "process": procs.get(n.name),
+            }
+        st.ok = all(v["alive"] and v["gpus"] == self.plan.gpus_per_node for v in st.nodes.values())
+        return st
+
+    def down(self) -> dict[str, dict]:
+        """Stop this cluster's Ray processes on every node (workers first, then the head), by
+        recorded session only. Returns host -> what was stopped. Idempotent."""
+        self.reporter.step("stopping Ray on every node", total=len(self.nodes))
+        per_node = {}
+        for n in self.nodes.values():
+            if n.pid:
+                per_node[n.name] = {"pid": n.pid, "starttime": n.starttime, "grace_s": self.stop_grace_s,
+                                    "remove": [f"{self.plan.state_dir}/auth_token"]}
+        results = {}
+        workers = {h: a for h, a in per_node.items() if self.nodes[h].role != "head"}
+        head = {h: a for h, a in per_node.items() if self.nodes[h].role == "head"}
+        for group in (workers, head):
+            if not group:
+                continue
+            res = self._nodeop("stop", group, timeout=self.stop_grace_s + 30, step="down")
+            for h, (parsed, r) in res.items():
+                results[h] = parsed or {"error": r.reason()}
+                self.reporter.host("down", h, "ok" if parsed else "failed", "" if parsed else r.reason())
+        for h in per_node:
+            if "error" not in results.get(h, {}):
+                self.nodes[h].pid = None
+        self.started = any(n.pid for n in self.nodes.values())
+        self._record()
+        if self.run_dir:
+            self.run_dir.update(state="down" if not self.started else "down-incomplete")
+            self.run_dir.event("down", results=results)
+        self.reporter.done("down", not self.started)
+        return results
+
+    def __enter__(self) -> RayCluster:
+        self.up()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    # ------------------------------------------------------------------ restore
+
+    @classmethod
+    def from_run(cls, run_dir: RunDir, transport: Transport, reporter: Reporter | None = None) -> RayCluster:
+        """Rebuild the handle of a run started elsewhere (``status``/``down`` from another shell)."""
+        from .plan import plan_from_dict
+
+        plan = plan_from_dict(json.loads((run_dir.path / "plan.json").read_text()))
+        token = None
+        tok = run_dir.path / "auth_token"
+        if tok.exists():
+            token = tok.read_text().strip()
+        c = cls(plan, transport, run_dir=run_dir, reporter=reporter, token=token)
+        for name, rec in run_dir.manifest.get("nodes", {}).items():
+            if name in c.nodes:
+                c.nodes[name].pid, c.nodes[name].starttime = rec.get("pid"), rec.get("starttime")
+        c.started = any(n.pid for n in c.nodes.values())
+        return c

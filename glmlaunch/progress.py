@@ -1,0 +1,43 @@
+"""Progress reporting. Library code reports steps and per-host states through a
+:class:`Reporter`; it never prints. The default reporter logs; the CLI passes a rich one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("glmlaunch")
+
+
+class Reporter:
+    """Receives progress. Override what you need; every method is optional."""
+
+    def step(self, name: str, total: int | None = None) -> None:
+        """A step started (``total``: hosts it covers, if per host)."""
+        log.info("%s", name)
+
+    def host(self, step: str, host: str, state: str, detail: str = "") -> None:
+        """One host finished (``state``: ``ok`` / ``failed`` / ``waiting``) a step."""
+        (log.warning if state == "failed" else log.info)("%s: %s %s %s", step, host, state, detail)
+
+    def done(self, name: str, ok: bool = True, detail: str = "") -> None:
+        """A step ended."""
+        (log.info if ok else log.warning)("%s %s %s", name, "done" if ok else "failed", detail)
+
+    def log_line(self, text: str) -> None:
+        """A chunk of the trainer's log (already ends with a newline where the trainer wrote one)."""
+        log.info("%s", text.rstrip("\n"))
+
+
+class NullReporter(Reporter):
+    def step(self, name, total=None):
+        pass
+
+    def host(self, step, host, state, detail=""):
+        pass
+
+    def done(self, name, ok=True, detail=""):
+        pass
+
+    def log_line(self, text):
+        pass

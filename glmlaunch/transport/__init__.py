@@ -1,0 +1,79 @@
+"""Transports: run shell commands on many hosts in parallel, with timeouts and per-host results.
+
+A transport knows how to reach a node (SSH through Fabric, ``srun`` inside a Slurm job, or a
+local subprocess); it knows nothing about Ray. :class:`RemoteResult` is one host's outcome;
+``run_many`` never raises for a host failure, it returns it, so that callers can name every host
+that failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to run: ``name`` (as the user wrote it, e.g. an ssh_config alias), ``address``
+    (the node's cluster IP), optional ssh user and port."""
+
+    name: str
+    address: str
+    ssh_user: str | None = None
+    ssh_port: int | None = None
+
+
+@dataclass
+class RemoteResult:
+    """One host's outcome. ``exit_code`` is ``None`` when the command never ran (connection
+    failed, timed out): then ``error`` says why. Durations are in seconds."""
+
+    host: str
+    exit_code: int | None
+    stdout: str = ""
+    stderr: str = ""
+    error: str = ""
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.error
+
+    def reason(self) -> str:
+        """A one-line description of a failure: the connection error, or the exit code and the
+        last lines of stderr (remote output)."""
+        if self.error:
+            return self.error
+        tail = (self.stderr.strip() or self.stdout.strip()).splitlines()[-5:]
+        return f"exit code {self.exit_code}" + (": " + " | ".join(tail) if tail else "")
+
+
+class Transport(Protocol):
+    """Run commands on hosts. Implementations: :class:`~glmlaunch.transport.ssh.SSHTransport`,
+    :class:`~glmlaunch.transport.local.LocalTransport`, :class:`~glmlaunch.transport.srun.SrunTransport`."""
+
+    kind: str
+
+    def run_many(
+        self,
+        commands: dict[Target, str],
+        *,
+        timeout: float = 60.0,
+        on_done: Callable[[Target, RemoteResult], None] | None = None,
+    ) -> dict[Target, RemoteResult]:
+        """Run ``commands[target]`` (a bash command line) on every target at once; wait at most
+        ``timeout`` seconds for each. Returns one result per target; never raises for a host."""
+        ...
+
+    def put_text(self, targets: list[Target], path: str, text: str, *, mode: int = 0o600, timeout: float = 30.0) -> dict[Target, RemoteResult]:
+        """Write ``text`` to ``path`` on every target (parent directory created, mode applied before
+        the content is written, so a secret is never readable by others). Not logged."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def run_same(transport: Transport, targets: list[Target], command: str, *, timeout: float = 60.0, on_done=None):
+    """Run one command on several targets (``run_many`` with the same line for each)."""
+    return transport.run_many({t: command for t in targets}, timeout=timeout, on_done=on_done)

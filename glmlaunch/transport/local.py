@@ -1,0 +1,75 @@
+"""Local transport: the launching machine itself, through ``bash -c`` subprocesses.
+
+Used for the one-machine default cluster (``glmlaunch launch`` with no hostfile) and for unit
+tests of the executor logic. Every target is this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from . import RemoteResult, Target
+
+
+class LocalTransport:
+    """Run commands on this machine (each target is this machine)."""
+
+    kind = "local"
+
+    def __init__(self, env: dict[str, str] | None = None):
+        self.env = env
+
+    def _run(self, command: str, timeout: float) -> RemoteResult:
+        t0 = time.monotonic()
+        try:
+            p = subprocess.run(
+                ["bash", "-c", command], capture_output=True, text=True, timeout=timeout,
+                stdin=subprocess.DEVNULL, env=self.env or os.environ.copy(),
+            )
+        except subprocess.TimeoutExpired as e:
+            return RemoteResult("localhost", None, _s(e.stdout), _s(e.stderr),
+                                f"timed out after {timeout:.0f} s", time.monotonic() - t0)
+        return RemoteResult("localhost", p.returncode, p.stdout, p.stderr, "", time.monotonic() - t0)
+
+    def run_many(
+        self, commands: dict[Target, str], *, timeout: float = 60.0,
+        on_done: Callable[[Target, RemoteResult], None] | None = None,
+    ) -> dict[Target, RemoteResult]:
+        out: dict[Target, RemoteResult] = {}
+        with ThreadPoolExecutor(max_workers=max(1, len(commands))) as ex:
+            futs = {ex.submit(self._run, cmd, timeout): t for t, cmd in commands.items()}
+            for f, t in futs.items():
+                r = f.result()
+                r.host = t.name
+                out[t] = r
+                if on_done:
+                    on_done(t, r)
+        return out
+
+    def put_text(self, targets, path, text, *, mode=0o600, timeout=30.0):
+        out = {}
+        for t in targets:
+            t0 = time.monotonic()
+            try:
+                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+                os.chmod(path, mode)
+                out[t] = RemoteResult(t.name, 0, duration_s=time.monotonic() - t0)
+            except OSError as e:
+                out[t] = RemoteResult(t.name, None, error=f"cannot write {path}: {e.strerror}")
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def _s(b) -> str:
+    if b is None:
+        return ""
+    return b.decode(errors="replace") if isinstance(b, bytes) else b

@@ -1,0 +1,204 @@
+"""SSH transport through Fabric: every host in parallel, explicit connect and command timeouts,
+host keys checked.
+
+Settings come from ``~/.ssh/config`` (or ``ssh_config`` given here: HostName, User, Port,
+IdentityFile, ProxyJump ...) and are overridden by ``user``/``key``/``port`` and by per-host
+``ssh_user``/``ssh_port`` from the hostfile. Host keys are checked against the ssh_config's
+``UserKnownHostsFile``, ``~/.ssh/known_hosts`` and ``known_hosts`` (Fabric itself accepts any
+key, anchors.md §5; we set paramiko's ``RejectPolicy`` unless ``StrictHostKeyChecking no``).
+A failure names the host, the step and the remote stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from ..errors import TransportError
+from . import RemoteResult, Target
+
+log = logging.getLogger(__name__)
+
+
+class SSHTransport:
+    """Run commands over SSH with Fabric. ``connect_timeout`` (seconds) bounds the TCP connect and
+    the SSH banner/auth; each command's ``timeout`` bounds its run time."""
+
+    kind = "ssh"
+
+    def __init__(
+        self,
+        *,
+        ssh_config: str | None = None,
+        user: str | None = None,
+        key: str | None = None,
+        port: int | None = None,
+        known_hosts: str | None = None,
+        connect_timeout: float = 10.0,
+        max_parallel: int = 64,
+    ):
+        try:
+            from fabric import Config
+        except ImportError:
+            raise TransportError(
+                "SSH needs Fabric, which is not installed", hint="pip install 'glmlaunch[ssh]'"
+            ) from None
+        try:
+            if ssh_config:
+                if not os.path.exists(ssh_config):
+                    raise TransportError(f"--ssh-config {ssh_config}: file not found", hint="pass an existing ssh_config file")
+                self._config = Config(runtime_ssh_path=ssh_config)
+            else:
+                self._config = Config()
+        except TransportError:
+            raise
+        except Exception as e:  # paramiko chokes on Match/Include (paramiko#2522, #1609)
+            raise TransportError(
+                f"cannot read the SSH configuration ({ssh_config or '~/.ssh/config'}): {e}",
+                hint="pass --ssh-config FILE with a config paramiko can read (no Match/Include lines)",
+            ) from None
+        self.ssh_config = ssh_config
+        self.user, self.key, self.port = user, key, port
+        self.known_hosts = known_hosts
+        self.connect_timeout = connect_timeout
+        self.max_parallel = max_parallel
+        self._conns: dict[Target, object] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ connections
+
+    def _connection(self, t: Target):
+        from fabric import Connection
+        from paramiko import AutoAddPolicy, RejectPolicy, WarningPolicy
+
+        with self._lock:
+            c = self._conns.get(t)
+            if c is not None:
+                return c
+            ck: dict = {"banner_timeout": self.connect_timeout, "auth_timeout": self.connect_timeout}
+            if self.key:
+                ck["key_filename"] = [os.path.expanduser(self.key)]
+            c = Connection(
+                t.name, user=t.ssh_user or self.user, port=t.ssh_port or self.port, config=self._config,
+                connect_timeout=self.connect_timeout, connect_kwargs=ck,
+            )
+            strict = str(c.ssh_config.get("stricthostkeychecking", "yes")).lower()
+            files = []
+            for f in str(c.ssh_config.get("userknownhostsfile", "")).split():
+                files.append(os.path.expanduser(f))
+            files += [os.path.expanduser("~/.ssh/known_hosts"), "/etc/ssh/ssh_known_hosts"]
+            if self.known_hosts:
+                files.insert(0, self.known_hosts)
+            for f in files:
+                if os.path.isfile(f):
+                    try:
+                        c.client.load_host_keys(f)
+                    except (OSError, Exception) as e:  # a malformed line must not hide the others
+                        log.warning("cannot read known_hosts %s: %s", f, e)
+            policy = {"no": AutoAddPolicy(), "off": AutoAddPolicy(), "accept-new": WarningPolicy()}.get(strict, RejectPolicy())
+            c.client.set_missing_host_key_policy(policy)
+            self._conns[t] = c
+            return c
+
+    def _describe(self, t: Target, c, e: BaseException) -> str:
+        """Turn a connection/run exception into a message that says what to do."""
+        import paramiko
+        from invoke.exceptions import CommandTimedOut
+
+        where = f"{c.user}@{t.name}" + (f" ({c.host}:{c.port})" if c.host != t.name or c.port != 22 else "")
+        if isinstance(e, CommandTimedOut):
+            return f"{where}: command timed out after {e.timeout:.0f} s"
+        if isinstance(e, paramiko.BadHostKeyException):
+            return f"{where}: host key does not match known_hosts (possible man-in-the-middle); fix known_hosts"
+        if isinstance(e, paramiko.SSHException) and "not found in known_hosts" in str(e):
+            return (f"{where}: host key is not in known_hosts; add it (ssh-keyscan -H {c.host} >> ~/.ssh/known_hosts) "
+                    "or pass --known-hosts FILE")
+        if isinstance(e, paramiko.AuthenticationException):
+            return f"{where}: authentication failed; check --ssh-user / --ssh-key (key-based login is required)"
+        if isinstance(e, paramiko.ssh_exception.NoValidConnectionsError):
+            return f"{where}: connection refused (is sshd running on port {c.port}?)"
+        if isinstance(e, TimeoutError | socket.timeout):
+            return f"{where}: no answer within the {self.connect_timeout:.0f} s connect timeout"
+        if isinstance(e, socket.gaierror):
+            return f"{where}: cannot resolve the host name"
+        if isinstance(e, OSError):
+            return f"{where}: {e.strerror or e}"
+        msg = str(e) or e.__class__.__name__
+        if "Error reading SSH protocol banner" in msg or "No existing session" in msg:
+            return f"{where}: no SSH answer within the {self.connect_timeout:.0f} s connect timeout"
+        return f"{where}: {msg}"
+
+    # ------------------------------------------------------------------ running
+
+    def _run_one(self, t: Target, command: str, timeout: float) -> RemoteResult:
+        t0 = time.monotonic()
+        c = None
+        try:
+            c = self._connection(t)
+            r = c.run(
+                "bash -c " + shlex.quote(command), hide=True, warn=True, timeout=timeout, in_stream=False, pty=False
+            )
+            return RemoteResult(t.name, r.exited, r.stdout, r.stderr, "", time.monotonic() - t0)
+        except Exception as e:  # per-host: never raise, report
+            err = self._describe(t, c, e) if c is not None else f"{t.name}: {e}"
+            with self._lock:  # a broken connection must not be reused
+                bad = self._conns.pop(t, None)
+            if bad is not None:
+                try:
+                    bad.close()
+                except Exception:
+                    pass
+            return RemoteResult(t.name, None, "", "", err, time.monotonic() - t0)
+
+    def run_many(
+        self, commands: dict[Target, str], *, timeout: float = 60.0,
+        on_done: Callable[[Target, RemoteResult], None] | None = None,
+    ) -> dict[Target, RemoteResult]:
+        out: dict[Target, RemoteResult] = {}
+        if not commands:
+            return out
+        with ThreadPoolExecutor(max_workers=min(self.max_parallel, len(commands))) as ex:
+            futs = {ex.submit(self._run_one, t, cmd, timeout): t for t, cmd in commands.items()}
+            for f in futs:
+                t = futs[f]
+                r = f.result()
+                out[t] = r
+                if on_done:
+                    on_done(t, r)
+        return out
+
+    def put_text(self, targets, path, text, *, mode=0o600, timeout=30.0):
+        d = os.path.dirname(path) or "."
+        prep = f"umask 077; mkdir -p {shlex.quote(d)} && : > {shlex.quote(path)} && chmod {mode:o} {shlex.quote(path)}"
+        res = self.run_many({t: prep for t in targets}, timeout=timeout)
+
+        def write(t: Target) -> RemoteResult:
+            r = res[t]
+            if not r.ok:
+                return r
+            t0 = time.monotonic()
+            try:
+                sftp = self._connection(t).sftp()
+                with sftp.open(path, "w") as f:
+                    f.write(text)
+                return RemoteResult(t.name, 0, duration_s=time.monotonic() - t0)
+            except Exception as e:
+                return RemoteResult(t.name, None, error=f"{t.name}: cannot write {path}: {e}")
+
+        with ThreadPoolExecutor(max_workers=min(self.max_parallel, max(1, len(targets)))) as ex:
+            return dict(zip(targets, ex.map(write, targets), strict=True))
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = list(self._conns.values()), {}
+        for c in conns:
+            try:
+                c.close()
+            except Exception:
+                pass
