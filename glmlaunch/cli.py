@@ -181,6 +181,228 @@ def render(
         err.print(f"[{'red' if n else 'yellow'}]{n} error(s), {len(plan.findings) - n} warning(s): run `glmlaunch check` for details[/]")
 
 
+class RichReporter:
+    """Progress for people: a line per step and per host, and the trainer's log as it comes."""
+
+    def __init__(self, console: Console | None = None):
+        self.c = console or err
+        self.t0 = {}
+
+    def step(self, name, total=None):
+        import time
+
+        self.t0[name] = time.monotonic()
+        self.c.print(f"[bold cyan]▶[/] {_esc(name)}", soft_wrap=True)
+
+    def host(self, step, host, state, detail=""):
+        mark = {"ok": "[green]✓[/]", "failed": "[red]✗[/]"}.get(state, "[yellow]…[/]")
+        self.c.print(f"   {mark} {_esc(host)} [dim]{_esc(detail)}[/]", soft_wrap=True)
+
+    def done(self, name, ok=True, detail=""):
+        mark = "[green]✓[/]" if ok else "[red]✗[/]"
+        self.c.print(f"{mark} {_esc(name)} [dim]{_esc(detail)}[/]", soft_wrap=True)
+
+    def log_line(self, text):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+SSHConfigOpt = Annotated[str | None, typer.Option("--ssh-config", help="ssh_config file (default ~/.ssh/config)")]
+SSHUserOpt = Annotated[str | None, typer.Option("--ssh-user", help="SSH login user (overrides ssh_config)")]
+SSHKeyOpt = Annotated[str | None, typer.Option("--ssh-key", help="SSH private key file")]
+SSHPortOpt = Annotated[int | None, typer.Option("--ssh-port", help="SSH port")]
+KnownHostsOpt = Annotated[str | None, typer.Option("--known-hosts", help="extra known_hosts file (host keys are checked)")]
+ConnectTimeoutOpt = Annotated[float, typer.Option("--connect-timeout", help="SSH connect timeout, seconds")]
+RunsDirOpt = Annotated[str | None, typer.Option("--runs-dir", help="where run directories go (default ./runs or $GLMLAUNCH_RUNS_DIR)")]
+JoinTimeoutOpt = Annotated[float, typer.Option("--join-timeout", help="seconds to wait for every node and GPU to join")]
+PortBaseOpt = Annotated[int | None, typer.Option("--port-base", help="first of Ray's pinned ports (default 6379)")]
+DashPortOpt = Annotated[int | None, typer.Option("--dashboard-port", help="dashboard / job API port (default 8265)")]
+PythonOpt = Annotated[str | None, typer.Option("--python", help="Python on the nodes (default: this interpreter)")]
+RunOpt = Annotated[str | None, typer.Option("--run", help="run id or directory (default: the current run)")]
+
+
+def _ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout):
+    from .launcher import SSHOptions
+
+    return SSHOptions(ssh_config=ssh_config, user=ssh_user, key=ssh_key, port=ssh_port, known_hosts=known_hosts,
+                      connect_timeout=connect_timeout)
+
+
+def print_status(cluster) -> None:
+    st = cluster.status()
+    t = Table(title=f"run {cluster.plan.run_id}: {cluster.plan.recipe} — {cluster.plan.dashboard_url}")
+    for c in ("host", "role", "address", "Ray node", "GPUs", "ray start process"):
+        t.add_column(c)
+    for h, v in st.nodes.items():
+        alive = "[green]alive[/]" if v["alive"] else "[red]not alive[/]"
+        proc = {True: "[green]running[/]", False: "[red]exited[/]", None: "-"}[v["process"]]
+        gpus = "-" if v["gpus"] is None else f"{v['gpus']:g}"
+        t.add_row(h, v["role"], v["address"], alive, gpus, proc)
+    out.print(t)
+    for p in st.problems:
+        err.print(f"[yellow]note:[/] {_esc(p)}")
+    m = cluster.run_dir.manifest if cluster.run_dir else {}
+    job = m.get("job") or {}
+    sid = m.get("submission_id")
+    if sid:
+        state = m.get("state")
+        try:
+            from . import jobs
+
+            client = jobs.client_for(cluster.plan, cluster.token)
+            state = jobs._status(client, sid)
+        except Exception:
+            pass
+        out.print(f"job {sid}: {state}" + (f" (exit code {job.get('exit_code')})" if job.get("exit_code") is not None else ""))
+    out.print(f"run directory: {cluster.run_dir.path if cluster.run_dir else '-'}")
+
+
+@app.command()
+def up(
+    recipe: Annotated[str, typer.Argument(help="Template name or recipe file")] = DEFAULT_RECIPE,
+    hostfile: HostfileOpt = None, head: HeadOpt = None, gpus_per_node: GpusOpt = None, local: LocalOpt = False,
+    set_: SetOpt = None, ssh_config: SSHConfigOpt = None, ssh_user: SSHUserOpt = None, ssh_key: SSHKeyOpt = None,
+    ssh_port: SSHPortOpt = None, known_hosts: KnownHostsOpt = None, connect_timeout: ConnectTimeoutOpt = 10.0,
+    runs_dir: RunsDirOpt = None, join_timeout: JoinTimeoutOpt = 300.0, port_base: PortBaseOpt = None,
+    dashboard_port: DashPortOpt = None, python: PythonOpt = None,
+) -> None:
+    """Start the Ray cluster (head, then every worker) and return once every node and GPU joined."""
+    from . import launcher
+
+    try:
+        c = launcher.up(recipe, hostfile, overrides=set_ or [], local=local, head=head, gpus_per_node=gpus_per_node,
+                        ssh=_ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout),
+                        runs_dir=runs_dir, reporter=RichReporter(), join_timeout_s=join_timeout, port_base=port_base,
+                        dashboard_port=dashboard_port, python=python)
+        print_status(c)
+    except GlmlaunchError as e:
+        _fail(e, 1)
+    out.print("next: [bold]glmlaunch submit[/] (the recipe's job), [bold]glmlaunch status[/], [bold]glmlaunch down[/]")
+
+
+@app.command()
+def launch(
+    recipe: Annotated[str, typer.Argument(help="Template name or recipe file")] = DEFAULT_RECIPE,
+    hostfile: HostfileOpt = None, head: HeadOpt = None, gpus_per_node: GpusOpt = None, local: LocalOpt = False,
+    set_: SetOpt = None, ssh_config: SSHConfigOpt = None, ssh_user: SSHUserOpt = None, ssh_key: SSHKeyOpt = None,
+    ssh_port: SSHPortOpt = None, known_hosts: KnownHostsOpt = None, connect_timeout: ConnectTimeoutOpt = 10.0,
+    runs_dir: RunsDirOpt = None, join_timeout: JoinTimeoutOpt = 300.0, port_base: PortBaseOpt = None,
+    dashboard_port: DashPortOpt = None, python: PythonOpt = None,
+    keep: Annotated[bool, typer.Option("--keep", help="leave the cluster up after the job")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (bash) and stop")] = False,
+    no_deep_check: Annotated[bool, typer.Option("--no-deep-check", help="skip the megatron-core/SGLang checks")] = False,
+) -> None:
+    """Check, start the cluster, submit the trainer, follow its log, tear down; exit with the
+    trainer's status. Without arguments: the cluster probe on this machine."""
+    from . import launcher
+    from .plan import render_bash
+
+    kw = dict(overrides=set_ or [], local=local, head=head, gpus_per_node=gpus_per_node, port_base=port_base,
+              dashboard_port=dashboard_port, python=python)
+    try:
+        if dry_run:
+            res = launcher.launch(recipe, hostfile, dry_run=True, deep=not no_deep_check, **kw)
+            sys.stdout.write(render_bash(res.plan))
+            if res.findings:
+                print_findings(res.findings)
+            return
+        res = launcher.launch(
+            recipe, hostfile, keep=keep, deep=not no_deep_check, reporter=RichReporter(),
+            ssh=_ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout),
+            runs_dir=runs_dir, join_timeout_s=join_timeout, **kw,
+        )
+    except GlmlaunchError as e:
+        _fail(e, 1)
+    job = res.job
+    color = "green" if res.ok else "red"
+    err.print(f"[{color}]job {job.submission_id}: {job.status}[/] (exit code {job.exit_code}, {job.duration_s:.0f} s); "
+              f"run directory {res.run_dir}")
+    if keep:
+        err.print("the cluster is still up: [bold]glmlaunch status[/], [bold]glmlaunch down[/]")
+    if not res.ok:
+        raise typer.Exit(job.exit_code if job.exit_code not in (None, 0) else 1)
+
+
+@app.command()
+def submit(run: RunOpt = None, follow: Annotated[bool, typer.Option("--follow/--no-follow")] = True) -> None:
+    """Submit the run's trainer (its plan) to the cluster started by `glmlaunch up`."""
+    from . import launcher
+
+    try:
+        c = launcher.open_run(run, reporter=RichReporter())
+        res = launcher.submit_and_follow(c, reporter=RichReporter(), follow=follow)
+    except GlmlaunchError as e:
+        _fail(e, 1)
+    if res is not None:
+        err.print(f"job {res.submission_id}: {res.status} (exit code {res.exit_code})")
+        if not res.ok:
+            raise typer.Exit(res.exit_code if res.exit_code not in (None, 0) else 1)
+
+
+@app.command()
+def status(run: RunOpt = None) -> None:
+    """Nodes, GPUs, the job and its state, for the current run (or --run)."""
+    from . import launcher
+
+    try:
+        print_status(launcher.open_run(run))
+    except GlmlaunchError as e:
+        _fail(e, 1)
+
+
+@app.command()
+def logs(run: RunOpt = None, follow: Annotated[bool, typer.Option("--follow", "-f", help="follow until the job ends")] = False) -> None:
+    """Print the trainer's log (with --follow, until the job ends)."""
+    from . import jobs, launcher
+
+    try:
+        c = launcher.open_run(run)
+        sid = c.run_dir.manifest.get("submission_id")
+        if not sid or c.run_dir.manifest.get("state") in ("created", "starting", "up"):
+            raise GlmlaunchError("this run has no job yet", "glmlaunch submit")
+        client = jobs.client_for(c.plan, c.token)
+        if follow:
+            res = jobs.follow(client, sid, lambda t: (sys.stdout.write(t), sys.stdout.flush()))
+            err.print(f"job {sid}: {res.status} (exit code {res.exit_code})")
+        else:
+            sys.stdout.write(client.get_job_logs(sid))
+    except GlmlaunchError as e:
+        _fail(e, 1)
+    except Exception as e:  # the cluster is gone: show what was kept
+        p = c.run_dir.path / "job.log"
+        if p.exists():
+            err.print(f"[yellow]the cluster does not answer ({_esc(str(e)[:200])}); showing {p}[/]")
+            sys.stdout.write(p.read_text())
+        else:
+            _fail(GlmlaunchError(f"cannot read the job's log: {e}", "glmlaunch status"), 1)
+
+
+@app.command()
+def down(run: RunOpt = None) -> None:
+    """Stop the run's job (with its grace period) and exactly the Ray processes this run started."""
+    from . import jobs, launcher
+
+    try:
+        c = launcher.open_run(run, reporter=RichReporter())
+        sid = c.run_dir.manifest.get("submission_id")
+        if sid and c.run_dir.manifest.get("state") == "running":
+            try:
+                client = jobs.client_for(c.plan, c.token)
+                err.print(f"stopping job {sid} ...")
+                jobs.stop_job(client, sid)
+            except Exception as e:
+                err.print(f"[yellow]could not stop the job through Ray ({_esc(str(e)[:200])}); stopping the cluster[/]")
+        res = c.down()
+    except GlmlaunchError as e:
+        _fail(e, 1)
+    bad = {h: r for h, r in res.items() if "error" in r or r.get("left")}
+    if bad:
+        for h, r in bad.items():
+            err.print(f"[red]✗[/] {h}: {_esc(str(r.get('error') or r.get('left')))}")
+        raise typer.Exit(1)
+    out.print(f"run {c.plan.run_id} is down ({len(res)} nodes)")
+
+
 @app.command()
 def templates() -> None:
     """List the recipe templates."""

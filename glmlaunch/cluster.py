@@ -213,7 +213,8 @@ class RayCluster:
         errors = [f for f in findings if f.severity == "error"]
         self.reporter.done("preflight", not errors, f"{len(findings) - len(errors)} warning(s)")
         if errors:
-            raise CheckFailed(findings)
+            raise CheckFailed(findings, hint="nothing was started; fix what the nodes report above (free the ports or "
+                                             "move ours with --port-base/--dashboard-port, install or fix files) and run again")
         return findings
 
     def _shared_check(self, answers: dict[str, dict]) -> list[Finding]:

@@ -35,12 +35,12 @@ class RecipeError(GlmlaunchError):
 class CheckFailed(GlmlaunchError):
     """One or more checks failed; ``findings`` holds every finding, errors first."""
 
-    def __init__(self, findings: list[Finding]):
+    def __init__(self, findings: list[Finding], hint: str | None = None):
         self.findings = sorted(findings, key=lambda f: f.severity != "error")
         errors = [f for f in self.findings if f.severity == "error"]
         super().__init__(
             f"{len(errors)} check(s) failed:\n" + "\n".join(f"  - {f}" for f in errors),
-            "fix the recipe fields named above (or override them with --set KEY=VALUE) and run again",
+            hint or "fix the recipe fields named above (or override them with --set KEY=VALUE) and run again",
         )
 
 

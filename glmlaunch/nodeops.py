@@ -158,6 +158,8 @@ def op_ports(a):
     busy = {}
     for port in a["ports"]:
         s = socket.socket(socket.AF_INET6 if ":" in a["addr"] else socket.AF_INET)
+        # as servers do: a port whose old connections linger in TIME_WAIT is free to listen on
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((a["addr"], port))
         except OSError as e:
