@@ -108,6 +108,7 @@ class RayCluster:
             n.name: NodeState(n.name, n.address, n.role) for n in plan.nodes
         }
         self._targets = {n.name: target_of(n) for n in plan.nodes}
+        self._node_plan = {n.name: n for n in plan.nodes}
         self.started = False
         self.reused = False
 
@@ -144,14 +145,14 @@ class RayCluster:
                 for n in self.nodes.values()
             })
 
-    def _log_files(self) -> list[str]:
-        s = self.plan.state_dir
+    def _log_files(self, host: str) -> list[str]:
+        s = self._node_plan[host].state_dir
         return [f"{s}/ray-start.log", f"{s}/ray/session_latest/logs/raylet.err", f"{s}/ray/session_latest/logs/raylet.out",
                 f"{s}/ray/session_latest/logs/gcs_server.err"]
 
     def tail_logs(self, hosts: list[str], lines: int = 12) -> dict[str, str]:
         """The last lines of each host's Ray logs (``ray-start.log``, raylet/GCS logs)."""
-        res = self._nodeop("tail", {h: {"files": self._log_files(), "lines": lines} for h in hosts}, timeout=30)
+        res = self._nodeop("tail", {h: {"files": self._log_files(h), "lines": lines} for h in hosts}, timeout=30)
         out = {}
         for h, (parsed, r) in res.items():
             if parsed is None:
@@ -239,9 +240,10 @@ class RayCluster:
         return out
 
     def _write_token(self) -> None:
-        targets = list(self._targets.values())
-        res = self.transport.put_text(targets, f"{self.plan.state_dir}/auth_token", self.token + "\n", mode=0o600)
-        bad = {t.name: r.reason() for t, r in res.items() if not r.ok}
+        bad = {}
+        for n in self.plan.nodes:  # one small write per node: each has its own state dir
+            res = self.transport.put_text([self._targets[n.name]], f"{n.state_dir}/auth_token", self.token + "\n", mode=0o600)
+            bad.update({t.name: r.reason() for t, r in res.items() if not r.ok})
         if bad:
             raise TransportError("cannot write the Ray auth token on " + ", ".join(bad),
                                  failures=bad, hint="check that /tmp is writable on every node")
@@ -251,8 +253,8 @@ class RayCluster:
         args = {}
         for n in nodes:
             args[n.name] = {
-                "argv": n.ray_start, "env": n.env, "cwd": self.plan.state_dir,
-                "log": f"{self.plan.state_dir}/ray-start.log", "pidfile": f"{self.plan.state_dir}/ray.pid",
+                "argv": n.ray_start, "env": n.env, "cwd": n.state_dir,
+                "log": f"{n.state_dir}/ray-start.log", "pidfile": f"{n.state_dir}/ray.pid",
                 "settle_s": 2,
             }
         res = self._nodeop("start", args, step=step)
@@ -441,7 +443,7 @@ class RayCluster:
         for n in self.nodes.values():
             if n.pid:
                 per_node[n.name] = {"pid": n.pid, "starttime": n.starttime, "grace_s": self.stop_grace_s,
-                                    "remove": [f"{self.plan.state_dir}/auth_token"]}
+                                    "remove": [f"{self._node_plan[n.name].state_dir}/auth_token"]}
         results = {}
         workers = {h: a for h, a in per_node.items() if self.nodes[h].role != "head"}
         head = {h: a for h, a in per_node.items() if self.nodes[h].role == "head"}

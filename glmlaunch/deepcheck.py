@@ -54,6 +54,9 @@ FLAG_FIELDS = {
     "--sglang-speculative-eagle-topk": "sglang.speculative_eagle_topk",
     "--sglang-speculative-num-draft-tokens": "sglang.speculative_num_draft_tokens",
     "--rollout-stop-token-ids": "rollout.stop_token_ids",
+    "--sglang-cuda-graph-bs": "sglang.cuda_graph_bs",
+    "--sglang-attention-backend": "sglang.attention_backend",
+    "--sglang-kv-cache-dtype": "sglang.fp8_kv_cache",
     "--hf-checkpoint": "checkpoint.hf_checkpoint",
 }
 

@@ -116,6 +116,7 @@ class NodePlan:
     ssh_user: str | None = None
     ssh_port: int | None = None
     source: str = ""
+    state_dir: str = ""
 
 
 @dataclass
@@ -124,7 +125,8 @@ class LaunchPlan:
 
     ``argv``: trainer command tokens (from the interpreter on). ``env_vars``: the job's runtime
     env (flat, concrete strings; secrets only by name in ``secret_env``). ``nodes[0]`` is the head.
-    ``state_dir``: per-run directory on every node (Ray temp dir, logs, token, pid files).
+    ``state_dir``: per-run directory; each node uses its own ``<state_dir>/n<i>`` under it (Ray temp
+    dir, logs, token, pid file), so nodes that share ``/tmp`` do not collide.
     """
 
     run_id: str
@@ -478,7 +480,7 @@ def runtime_env(recipe: Recipe, alloc: Allocation, python: str) -> tuple[dict[st
 def ray_start_commands(
     alloc: Allocation, gpus: int, ports: PortPlan, state_dir: str, ray_bin: str, head_ip: str
 ) -> list[tuple[list[str], dict[str, str]]]:
-    """``ray start`` argv and env for each node (head first).
+    """``ray start`` argv, env and the node's own state directory, for each node (head first).
 
     Head: ``--head --node-ip-address`` on the cluster network, every port pinned, the dashboard
     bound to the head's address (not 0.0.0.0), ``--block`` so that the launcher owns the process
@@ -497,11 +499,12 @@ def ray_start_commands(
     ]
     out = []
     for i, h in enumerate(alloc.hosts):
+        node_dir = f"{state_dir}/n{i}"
         env = {
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_memory_monitor_refresh_ms": "0",
             "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN_PATH": f"{state_dir}/auth_token",
+            "RAY_AUTH_TOKEN_PATH": f"{node_dir}/auth_token",
             "RAY_JOB_STOP_WAIT_TIME_S": "120",
             # SIGTERM to `ray start --block` drains for up to this long before stopping (default 30 s)
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "5",
@@ -520,8 +523,8 @@ def ray_start_commands(
         else:
             argv += ["--address", f"{head_ip}:{ports.gcs}", "--node-ip-address", h.address]
         argv += common_ports
-        argv += ["--num-gpus", str(gpus), "--temp-dir", f"{state_dir}/ray", "--disable-usage-stats", "--block"]
-        out.append((argv, env))
+        argv += ["--num-gpus", str(gpus), "--temp-dir", f"{node_dir}/ray", "--disable-usage-stats", "--block"]
+        out.append((argv, env, node_dir))
     return out
 
 
@@ -562,11 +565,11 @@ def build_plan(
         world = alloc.num_nodes * gpus
     env_vars, secret = runtime_env(recipe, alloc, python)
     nodes = []
-    for h, (cmd, env) in zip(alloc.hosts, ray_start_commands(alloc, gpus, ports, state_dir, ray_bin, head_ip), strict=True):
+    for h, (cmd, env, node_dir) in zip(alloc.hosts, ray_start_commands(alloc, gpus, ports, state_dir, ray_bin, head_ip), strict=True):
         nodes.append(
             NodePlan(
                 name=h.name, address=h.address, gpus=gpus, role="head" if h is alloc.head else "worker",
-                ray_start=cmd, env=env, ssh_user=h.ssh_user, ssh_port=h.ssh_port, source=h.source,
+                ray_start=cmd, env=env, ssh_user=h.ssh_user, ssh_port=h.ssh_port, source=h.source, state_dir=node_dir,
             )
         )
     plan = LaunchPlan(
@@ -636,25 +639,25 @@ def render_bash(plan: LaunchPlan) -> str:
         return f"$SSH{port} {q(target)} {q(cmd)}"
 
     for node in plan.nodes:
-        lines.append(on(node, f"umask 077; mkdir -p {q(plan.state_dir)} && cat > {q(plan.state_dir)}/auth_token")
+        lines.append(on(node, f"umask 077; mkdir -p {q(node.state_dir)} && cat > {q(node.state_dir)}/auth_token")
                      + ' < "$STATE/auth_token"')
     lines.append("")
     setup = "".join(f"{s} && " for s in plan.setup)
 
     def start(node: NodePlan) -> str:
-        cmd = (f"{setup}cd {q(plan.state_dir)} && {_env_prefix(node.env)} setsid nohup {shlex.join(node.ray_start)} "
-               f"> {q(plan.state_dir)}/ray-start.log 2>&1 < /dev/null & echo $! > {q(plan.state_dir)}/ray.pid")
+        cmd = (f"{setup}cd {q(node.state_dir)} && {_env_prefix(node.env)} setsid nohup {shlex.join(node.ray_start)} "
+               f"> {q(node.state_dir)}/ray-start.log 2>&1 < /dev/null & echo $! > {q(node.state_dir)}/ray.pid")
         return on(node, cmd)
 
     # the GCS refuses clients without the token (Ray token auth), health-check included
-    auth = f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={q(plan.state_dir)}/auth_token "
+    auth = f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={q(plan.head.state_dir)}/auth_token "
     lines.append(f"# 1. head node {plan.head.name} ({plan.head.address})")
     lines.append(start(plan.head))
     lines.append(
         f"ok=0; for i in $(seq 60); do {on(plan.head, f'{auth}{q(plan.ray_bin)} health-check --address {plan.head_address}:{plan.ports.gcs}')}"
         " && { ok=1; break; }; sleep 2; done"
     )
-    lines.append(f'[ "$ok" = 1 ] || {{ echo "the Ray head did not come up: see {plan.state_dir}/ray-start.log on {plan.head.name}" >&2; exit 1; }}')
+    lines.append(f'[ "$ok" = 1 ] || {{ echo "the Ray head did not come up: see {plan.head.state_dir}/ray-start.log on {plan.head.name}" >&2; exit 1; }}')
     if plan.workers:
         lines.append("")
         lines.append(f"# 2. {len(plan.workers)} workers in parallel; each exit status is checked")

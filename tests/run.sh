@@ -34,6 +34,8 @@ cuda = sorted(d.metadata["Name"] for d in distributions() if d.metadata["Name"].
 assert v.endswith("+cpu") and not cuda, f"expected the CPU torch, got torch {v} with {cuda}"
 PY
 phase "pip install"
+bash tests/harness/sglang_venv.sh   # SGLang validation venv (deps.md §6); tests find <repo>/.venv-sglang
+phase "sglang venv"
 
 .venv/bin/ruff check glmlaunch tests
 phase "ruff"

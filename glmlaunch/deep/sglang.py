@@ -643,7 +643,7 @@ def check_sglang(
     that has SGLang (default: env ``GLMLAUNCH_SGLANG_PYTHON``, else this one).
     ``flag_fields``: ``{flag: recipe field}``; findings name the recipe field.
 
-    Returns findings (empty when all passes), errors first is not guaranteed:
+    Returns findings (empty when everything passes; not sorted, ``deep_check`` sorts them):
 
     * SGLang's own verdict: exceptions of ``ServerArgs(...)``, ``resolve_once()`` and
       ``check_server_args()`` (bare ``AssertionError``s are shown with their ``assert``
@@ -661,7 +661,18 @@ def check_sglang(
     def name(flag: str) -> str:
         return names.get(flag, flag)
 
-    ans = resolve_sglang(argv, num_gpus_per_node, hf_config_path, python)
+    try:
+        ans = resolve_sglang(argv, num_gpus_per_node, hf_config_path, python)
+    except OSError as exc:  # the temporary model folder could not be written
+        return [
+            Finding(
+                "sglang",
+                f"deep SGLang check skipped: {type(exc).__name__}: {exc}",
+                "SGLang worker runs",
+                SRC_SELF,
+                severity="warning",
+            )
+        ]
     eng: EngineArgs = ans["engine"]
     exe = _python(python)
     if ans.get("available") is False:
