@@ -111,6 +111,7 @@ class RayCluster:
         self._node_plan = {n.name: n for n in plan.nodes}
         self.started = False
         self.reused = False
+        self.is_up = False
 
     # ------------------------------------------------------------------ helpers
 
@@ -384,7 +385,10 @@ class RayCluster:
 
     def up(self) -> ClusterStatus:
         """Preflight, start the head, start the workers, wait for every node and GPU. On any
-        failure (or Ctrl-C) everything started so far is stopped before the error propagates."""
+        failure (or Ctrl-C) everything started so far is stopped before the error propagates.
+        Calling it on a cluster that is already up returns its status."""
+        if self.is_up:
+            return self.status()
         try:
             self.preflight()
             self._write_token()
@@ -409,6 +413,7 @@ class RayCluster:
             status = self.wait_ready()
             if self.run_dir:
                 self.run_dir.update(state="up")
+            self.is_up = True
             return status
         except BaseException:
             if self.started:
@@ -458,6 +463,7 @@ class RayCluster:
             if "error" not in results.get(h, {}):
                 self.nodes[h].pid = None
         self.started = any(n.pid for n in self.nodes.values())
+        self.is_up = False
         self._record()
         if self.run_dir:
             self.run_dir.update(state="down" if not self.started else "down-incomplete")
@@ -489,4 +495,5 @@ class RayCluster:
             if name in c.nodes:
                 c.nodes[name].pid, c.nodes[name].starttime = rec.get("pid"), rec.get("starttime")
         c.started = any(n.pid for n in c.nodes.values())
+        c.is_up = c.started and run_dir.manifest.get("state") in ("up", "running", "finished")
         return c
