@@ -218,6 +218,8 @@ JoinTimeoutOpt = Annotated[float, typer.Option("--join-timeout", help="seconds t
 PortBaseOpt = Annotated[int | None, typer.Option("--port-base", help="first of Ray's pinned ports (default 6379)")]
 DashPortOpt = Annotated[int | None, typer.Option("--dashboard-port", help="dashboard / job API port (default 8265)")]
 PythonOpt = Annotated[str | None, typer.Option("--python", help="Python on the nodes (default: this interpreter)")]
+NetworkOpt = Annotated[str | None, typer.Option("--network", help="pick each node's address in this CIDR (multi-NIC hosts)")]
+InterfaceOpt = Annotated[str | None, typer.Option("--interface", help="pick each node's address on this interface; also sets GLOO/NCCL_SOCKET_IFNAME")]
 RunOpt = Annotated[str | None, typer.Option("--run", help="run id or directory (default: the current run)")]
 
 
@@ -264,7 +266,8 @@ def up(
     set_: SetOpt = None, ssh_config: SSHConfigOpt = None, ssh_user: SSHUserOpt = None, ssh_key: SSHKeyOpt = None,
     ssh_port: SSHPortOpt = None, known_hosts: KnownHostsOpt = None, connect_timeout: ConnectTimeoutOpt = 10.0,
     runs_dir: RunsDirOpt = None, join_timeout: JoinTimeoutOpt = 300.0, port_base: PortBaseOpt = None,
-    dashboard_port: DashPortOpt = None, python: PythonOpt = None,
+    dashboard_port: DashPortOpt = None, python: PythonOpt = None, network: NetworkOpt = None,
+    interface: InterfaceOpt = None,
 ) -> None:
     """Start the Ray cluster (head, then every worker) and return once every node and GPU joined."""
     from . import launcher
@@ -273,7 +276,7 @@ def up(
         c = launcher.up(recipe, hostfile, overrides=set_ or [], local=local, head=head, gpus_per_node=gpus_per_node,
                         ssh=_ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout),
                         runs_dir=runs_dir, reporter=RichReporter(), join_timeout_s=join_timeout, port_base=port_base,
-                        dashboard_port=dashboard_port, python=python)
+                        dashboard_port=dashboard_port, python=python, network=network, interface=interface)
         print_status(c)
     except GlmlaunchError as e:
         _fail(e, 1)
@@ -287,7 +290,8 @@ def launch(
     set_: SetOpt = None, ssh_config: SSHConfigOpt = None, ssh_user: SSHUserOpt = None, ssh_key: SSHKeyOpt = None,
     ssh_port: SSHPortOpt = None, known_hosts: KnownHostsOpt = None, connect_timeout: ConnectTimeoutOpt = 10.0,
     runs_dir: RunsDirOpt = None, join_timeout: JoinTimeoutOpt = 300.0, port_base: PortBaseOpt = None,
-    dashboard_port: DashPortOpt = None, python: PythonOpt = None,
+    dashboard_port: DashPortOpt = None, python: PythonOpt = None, network: NetworkOpt = None,
+    interface: InterfaceOpt = None,
     keep: Annotated[bool, typer.Option("--keep", help="leave the cluster up after the job")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (bash) and stop")] = False,
     no_deep_check: Annotated[bool, typer.Option("--no-deep-check", help="skip the megatron-core/SGLang checks")] = False,
@@ -298,10 +302,11 @@ def launch(
     from .plan import render_bash
 
     kw = dict(overrides=set_ or [], local=local, head=head, gpus_per_node=gpus_per_node, port_base=port_base,
-              dashboard_port=dashboard_port, python=python)
+              dashboard_port=dashboard_port, python=python, network=network, interface=interface)
     try:
         if dry_run:
-            res = launcher.launch(recipe, hostfile, dry_run=True, deep=not no_deep_check, **kw)
+            res = launcher.launch(recipe, hostfile, dry_run=True, deep=not no_deep_check,
+                                  ssh=_ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout), **kw)
             sys.stdout.write(render_bash(res.plan))
             if res.findings:
                 print_findings(res.findings)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -110,10 +111,18 @@ def prepare(
     run_id: str | None = None,
     deep: bool = False,
     env: dict | None = None,
+    network: str | None = None,
+    interface: str | None = None,
+    ssh: SSHOptions | None = None,
+    transport: Transport | None = None,
 ) -> tuple[Recipe, Allocation, LaunchPlan]:
-    """Load the recipe, find the nodes, build the plan and run the checks. Touches no node.
-    Raises :class:`CheckFailed` with every finding when any check fails."""
+    """Load the recipe, find the nodes, build the plan and run the checks. Touches no node,
+    except to read each node's addresses when ``network`` (CIDR) or ``interface`` picks them
+    (:func:`glmlaunch.network.select_addresses`). Raises :class:`CheckFailed` with every finding
+    when any check fails."""
     r = load_recipe(recipe, overrides)
+    if interface and not r.env.interface:
+        r.env.interface = interface  # GLOO/TP/NCCL_SOCKET_IFNAME follow the chosen interface
     environ = dict(os.environ if env is None else env)
     if hostfile is None and not local and not environ.get("SLURM_JOB_NODELIST"):
         from .hosts import DEFAULT_HOSTFILE
@@ -127,6 +136,11 @@ def prepare(
                     "pass --hostfile PATH, run inside salloc/sbatch, or use --local for a one-machine run",
                 )
     alloc = discover(hostfile, gpus_per_node=gpus_per_node, head=head, local=local, env=environ)
+    if network or interface:
+        from .network import select_addresses
+
+        alloc = select_addresses(alloc, transport or make_transport(alloc, ssh), python=python or sys.executable,
+                                 network=network, interface=interface, setup=[r.expand(x) for x in r.cluster.setup])
     ports = PortPlan(base=port_base or PortPlan.base, dashboard=dashboard_port or PortPlan.dashboard)
     plan = build_plan(r, alloc, run_id=run_id, ports=ports, python=python)
     findings = list(plan.findings)
@@ -179,6 +193,8 @@ def up(
     deep: bool = False,
     reuse: bool = True,
     env: dict | None = None,
+    network: str | None = None,
+    interface: str | None = None,
 ) -> RayCluster:
     """Check, then start a Ray cluster for ``recipe`` on the nodes and return it once every node
     and GPU has joined. With ``reuse``, an identical cluster already up from the current run is
@@ -187,7 +203,8 @@ def up(
     reporter = reporter or NullReporter()
     r, alloc, plan = prepare(recipe, hostfile, overrides=overrides, local=local, head=head,
                              gpus_per_node=gpus_per_node, port_base=port_base, dashboard_port=dashboard_port,
-                             python=python, deep=deep, env=env)
+                             python=python, deep=deep, env=env, network=network, interface=interface, ssh=ssh,
+                             transport=transport)
     if reuse:
         existing = _current_cluster(alloc, r, reporter)
         if existing is not None:
@@ -317,7 +334,8 @@ def launch(
     """
     reporter = reporter or NullReporter()
     if dry_run:
-        keys = ("overrides", "local", "head", "gpus_per_node", "port_base", "dashboard_port", "python", "env")
+        keys = ("overrides", "local", "head", "gpus_per_node", "port_base", "dashboard_port", "python", "env",
+                "network", "interface", "ssh", "transport")
         _, _, plan = prepare(recipe, hostfile, deep=deep, **{k: v for k, v in up_kwargs.items() if k in keys})
         return LaunchResult(plan=plan, run_dir=None, findings=plan.findings)
     cluster = up(recipe, hostfile, deep=deep, reporter=reporter, **up_kwargs)
