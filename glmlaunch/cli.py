@@ -28,6 +28,21 @@ err = Console(stderr=True)
 
 DEFAULT_RECIPE = "local-probe"
 
+SSHConfigOpt = Annotated[str | None, typer.Option("--ssh-config", help="ssh_config file (default ~/.ssh/config)")]
+SSHUserOpt = Annotated[str | None, typer.Option("--ssh-user", help="SSH login user (overrides ssh_config)")]
+SSHKeyOpt = Annotated[str | None, typer.Option("--ssh-key", help="SSH private key file")]
+SSHPortOpt = Annotated[int | None, typer.Option("--ssh-port", help="SSH port")]
+KnownHostsOpt = Annotated[str | None, typer.Option("--known-hosts", help="extra known_hosts file (host keys are checked)")]
+ConnectTimeoutOpt = Annotated[float, typer.Option("--connect-timeout", help="SSH connect timeout, seconds")]
+RunsDirOpt = Annotated[str | None, typer.Option("--runs-dir", help="where run directories go (default ./runs or $GLMLAUNCH_RUNS_DIR)")]
+JoinTimeoutOpt = Annotated[float, typer.Option("--join-timeout", help="seconds to wait for every node and GPU to join")]
+PortBaseOpt = Annotated[int | None, typer.Option("--port-base", help="first of Ray's pinned ports (default 6379)")]
+DashPortOpt = Annotated[int | None, typer.Option("--dashboard-port", help="dashboard / job API port (default 8265)")]
+PythonOpt = Annotated[str | None, typer.Option("--python", help="Python on the nodes (default: this interpreter)")]
+NetworkOpt = Annotated[str | None, typer.Option("--network", help="pick each node's address in this CIDR (multi-NIC hosts)")]
+InterfaceOpt = Annotated[str | None, typer.Option("--interface", help="pick each node's address on this interface; also sets GLOO/NCCL_SOCKET_IFNAME")]
+RunOpt = Annotated[str | None, typer.Option("--run", help="run id or directory (default: the current run)")]
+
 HostfileOpt = Annotated[str | None, typer.Option("--hostfile", "-H", help="MPI hostfile (default /root/mpi_rack_hostfile, or the Slurm allocation)")]
 NodesOpt = Annotated[int | None, typer.Option("--nodes", help="Render for N placeholder nodes instead of a hostfile")]
 GpusOpt = Annotated[int | None, typer.Option("--gpus-per-node", help="GPUs per node when the hostfile has no slots")]
@@ -129,7 +144,10 @@ def check(
     head: HeadOpt = None,
     local: LocalOpt = False,
     set_: SetOpt = None,
-    deep: Annotated[bool, typer.Option("--deep", help="Also run megatron-core / SGLang / HF config checks")] = False,
+    deep: Annotated[bool, typer.Option("--deep", help="Also run megatron-core / SGLang / HF config checks, and the "
+                                                      "read-only preflight on every node of a real hostfile")] = False,
+    ssh_config: SSHConfigOpt = None, ssh_user: SSHUserOpt = None, ssh_key: SSHKeyOpt = None,
+    ssh_port: SSHPortOpt = None, known_hosts: KnownHostsOpt = None, connect_timeout: ConnectTimeoutOpt = 10.0,
 ) -> None:
     """Check a recipe against the nodes; print every failure (exit 1 if any)."""
     from .plan import build_plan
@@ -144,6 +162,12 @@ def check(
 
             with err.status("running deep checks (megatron-core, SGLang, HF config)..."):
                 findings = merge_findings(findings, deep_check(r, plan))
+            if not plan.placeholder:
+                from .launcher import node_preflight
+
+                with err.status(f"preflight on {alloc.num_nodes} node(s)..."):
+                    findings += node_preflight(r, alloc, plan, ssh=_ssh(ssh_config, ssh_user, ssh_key, ssh_port,
+                                                                         known_hosts, connect_timeout))
     except GlmlaunchError as e:
         _fail(e)
     findings.sort(key=lambda f: f.severity != "error")
@@ -202,25 +226,14 @@ class RichReporter:
         mark = "[green]✓[/]" if ok else "[red]✗[/]"
         self.c.print(f"{mark} {_esc(name)} [dim]{_esc(detail)}[/]", soft_wrap=True)
 
+    def findings(self, title, findings):
+        print_findings(findings, title)
+
     def log_line(self, text):
         sys.stdout.write(text)
         sys.stdout.flush()
 
 
-SSHConfigOpt = Annotated[str | None, typer.Option("--ssh-config", help="ssh_config file (default ~/.ssh/config)")]
-SSHUserOpt = Annotated[str | None, typer.Option("--ssh-user", help="SSH login user (overrides ssh_config)")]
-SSHKeyOpt = Annotated[str | None, typer.Option("--ssh-key", help="SSH private key file")]
-SSHPortOpt = Annotated[int | None, typer.Option("--ssh-port", help="SSH port")]
-KnownHostsOpt = Annotated[str | None, typer.Option("--known-hosts", help="extra known_hosts file (host keys are checked)")]
-ConnectTimeoutOpt = Annotated[float, typer.Option("--connect-timeout", help="SSH connect timeout, seconds")]
-RunsDirOpt = Annotated[str | None, typer.Option("--runs-dir", help="where run directories go (default ./runs or $GLMLAUNCH_RUNS_DIR)")]
-JoinTimeoutOpt = Annotated[float, typer.Option("--join-timeout", help="seconds to wait for every node and GPU to join")]
-PortBaseOpt = Annotated[int | None, typer.Option("--port-base", help="first of Ray's pinned ports (default 6379)")]
-DashPortOpt = Annotated[int | None, typer.Option("--dashboard-port", help="dashboard / job API port (default 8265)")]
-PythonOpt = Annotated[str | None, typer.Option("--python", help="Python on the nodes (default: this interpreter)")]
-NetworkOpt = Annotated[str | None, typer.Option("--network", help="pick each node's address in this CIDR (multi-NIC hosts)")]
-InterfaceOpt = Annotated[str | None, typer.Option("--interface", help="pick each node's address on this interface; also sets GLOO/NCCL_SOCKET_IFNAME")]
-RunOpt = Annotated[str | None, typer.Option("--run", help="run id or directory (default: the current run)")]
 
 
 def _ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout):

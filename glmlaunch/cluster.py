@@ -213,6 +213,8 @@ class RayCluster:
         if self.run_dir:
             self.run_dir.update(preflight=[f.__dict__ | {"extra": None} for f in findings])
         errors = [f for f in findings if f.severity == "error"]
+        if findings and not errors:
+            self.reporter.findings("preflight", findings)
         self.reporter.done("preflight", not errors, f"{len(findings) - len(errors)} warning(s)")
         if errors:
             raise CheckFailed(findings, hint="nothing was started; fix what the nodes report above (free the ports or "

@@ -154,6 +154,24 @@ def prepare(
     return r, alloc, plan
 
 
+def node_preflight(recipe: Recipe, alloc: Allocation, plan: LaunchPlan, *, ssh: SSHOptions | None = None,
+                   transport: Transport | None = None, reporter: Reporter | None = None) -> list:
+    """Run only the per-node preflight round (read-only: nothing is started) and return its
+    findings; unreachable nodes become error findings naming the host."""
+    from .errors import Finding, TransportError
+
+    c = RayCluster(plan, transport or make_transport(alloc, ssh), recipe=recipe, reporter=reporter)
+    try:
+        return c.preflight()
+    except CheckFailed as e:
+        return e.findings
+    except TransportError as e:
+        return [Finding(h, why, "node reachable", "glmlaunch preflight") for h, why in e.failures.items()] or [
+            Finding("nodes", e.message, "node reachable", "glmlaunch preflight")]
+    finally:
+        c.transport.close()
+
+
 def _current_cluster(alloc: Allocation, recipe: Recipe, reporter: Reporter) -> RayCluster | None:
     """The current run's cluster if it is up on the same hosts with the same recipe (``up`` is
     idempotent); else ``None``."""

@@ -24,6 +24,11 @@ class Reporter:
         """A step ended."""
         (log.info if ok else log.warning)("%s %s %s", name, "done" if ok else "failed", detail)
 
+    def findings(self, title: str, findings: list) -> None:
+        """Check results worth showing even when nothing failed (warnings), errors first."""
+        for f in findings:
+            (log.error if f.severity == "error" else log.warning)("%s: %s", title, f)
+
     def log_line(self, text: str) -> None:
         """A chunk of the trainer's log (already ends with a newline where the trainer wrote one)."""
         log.info("%s", text.rstrip("\n"))
@@ -31,6 +36,9 @@ class Reporter:
 
 class NullReporter(Reporter):
     def step(self, name, total=None):
+        pass
+
+    def findings(self, title, findings):
         pass
 
     def host(self, step, host, state, detail=""):
