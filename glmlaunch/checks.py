@@ -338,7 +338,8 @@ def check_ports(plan: LaunchPlan, out: list[Finding]) -> None:
     lo, hi = plan.ports.min_worker, plan.ports.max_worker
     if lo > hi:
         _err(out, "ports.min_worker", f"worker port range {lo}-{hi} is empty", "min <= max", "ray start")
-    for name, (a, b) in TRAINER_PORT_RANGES.items():
+    ranges = TRAINER_PORT_RANGES if plan.trainer_kind == "miles" else {}
+    for name, (a, b) in ranges.items():
         if lo <= b and a <= hi:
             _err(out, "ports.min_worker", f"Ray worker ports {lo}-{hi} overlap the {name} range {a}-{b}",
                  "worker ports clear of trainer ranges", "miles addr_allocator.py:20-21 (PR #1819)")
@@ -346,8 +347,6 @@ def check_ports(plan: LaunchPlan, out: list[Finding]) -> None:
             if a <= v <= b:
                 _err(out, f"ports.{k}", f"port {v} is in the {name} range {a}-{b}", "ports clear of trainer ranges",
                      "trainer contract §4 ports")
-        if plan.trainer_kind != "miles":
-            break
     for v in vals:
         if lo <= v <= hi:
             _err(out, "ports", f"port {v} is inside the worker range {lo}-{hi}", "ports outside worker range", "ray start")

@@ -60,8 +60,13 @@ def requests(plan: LaunchPlan, recipe: Recipe | None, token: str) -> dict[str, d
     return out
 
 
-def analyze(plan: LaunchPlan, recipe: Recipe | None, answers: dict[str, dict], sent_at: float) -> list[Finding]:
-    """Findings from every node's answer (``answers[host] = {"ports":..., "inspect":...}``)."""
+def analyze(plan: LaunchPlan, recipe: Recipe | None, answers: dict[str, dict], sent_at: float,
+            received_at: float | None = None) -> list[Finding]:
+    """Findings from every node's answer (``answers[host] = {"ports":..., "inspect":...}``);
+    ``sent_at``/``received_at`` bound the round (launcher clock, seconds) for the clock check."""
+    import time
+
+    received_at = received_at or time.time()
     out: list[Finding] = []
     add = lambda field, msg, sev="error", rule="", src="glmlaunch preflight": out.append(  # noqa: E731
         Finding(field, msg, rule, src, sev))
@@ -120,8 +125,9 @@ def analyze(plan: LaunchPlan, recipe: Recipe | None, answers: dict[str, dict], s
         if i.get("interface") is False:
             add("env.interface", f"{h}: network interface '{recipe.env.interface}' does not exist",
                 rule="GLOO/NCCL_SOCKET_IFNAME exists on every node", src="contract (a)2")
-        skew = abs(i.get("time", sent_at) - sent_at)
-        if skew > MAX_SKEW_S + 10:
+        t = i.get("time", sent_at)  # the node answered between sent_at and received_at
+        skew = max(0.0, sent_at - t, t - received_at)
+        if skew > MAX_SKEW_S:
             add("nodes", f"{h}: clock differs from the launcher's by {skew:.0f} s", "warning", "clock skew")
     return sorted(out, key=lambda f: f.severity != "error")
 
