@@ -319,19 +319,60 @@ def _expand_nodelist(nodelist: str) -> list[str]:
         raise HostfileError(f"SLURM_JOB_NODELIST={nodelist}: cannot expand ({e})", "check the Slurm allocation") from None
 
 
+def parse_gres(text: str) -> int | None:
+    """GPUs in a Slurm GRES/TRES string, or ``None`` when it names no GPU.
+
+    Accepts ``8``-less and typed forms and several entries: ``gpu:8``, ``gpu:h100:8``,
+    ``gpu:h100:8(IDX:0-7)``, ``gres:gpu:8`` (TresPerNode), ``gres/gpu=8`` / ``gres/gpu:h100=8``
+    (TRES), ``gpu`` or ``gpu:h100`` (one GPU), ``gpu:a100:4,gpu:v100:4`` (summed); other GRES
+    (``nic:1``) are ignored; ``(null)`` and ``N/A`` give ``None``."""
+    total = None
+    for part in re.split(r",(?![^()]*\))", text or ""):
+        part = re.sub(r"\(.*\)$", "", part.strip())
+        for prefix in ("gres/", "gres:"):
+            part = part.removeprefix(prefix)
+        tokens = re.split(r"[:=]", part)
+        if tokens[0] != "gpu":
+            continue
+        n = int(tokens[-1]) if len(tokens) > 1 and tokens[-1].isdigit() else 1
+        total = (total or 0) + n
+    return total
+
+
 def _slurm_gpus(env: dict) -> int | None:
-    """GPUs per node from SLURM_GPUS_ON_NODE, SLURM_GPUS_PER_NODE (``8`` or ``gpu:h100:8``) or
-    SLURM_JOB_GPUS / CUDA_VISIBLE_DEVICES (a list of ids)."""
+    """GPUs per node from SLURM_GPUS_ON_NODE, SLURM_GPUS_PER_NODE (``8`` or ``gpu:h100:8``),
+    SLURM_JOB_GPUS / SLURM_STEP_GPUS (a list of ids), else the job's GRES as ``scontrol show job``
+    reports it (``--gres=gpu:8`` jobs)."""
     for key in ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE"):
         v = env.get(key, "").strip()
         if v:
-            last = v.split(",")[0].split(":")[-1].split("(")[0]
-            if last.isdigit() and int(last) > 0:
-                return int(last)
+            n = int(v) if v.isdigit() else parse_gres(v if v.startswith(("gpu", "gres")) else f"gpu:{v}")  # h100:8
+            if n:
+                return n
     for key in ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS"):
         v = env.get(key, "").strip()
         if v:
             return len([x for x in v.split(",") if x])
+    return _gres_of_job(env.get("SLURM_JOB_ID", ""))
+
+
+def _gres_of_job(job_id: str) -> int | None:
+    """GPUs per node of job ``job_id`` from ``scontrol show job -d`` (TresPerNode, GRES)."""
+    import shutil
+    import subprocess
+
+    if not job_id.isdigit() or not shutil.which("scontrol"):
+        return None
+    try:
+        text = subprocess.run(["scontrol", "show", "job", "-d", job_id], capture_output=True, text=True, timeout=20).stdout
+    except (subprocess.SubprocessError, OSError):
+        return None
+    for key in ("TresPerNode", "GRES", "JOB_GRES"):
+        m = re.search(rf"\b{key}=(\S+)", text)
+        if m:
+            n = parse_gres(m.group(1).replace("gres:gpu", "gpu").replace("gres/gpu", "gpu"))
+            if n:
+                return n
     return None
 
 

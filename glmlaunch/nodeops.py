@@ -10,6 +10,10 @@ and its start time (``/proc/PID/stat`` field 22). ``stop`` acts only on a proces
 start time match the record (a recycled PID is never touched), sends it SIGTERM (``ray start
 --block`` then stops the daemons it started), waits, and finally SIGKILLs what is left of *that
 session* (processes whose session id is the recorded PID). Nothing is ever killed by name.
+
+Inside a Slurm job every process of a step dies when the step's task exits (proctrack/cgroup), so
+the srun transport runs ``start`` with ``hold``: the node op stays alive as the step's task,
+prints :data:`DETACH` after its answer, and stops its session when Slurm signals the step.
 """
 
 import json
@@ -62,6 +66,11 @@ def op_start(a):
     os.makedirs(a["cwd"], exist_ok=True)
     env = dict(os.environ)
     env.update(a.get("env", {}))
+    for name in a.get("ignore_signals", []):  # inherited by the command (e.g. Slurm's USR2 to every step)
+        signal.signal(getattr(signal, "SIG" + name), signal.SIG_IGN)
+    if a.get("hold"):  # caught from now on (handlers, unlike SIG_IGN, are not inherited)
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(s, lambda signum, frame: _ASKED.append(signum))
     with open(a["log"], "ab") as log, open(os.devnull, "rb") as devnull:
         p = subprocess.Popen(a["argv"], cwd=a["cwd"], env=env, stdin=devnull, stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True, close_fds=True)
@@ -78,7 +87,39 @@ def op_start(a):
             rec["exited"] = rc
             break
         time.sleep(0.1)
+    if a.get("hold") and "exited" not in rec:
+        _hold(p, rec, float(a.get("hold_grace_s", 3)))
     return rec
+
+
+DETACH = "GLMLAUNCH_DETACH"
+_ASKED = []
+
+
+def _hold(p, rec, grace):
+    """Keep this process alive as long as the started session (``hold``: the caller is a Slurm
+    step, which ends, and takes every process of the step with it, when its task exits).
+
+    Prints the record and the :data:`DETACH` line (the srun transport returns on it and leaves the
+    step running), then waits for the command. SIGTERM/SIGINT/SIGHUP (scancel, the job's end, a
+    requeue) stop the session as ``stop`` does, within ``grace`` seconds (less than Slurm's
+    KillWait), so nothing of it outlives the step. Never returns."""
+    print(json.dumps(rec), flush=True)
+    print(DETACH, flush=True)
+    fd = os.open(os.devnull, os.O_RDWR)  # the launcher stops reading the step's output
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    asked = _ASKED
+    rc = None
+    while not asked and rc is None:
+        rc = p.poll()
+        time.sleep(0.2)
+    # `stop` (glmlaunch down) ended the command: let the rest of its session leave, bounded
+    deadline = time.time() + 30
+    while not asked and time.time() < deadline and _session_members(p.pid):
+        time.sleep(0.2)
+    op_stop({"pid": p.pid, "starttime": rec["starttime"], "grace_s": grace if asked else 0})
+    os._exit(0)  # `ray start --block` exits non-zero when stopped; its log says how it ended
 
 
 def op_alive(a):
@@ -92,7 +133,17 @@ def op_stop(a):
     Linux never reuses a PID while a session of that id still has members, so processes whose
     session id is the recorded PID are ours; a live process with that PID but another start time
     is someone else's, and nothing is touched then."""
-    pid, starttime, grace = a["pid"], a.get("starttime"), float(a.get("grace_s", 20))
+    pid, starttime, grace = a.get("pid"), a.get("starttime"), float(a.get("grace_s", 20))
+    if not pid and a.get("pidfile"):  # the launcher never read start's answer (interrupted): the node's record
+        try:
+            with open(a["pidfile"]) as f:
+                rec = json.load(f)
+            pid, starttime = rec["pid"], rec.get("starttime")
+        except (OSError, ValueError, KeyError):
+            pass
+    if not pid:
+        _remove(a.get("remove", []))
+        return {"pid": None, "was_alive": False, "killed": [], "left": [], "note": "nothing was started here"}
     res = {"pid": pid, "was_alive": _alive(pid, starttime), "killed": [], "left": []}
     st = _stat(pid)
     if st and starttime is not None and st[2] != starttime:
@@ -117,12 +168,16 @@ def op_stop(a):
         if not res["left"]:
             break
         time.sleep(0.2)
-    for f in a.get("remove", []):
+    _remove(a.get("remove", []))
+    return res
+
+
+def _remove(files):
+    for f in files:
         try:
             os.unlink(f)
         except OSError:
             pass
-    return res
 
 
 def _port_owner(port):
