@@ -438,14 +438,25 @@ def templates() -> None:
     out.print(t)
 
 
+def _on_sigterm(signum, frame):
+    # SIGTERM (kill, scancel, a CI timeout) is handled like Ctrl-C: the library's cleanup paths
+    # (stop the job with its grace period, roll back / tear down the cluster) run before exiting
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
+    import signal
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app(args=argv, prog_name="glmlaunch")
     except KeyboardInterrupt:
         err.print("[red]interrupted[/]")
         sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":

@@ -111,6 +111,9 @@ class RayCluster:
         self._node_plan = {n.name: n for n in plan.nodes}
         self.started = False
         self.reused = False
+        # hosts a `start` was sent to: if it was interrupted (Ctrl-C, SIGTERM) before its answer
+        # was read, down() finds the process through the node's pid file
+        self._start_sent: set[str] = set()
         self.is_up = False
 
     # ------------------------------------------------------------------ helpers
@@ -202,7 +205,7 @@ class RayCluster:
                 hint=f"check ssh access (key, user, known_hosts) and that {self.plan.python} exists on every node "
                      "(or give setup lines with cluster.setup)",
             )
-        findings = pf.analyze(self.plan, self.recipe, answers, sent)
+        findings = pf.analyze(self.plan, self.recipe, answers, sent, time.time())
         for h, ports in busy.items():
             for p, why in ports.items():
                 foreign = "; it looks like another Ray cluster, which is left alone" if ("gcs_server" in why or "raylet" in why) else ""
@@ -259,7 +262,11 @@ class RayCluster:
                 "argv": n.ray_start, "env": n.env, "cwd": n.state_dir,
                 "log": f"{n.state_dir}/ray-start.log", "pidfile": f"{n.state_dir}/ray.pid",
                 "settle_s": 2,
+                # a transport whose steps end their processes (srun) keeps one step per node alive
+                **getattr(self.transport, "start_options", {}),
             }
+        self._start_sent.update(args)
+        self.started = True  # from now on a rollback must look at these nodes
         res = self._nodeop("start", args, step=step)
         failed = {}
         for h, (parsed, r) in res.items():
@@ -448,9 +455,10 @@ class RayCluster:
         self.reporter.step("stopping Ray on every node", total=len(self.nodes))
         per_node = {}
         for n in self.nodes.values():
-            if n.pid:
+            if n.pid or n.name in self._start_sent:
+                sd = self._node_plan[n.name].state_dir
                 per_node[n.name] = {"pid": n.pid, "starttime": n.starttime, "grace_s": self.stop_grace_s,
-                                    "remove": [f"{self._node_plan[n.name].state_dir}/auth_token"]}
+                                    "pidfile": f"{sd}/ray.pid", "remove": [f"{sd}/auth_token"]}
         results = {}
         workers = {h: a for h, a in per_node.items() if self.nodes[h].role != "head"}
         head = {h: a for h, a in per_node.items() if self.nodes[h].role == "head"}
@@ -464,6 +472,7 @@ class RayCluster:
         for h in per_node:
             if "error" not in results.get(h, {}):
                 self.nodes[h].pid = None
+                self._start_sent.discard(h)
         self.started = any(n.pid for n in self.nodes.values())
         self.is_up = False
         self._record()
@@ -497,5 +506,7 @@ class RayCluster:
             if name in c.nodes:
                 c.nodes[name].pid, c.nodes[name].starttime = rec.get("pid"), rec.get("starttime")
         c.started = any(n.pid for n in c.nodes.values())
+        if run_dir.manifest.get("state") == "starting":  # the launcher died while starting nodes
+            c._start_sent = set(c.nodes)
         c.is_up = c.started and run_dir.manifest.get("state") in ("up", "running", "finished")
         return c

@@ -86,7 +86,7 @@ def submit(plan: LaunchPlan, token: str | None, *, client=None, environ: dict | 
         raise
     except Exception as e:
         msg = str(e)
-        if "already exists" in msg or "status code 500" in msg and plan.submission_id in msg:
+        if "already exists" in msg or ("status code 500" in msg and plan.submission_id in msg):
             raise JobError(f"job {plan.submission_id} was already submitted to this cluster",
                            "follow it with `glmlaunch logs --follow`, or stop it with `glmlaunch down`") from None
         raise JobError(f"submitting the trainer failed: {msg}", "check the head's job API (glmlaunch status)") from None
@@ -95,6 +95,20 @@ def submit(plan: LaunchPlan, token: str | None, *, client=None, environ: dict | 
 def _status(client, sid: str) -> str:
     st = client.get_job_status(sid)
     return getattr(st, "value", str(st))
+
+
+def _status_retry(client, sid: str, window_s: float) -> str:
+    """:func:`_status`, retried while the job API does not answer (a dashboard busy for a moment)
+    for up to ``window_s`` seconds; then the error is raised (requests' errors are ``OSError`` s)."""
+    t0 = time.monotonic()
+    while True:
+        try:
+            return _status(client, sid)
+        except OSError as e:
+            if time.monotonic() - t0 >= window_s:
+                raise
+            log.info("job API did not answer (%s): retrying", e)
+            time.sleep(1.0)
 
 
 def follow(
@@ -106,13 +120,15 @@ def follow(
     stop: threading.Event | None = None,
     check: Callable[[], None] | None = None,
     timeout_s: float | None = None,
+    unreachable_s: float = 30.0,
 ) -> JobResult:
     """Stream the job's log to ``on_text`` until the job is terminal, then return its result.
 
     Reconnects when the log stream ends early and skips text already delivered. ``check`` is
     called every ``poll_s`` seconds (e.g. a node-liveness watchdog that raises); ``stop`` ends
     following early (the job keeps running). Safe in a notebook: the async tail runs on its own
-    thread and event loop.
+    thread and event loop. The job API may fail to answer for ``unreachable_s`` seconds in a row
+    before the error (an ``OSError``: the head is gone) is raised.
     """
     t0 = time.monotonic()
     delivered = 0
@@ -150,14 +166,14 @@ def follow(
                 break
             if check:
                 check()
-            st = _status(client, submission_id)
+            st = _status_retry(client, submission_id, unreachable_s)
             if st in TERMINAL:
                 done.wait(5.0)  # let the stream flush the last lines
                 break
             if timeout_s is not None and time.monotonic() - t0 > timeout_s:
                 raise JobError(f"job {submission_id} still running after {timeout_s:.0f} s", "glmlaunch logs --follow")
             done.wait(poll_s)
-        st = _status(client, submission_id)
+        st = _status_retry(client, submission_id, unreachable_s)
         if st in TERMINAL or stop.is_set():
             try:  # whatever the stream missed
                 deliver(client.get_job_logs(submission_id))

@@ -180,7 +180,8 @@ def _current_cluster(alloc: Allocation, recipe: Recipe, reporter: Reporter) -> R
     except GlmlaunchError:
         return None
     m = rd.manifest
-    if m.get("state") != "up" or m.get("recipe") != recipe.run.name:
+    # a job submitted to the cluster (running, or finished with the cluster kept) leaves it up
+    if m.get("state") not in ("up", "running", "finished") or m.get("recipe") != recipe.run.name:
         return None
     if [h["address"] for h in m.get("hosts", [])] != [h.address for h in alloc.hosts]:
         return None
@@ -266,6 +267,13 @@ def _watchdog(cluster: RayCluster, every_s: float = 10.0):
         if time.monotonic() - last[0] < every_s:
             return
         last[0] = time.monotonic()
+        ended = getattr(cluster.transport, "ended_steps", None)  # srun: a node's Slurm step is gone
+        gone = ended() if ended else {}
+        if gone:
+            raise ClusterError(f"{len(gone)} node(s) lost their Ray step while the job was running: "
+                               + "; ".join(f"{h}: {why}" for h, why in gone.items()), missing=gone,
+                               hint="the job was stopped; look at the node (sacct -j JOB, its slurmd log), then launch again "
+                                    "(training resumes from the last checkpoint)")
         try:
             st = cluster.status()
         except GlmlaunchError:
@@ -309,9 +317,18 @@ def submit_and_follow(
 
     try:
         result = jobs.follow(client, sid, on_text, check=_watchdog(cluster, watchdog_s), stop=stop)
-    except ClusterError:
-        jobs.stop_job(client, sid, grace_s=150)
-        raise
+    except (ClusterError, OSError) as e:  # a node died / the head's job API is gone (requests' errors are OSErrors)
+        try:
+            jobs.stop_job(client, sid, grace_s=150)
+        except Exception as se:  # the error that stopped us matters more
+            log.warning("could not stop job %s: %s", sid, se)
+        if isinstance(e, ClusterError):
+            raise
+        head = plan.head.name
+        raise ClusterError(f"the head node {head} stopped answering while job {sid} was running "
+                           f"({plan.dashboard_url}: {e})", missing={head: "the Ray job API does not answer"},
+                           hint="look at the head node and its Ray logs (glmlaunch status), then launch again "
+                                "(training resumes from the last checkpoint)") from None
     except BaseException:
         try:
             reporter.step("stopping the job (grace period for a checkpoint)")

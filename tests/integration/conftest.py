@@ -7,9 +7,11 @@ These tests never import glmlaunch's internals here; they only describe the clus
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +73,65 @@ class ClusterInfo:
     def slurm_env(self) -> dict[str, str]:
         """os.environ plus SLURM_CONF, for srun/sbatch/submitit in subprocesses."""
         return {**os.environ, "SLURM_CONF": str(self.slurm_conf)}
+
+    def index(self, host: str) -> int:
+        """h2 -> 2 (the I of on_host)."""
+        return self.hosts.index(host) + 1
+
+    def spawn(self, i: int, *cmd: str) -> int:
+        """Start CMD detached inside h<i> (a session of its own, no output kept) and return its
+        in-host PID. Kill it with kill() (never from the root ns)."""
+        r = self.on_host(i, "sh", "-c", 'setsid "$@" </dev/null >/dev/null 2>&1 & echo $!', "sh", *cmd)
+        return int(r.stdout.strip())
+
+    def kill(self, i: int, pid: int, sig: str = "KILL") -> None:
+        """Send SIG to the in-host PID of h<i> (no error if it is gone)."""
+        self.on_host(i, "kill", f"-{sig}", str(pid), check=False)
+
+    def processes(self, i: int, marker: str | None = None) -> list[dict]:
+        """Live processes of h<i> (zombies left out): pid, ppid, sid, state, comm, args, and
+        ``marked``: whether ``marker`` occurs in the command line or the environment."""
+        r = self.on_host(i, sys.executable, "-c", _PS_SRC, marker or "", timeout=60)
+        return json.loads(r.stdout)
+
+    def pid_alive(self, i: int, pid: int) -> bool:
+        return any(p["pid"] == pid for p in self.processes(i))
+
+    def listening(self, i: int) -> list[str]:
+        """Local addresses (``ip:port``) with a listening TCP socket inside h<i>."""
+        out = self.on_host(i, "ss", "-ltnH").stdout
+        return [line.split()[3] for line in out.splitlines() if line.strip()]
+
+
+# Runs inside a test host (its own /proc): every live process, as JSON.
+_PS_SRC = r"""
+import json, os, sys
+marker = sys.argv[1].encode()
+out = []
+for name in os.listdir("/proc"):
+    if not name.isdigit():
+        continue
+    try:
+        with open(f"/proc/{name}/stat") as f:
+            data = f.read()
+        rest = data[data.rfind(")") + 2:].split()
+        comm = data[data.find("(") + 1:data.rfind(")")]
+        with open(f"/proc/{name}/cmdline", "rb") as f:
+            args = f.read()
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            env = b""
+    except OSError:
+        continue
+    if rest[0] == "Z" or int(name) == os.getpid():
+        continue
+    out.append({"pid": int(name), "ppid": int(rest[1]), "sid": int(rest[3]), "state": rest[0], "comm": comm,
+                "args": args.replace(b"\0", b" ").decode(errors="replace").strip(),
+                "marked": bool(marker) and (marker in args or marker in env)})
+print(json.dumps(out))
+"""
 
 
 @pytest.fixture(scope="session")
