@@ -258,7 +258,7 @@ def print_status(cluster) -> None:
         err.print(f"[yellow]note:[/] {_esc(p)}")
     m = cluster.run_dir.manifest if cluster.run_dir else {}
     job = m.get("job") or {}
-    sid = m.get("submission_id")
+    sid = m.get("submissions", [None])[-1]
     if sid:
         state = m.get("state")
         try:
@@ -375,8 +375,8 @@ def logs(run: RunOpt = None, follow: Annotated[bool, typer.Option("--follow", "-
 
     try:
         c = launcher.open_run(run)
-        sid = c.run_dir.manifest.get("submission_id")
-        if not sid or c.run_dir.manifest.get("state") in ("created", "starting", "up"):
+        sid = (c.run_dir.manifest.get("submissions") or [None])[-1]
+        if not sid:
             raise GlmlaunchError("this run has no job yet", "glmlaunch submit")
         client = jobs.client_for(c.plan, c.token)
         if follow:
@@ -396,13 +396,15 @@ def logs(run: RunOpt = None, follow: Annotated[bool, typer.Option("--follow", "-
 
 
 @app.command()
-def down(run: RunOpt = None) -> None:
+def down(run: RunOpt = None,
+         purge: Annotated[bool, typer.Option("--purge", help="also remove each node's state dir (Ray's logs of this run)")] = False,
+         ) -> None:
     """Stop the run's job (with its grace period) and exactly the Ray processes this run started."""
     from . import jobs, launcher
 
     try:
         c = launcher.open_run(run, reporter=RichReporter())
-        sid = c.run_dir.manifest.get("submission_id")
+        sid = (c.run_dir.manifest.get("submissions") or [None])[-1]
         if sid and c.run_dir.manifest.get("state") == "running":
             try:
                 client = jobs.client_for(c.plan, c.token)
@@ -410,7 +412,7 @@ def down(run: RunOpt = None) -> None:
                 jobs.stop_job(client, sid)
             except Exception as e:
                 err.print(f"[yellow]could not stop the job through Ray ({_esc(str(e)[:200])}); stopping the cluster[/]")
-        res = c.down()
+        res = c.down(purge=purge)
     except GlmlaunchError as e:
         _fail(e, 1)
     bad = {h: r for h, r in res.items() if "error" in r or r.get("left")}

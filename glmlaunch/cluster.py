@@ -444,21 +444,24 @@ class RayCluster:
             rn = by_ip.get(n.address, {})
             st.nodes[n.name] = {
                 "address": n.address, "role": n.role, "alive": rn.get("state") == "ALIVE",
-                "gpus": rn.get("resources_total", {}).get("GPU"), "process": procs.get(n.name),
+                "gpus": rn.get("resources_total", {}).get("GPU", 0.0) if rn else None, "process": procs.get(n.name),
             }
         st.ok = all(v["alive"] and v["gpus"] == self.plan.gpus_per_node for v in st.nodes.values())
         return st
 
-    def down(self) -> dict[str, dict]:
+    def down(self, purge: bool = False) -> dict[str, dict]:
         """Stop this cluster's Ray processes on every node (workers first, then the head), by
-        recorded session only. Returns host -> what was stopped. Idempotent."""
+        recorded session only, and remove the run's token from the nodes. With ``purge`` each
+        node's state directory (Ray's logs of this run) goes too. Returns host -> what was
+        stopped. Idempotent."""
         self.reporter.step("stopping Ray on every node", total=len(self.nodes))
         per_node = {}
         for n in self.nodes.values():
             if n.pid or n.name in self._start_sent:
                 sd = self._node_plan[n.name].state_dir
                 per_node[n.name] = {"pid": n.pid, "starttime": n.starttime, "grace_s": self.stop_grace_s,
-                                    "pidfile": f"{sd}/ray.pid", "remove": [f"{sd}/auth_token"]}
+                                    "pidfile": f"{sd}/ray.pid",
+                                    "remove": [f"{sd}/auth_token"] + ([f"{sd}/"] if purge else [])}
         results = {}
         workers = {h: a for h, a in per_node.items() if self.nodes[h].role != "head"}
         head = {h: a for h, a in per_node.items() if self.nodes[h].role == "head"}

@@ -73,12 +73,15 @@ def job_runtime_env(plan: LaunchPlan, environ: dict | None = None) -> dict:
     return {"env_vars": env}
 
 
-def submit(plan: LaunchPlan, token: str | None, *, client=None, environ: dict | None = None) -> str:
-    """Submit the plan's trainer; returns the submission id. Raises :class:`JobError`."""
+def submit(plan: LaunchPlan, token: str | None, *, client=None, environ: dict | None = None,
+           submission_id: str | None = None) -> str:
+    """Submit the plan's trainer (as ``submission_id``, default the plan's); returns the submission
+    id. Raises :class:`JobError`."""
     client = client or client_for(plan, token)
+    sid = submission_id or plan.submission_id
     try:
         return client.submit_job(
-            entrypoint=plan.entrypoint, submission_id=plan.submission_id,
+            entrypoint=plan.entrypoint, submission_id=sid,
             runtime_env=job_runtime_env(plan, environ), entrypoint_num_cpus=0,
             metadata={"glmlaunch_run": plan.run_id, "recipe": plan.recipe},
         )
@@ -86,8 +89,8 @@ def submit(plan: LaunchPlan, token: str | None, *, client=None, environ: dict | 
         raise
     except Exception as e:
         msg = str(e)
-        if "already exists" in msg or ("status code 500" in msg and plan.submission_id in msg):
-            raise JobError(f"job {plan.submission_id} was already submitted to this cluster",
+        if "already exists" in msg or ("status code 500" in msg and sid in msg):
+            raise JobError(f"job {sid} was already submitted to this cluster",
                            "follow it with `glmlaunch logs --follow`, or stop it with `glmlaunch down`") from None
         raise JobError(f"submitting the trainer failed: {msg}", "check the head's job API (glmlaunch status)") from None
 

@@ -172,9 +172,10 @@ def node_preflight(recipe: Recipe, alloc: Allocation, plan: LaunchPlan, *, ssh: 
         c.transport.close()
 
 
-def _current_cluster(alloc: Allocation, recipe: Recipe, reporter: Reporter) -> RayCluster | None:
-    """The current run's cluster if it is up on the same hosts with the same recipe (``up`` is
-    idempotent); else ``None``."""
+def _current_cluster(alloc: Allocation, recipe: Recipe, plan: LaunchPlan, reporter: Reporter) -> RayCluster | None:
+    """The current run's cluster if it is up on the same hosts, for the same recipe, with the same
+    ports, Python and GPUs per node (``up`` is idempotent); else ``None``. The returned handle
+    carries the new plan's trainer argv and runtime env (overrides apply to the next job)."""
     try:
         rd = RunDir.open()
     except GlmlaunchError:
@@ -185,12 +186,21 @@ def _current_cluster(alloc: Allocation, recipe: Recipe, reporter: Reporter) -> R
         return None
     if [h["address"] for h in m.get("hosts", [])] != [h.address for h in alloc.hosts]:
         return None
+    if m.get("ports") != plan.ports.named():
+        return None
     try:
         c = RayCluster.from_run(rd, transport_from_manifest(m), reporter=reporter)
+        if c.plan.python != plan.python or c.plan.gpus_per_node != plan.gpus_per_node:
+            return None
         st = c.status()
     except GlmlaunchError:
         return None
-    return c if st.ok else None
+    if not st.ok:
+        return None
+    c.plan.argv, c.plan.env_vars, c.plan.secret_env = plan.argv, plan.env_vars, plan.secret_env
+    c.plan.trainer_kind, c.plan.findings = plan.trainer_kind, plan.findings
+    rd.write("plan.json", render_json(c.plan))
+    return c
 
 
 def up(
@@ -225,13 +235,14 @@ def up(
                              python=python, deep=deep, env=env, network=network, interface=interface, ssh=ssh,
                              transport=transport)
     if reuse:
-        existing = _current_cluster(alloc, r, reporter)
+        existing = _current_cluster(alloc, r, plan, reporter)
         if existing is not None:
             reporter.done("cluster already up", True, str(existing.run_dir.path if existing.run_dir else ""))
             existing.reused = True
             return existing
     t = transport or make_transport(alloc, ssh)
-    rd = RunDir.create(plan.run_id, runs_dir)
+    rd = RunDir.create(plan.run_id, runs_dir, current=False)  # current once it is up: a failed
+    # start must not hide the run that is still up
     rd.write("plan.json", render_json(plan))
     rd.write("commands.sh", render_bash(plan))
     s = ssh or SSHOptions()
@@ -253,7 +264,12 @@ def up(
     with os.fdopen(fd, "w") as f:
         f.write(cluster.token + "\n")
     t0 = time.monotonic()
-    cluster.up()
+    try:
+        cluster.up()
+    except GlmlaunchError as e:
+        e.hint = f"{e.hint + '; ' if e.hint else ''}what each host printed is in {rd.path}/hosts/"
+        raise
+    rd.make_current()
     rd.event("up", seconds=round(time.monotonic() - t0, 2))
     return cluster
 
@@ -299,10 +315,12 @@ def submit_and_follow(
     reporter = reporter or NullReporter()
     plan = cluster.plan
     client = jobs.client_for(plan, cluster.token)
-    reporter.step(f"submitting {plan.trainer_kind} job {plan.submission_id}")
-    sid = jobs.submit(plan, cluster.token, client=client)
+    done = cluster.run_dir.manifest.get("submissions", []) if cluster.run_dir else []
+    sid = plan.submission_id if not done else f"{plan.submission_id}-{len(done) + 1}"  # a kept cluster's next job
+    reporter.step(f"submitting {plan.trainer_kind} job {sid}")
+    sid = jobs.submit(plan, cluster.token, client=client, submission_id=sid)
     if cluster.run_dir:
-        cluster.run_dir.update(state="running", submission_id=sid)
+        cluster.run_dir.update(state="running", submission_id=sid, submissions=[*done, sid])
         cluster.run_dir.event("submitted", submission_id=sid)
     reporter.done("submit", True, sid)
     if not follow:

@@ -173,9 +173,15 @@ def op_stop(a):
 
 
 def _remove(files):
+    """Remove files, and whole directories given with a trailing ``/`` (``down --purge``)."""
+    import shutil
+
     for f in files:
         try:
-            os.unlink(f)
+            if f.endswith("/"):
+                shutil.rmtree(f)
+            else:
+                os.unlink(f)
         except OSError:
             pass
 

@@ -51,14 +51,16 @@ class RunDir:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
-    def create(cls, run_id: str, runs_dir: str | os.PathLike | None = None) -> RunDir:
+    def create(cls, run_id: str, runs_dir: str | os.PathLike | None = None, current: bool = True) -> RunDir:
+        """Make ``runs/<run_id>/``; with ``current`` it becomes the run other shells find."""
         root = Path(runs_dir).absolute() if runs_dir else default_runs_dir()
         p = root / run_id
         p.mkdir(parents=True, exist_ok=False)
         (p / "hosts").mkdir()
         rd = cls(p, {"run_id": run_id, "created": time.time(), "state": "created", "events": []})
         rd.save()
-        rd.make_current()
+        if current:
+            rd.make_current()
         return rd
 
     @classmethod
