@@ -350,9 +350,13 @@ def check_ports(plan: LaunchPlan, out: list[Finding]) -> None:
     for v in vals:
         if lo <= v <= hi:
             _err(out, "ports", f"port {v} is inside the worker range {lo}-{hi}", "ports outside worker range", "ray start")
-    if plan.head_address in ("0.0.0.0", "::"):
-        _err(out, "hosts", "the head's address is a wildcard; the job API would listen on every interface",
-             "no wildcard bind", "contract: job API open on 0.0.0.0")
+    try:
+        wildcard = ipaddress.ip_address(plan.head_address).is_unspecified
+    except ValueError:
+        wildcard = False
+    if wildcard:
+        _err(out, "hosts", "the head's address is the unspecified (wildcard) address; the job API would listen on "
+             "every interface", "no wildcard bind", "the seed's --dashboard-host on every interface, no auth")
     try:
         ipaddress.ip_address(plan.head_address)
     except ValueError:

@@ -483,7 +483,7 @@ def ray_start_commands(
     """``ray start`` argv, env and the node's own state directory, for each node (head first).
 
     Head: ``--head --node-ip-address`` on the cluster network, every port pinned, the dashboard
-    bound to the head's address (not 0.0.0.0), ``--block`` so that the launcher owns the process
+    bound to the head's address (not every interface), ``--block`` so that the launcher owns the process
     group. Workers: ``--address head:gcs`` with their own ``--node-ip-address``. Token auth
     (``RAY_AUTH_MODE=token``, Ray >= 2.52) reads the token from a file written per run, so the
     token is never in argv or logs.
