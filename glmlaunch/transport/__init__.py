@@ -9,6 +9,7 @@ that failed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -77,3 +78,26 @@ class Transport(Protocol):
 def run_same(transport: Transport, targets: list[Target], command: str, *, timeout: float = 60.0, on_done=None):
     """Run one command on several targets (``run_many`` with the same line for each)."""
     return transport.run_many({t: command for t in targets}, timeout=timeout, on_done=on_done)
+
+
+def run_parallel(
+    run_one: Callable[[Target, str, float], RemoteResult],
+    commands: dict[Target, str],
+    *,
+    timeout: float,
+    on_done: Callable[[Target, RemoteResult], None] | None = None,
+    max_parallel: int = 64,
+) -> dict[Target, RemoteResult]:
+    """The body of every transport's ``run_many``: ``run_one(target, command, timeout)`` on a
+    thread per target (at most ``max_parallel`` at once); one result per target, in order."""
+    out: dict[Target, RemoteResult] = {}
+    if not commands:
+        return out
+    with ThreadPoolExecutor(max_workers=min(max_parallel, len(commands))) as ex:
+        futs = {ex.submit(run_one, t, cmd, timeout): t for t, cmd in commands.items()}
+        for f, t in futs.items():
+            r = f.result()
+            out[t] = r
+            if on_done:
+                on_done(t, r)
+    return out

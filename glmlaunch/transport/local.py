@@ -10,9 +10,8 @@ import os
 import subprocess
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
-from . import RemoteResult, Target
+from . import RemoteResult, Target, run_parallel
 
 
 class LocalTransport:
@@ -39,16 +38,12 @@ class LocalTransport:
         self, commands: dict[Target, str], *, timeout: float = 60.0,
         on_done: Callable[[Target, RemoteResult], None] | None = None,
     ) -> dict[Target, RemoteResult]:
-        out: dict[Target, RemoteResult] = {}
-        with ThreadPoolExecutor(max_workers=max(1, len(commands))) as ex:
-            futs = {ex.submit(self._run, cmd, timeout): t for t, cmd in commands.items()}
-            for f, t in futs.items():
-                r = f.result()
-                r.host = t.name
-                out[t] = r
-                if on_done:
-                    on_done(t, r)
-        return out
+        def one(t: Target, cmd: str, timeout: float) -> RemoteResult:
+            r = self._run(cmd, timeout)
+            r.host = t.name
+            return r
+
+        return run_parallel(one, commands, timeout=timeout, on_done=on_done)
 
     def put_text(self, targets, path, text, *, mode=0o600, timeout=30.0):
         out = {}

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from ..errors import TransportError
 from ..nodeops import DETACH
-from . import RemoteResult, Target
+from . import RemoteResult, Target, run_parallel
 
 _STEP_ERRORS = ("Unable to create step", "Invalid job id", "Invalid node name", "Job/step already completing",
                 "not in the allocation", "Requested node configuration is not available")
@@ -179,17 +179,7 @@ class SrunTransport:
         self, commands: dict[Target, str], *, timeout: float = 60.0,
         on_done: Callable[[Target, RemoteResult], None] | None = None,
     ) -> dict[Target, RemoteResult]:
-        out: dict[Target, RemoteResult] = {}
-        if not commands:
-            return out
-        with ThreadPoolExecutor(max_workers=min(self.max_parallel, len(commands))) as ex:
-            futs = {ex.submit(self._run_one, t, cmd, timeout): t for t, cmd in commands.items()}
-            for f, t in futs.items():
-                r = f.result()
-                out[t] = r
-                if on_done:
-                    on_done(t, r)
-        return out
+        return run_parallel(self._run_one, commands, timeout=timeout, on_done=on_done, max_parallel=self.max_parallel)
 
     def put_text(self, targets, path, text, *, mode=0o600, timeout=30.0):
         d = os.path.dirname(path) or "."

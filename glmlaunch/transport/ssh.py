@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import TransportError
-from . import RemoteResult, Target
+from . import RemoteResult, Target, run_parallel
 
 log = logging.getLogger(__name__)
 
@@ -160,18 +160,7 @@ class SSHTransport:
         self, commands: dict[Target, str], *, timeout: float = 60.0,
         on_done: Callable[[Target, RemoteResult], None] | None = None,
     ) -> dict[Target, RemoteResult]:
-        out: dict[Target, RemoteResult] = {}
-        if not commands:
-            return out
-        with ThreadPoolExecutor(max_workers=min(self.max_parallel, len(commands))) as ex:
-            futs = {ex.submit(self._run_one, t, cmd, timeout): t for t, cmd in commands.items()}
-            for f in futs:
-                t = futs[f]
-                r = f.result()
-                out[t] = r
-                if on_done:
-                    on_done(t, r)
-        return out
+        return run_parallel(self._run_one, commands, timeout=timeout, on_done=on_done, max_parallel=self.max_parallel)
 
     def put_text(self, targets, path, text, *, mode=0o600, timeout=30.0):
         d = os.path.dirname(path) or "."
