@@ -19,7 +19,8 @@ from .errors import CheckFailed, Finding, GlmlaunchError
 
 app = typer.Typer(
     add_completion=False,
-    no_args_is_help=False,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Launch miles GSPO/GRPO training of GLM-4.5 on a Ray cluster, from an MPI hostfile or a Slurm allocation.",
     pretty_exceptions_enable=False,
 )
@@ -27,6 +28,20 @@ out = Console()
 err = Console(stderr=True)
 
 DEFAULT_RECIPE = "local-probe"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"glmlaunch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit")] = False) -> None:
+    """Launch miles GSPO/GRPO training of GLM-4.5 on a Ray cluster, from an MPI hostfile or a Slurm allocation."""
 
 SSHConfigOpt = Annotated[str | None, typer.Option("--ssh-config", help="ssh_config file (default ~/.ssh/config)")]
 SSHUserOpt = Annotated[str | None, typer.Option("--ssh-user", help="SSH login user (overrides ssh_config)")]
@@ -171,8 +186,11 @@ def check(
     except GlmlaunchError as e:
         _fail(e)
     findings.sort(key=lambda f: f.severity != "error")
-    print_findings(findings, f"checks of {r.run.name} on {alloc.num_nodes} nodes x {plan.gpus_per_node} GPUs")
+    nodes = f"{alloc.num_nodes} node{'s' if alloc.num_nodes != 1 else ''}"
+    print_findings(findings, f"checks of {r.run.name} on {nodes} x {plan.gpus_per_node} GPUs")
     if any(f.severity == "error" for f in findings):
+        err.print("[yellow]fix:[/] change the recipe fields named above (in the file or with --set KEY=VALUE), the "
+                  "hostfile, or the nodes, and run `glmlaunch check` again", soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -244,31 +262,43 @@ def _ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout):
 
 
 def print_status(cluster) -> None:
-    st = cluster.status()
-    t = Table(title=f"run {cluster.plan.run_id}: {cluster.plan.recipe} — {cluster.plan.dashboard_url}")
-    for c in ("host", "role", "address", "Ray node", "GPUs", "ray start process"):
-        t.add_column(c)
-    for h, v in st.nodes.items():
-        alive = "[green]alive[/]" if v["alive"] else "[red]not alive[/]"
-        proc = {True: "[green]running[/]", False: "[red]exited[/]", None: "-"}[v["process"]]
-        gpus = "-" if v["gpus"] is None else f"{v['gpus']:g}"
-        t.add_row(h, v["role"], v["address"], alive, gpus, proc)
-    out.print(t)
-    for p in st.problems:
-        err.print(f"[yellow]note:[/] {_esc(p)}")
     m = cluster.run_dir.manifest if cluster.run_dir else {}
-    job = m.get("job") or {}
-    sid = m.get("submissions", [None])[-1]
-    if sid:
-        state = m.get("state")
+    title = f"run {cluster.plan.run_id}: {cluster.plan.recipe} — {cluster.plan.dashboard_url}"
+    if m.get("state") in ("down", "down-incomplete", "created"):  # nothing to ask the nodes
+        out.print(f"{title}: {m.get('state')}")
+    else:
+        st = cluster.status()
+        t = Table(title=title)
+        for c in ("host", "role", "address", "Ray node", "GPUs", "ray start process"):
+            t.add_column(c)
+        for h, v in st.nodes.items():
+            alive = "[green]alive[/]" if v["alive"] else "[red]not alive[/]"
+            proc = {True: "[green]running[/]", False: "[red]exited[/]", None: "-"}[v["process"]]
+            gpus = "-" if v["gpus"] is None else f"{v['gpus']:g}"
+            t.add_row(h, v["role"], v["address"], alive, gpus, proc)
+        out.print(t)
+        for p in st.problems:
+            err.print(f"[yellow]note:[/] {_esc(p)}")
+    subs = m.get("submissions") or []
+    client = None
+    if subs and m.get("state") not in ("down", "down-incomplete"):
         try:
             from . import jobs
 
             client = jobs.client_for(cluster.plan, cluster.token)
-            state = jobs._status(client, sid)
-        except Exception:
-            pass
-        out.print(f"job {sid}: {state}" + (f" (exit code {job.get('exit_code')})" if job.get("exit_code") is not None else ""))
+        except GlmlaunchError:
+            client = None
+    last = m.get("job") or {}
+    for sid in subs:
+        state = None
+        if client is not None:
+            from . import jobs
+
+            state = jobs.job_status(client, sid)
+        if state in (None, "UNKNOWN") and sid == subs[-1]:
+            state = last.get("status", "not known (the cluster is down)")
+        code = last.get("exit_code") if sid == subs[-1] else None
+        out.print(f"job {sid}: {state}" + (f" (exit code {code})" if code is not None else ""))
     out.print(f"run directory: {cluster.run_dir.path if cluster.run_dir else '-'}")
 
 
@@ -333,8 +363,9 @@ def launch(
         _fail(e, 1)
     job = res.job
     color = "green" if res.ok else "red"
-    err.print(f"[{color}]job {job.submission_id}: {job.status}[/] (exit code {job.exit_code}, {job.duration_s:.0f} s); "
-              f"run directory {res.run_dir}")
+    code = "" if job.exit_code is None else f"exit code {job.exit_code}, "
+    err.print(f"[{color}]job {job.submission_id}: {job.status}[/] ({code}{job.duration_s:.0f} s)"
+              + (f"; run directory {res.run_dir}" if res.run_dir else ""))
     if keep:
         err.print("the cluster is still up: [bold]glmlaunch status[/], [bold]glmlaunch down[/]")
     if not res.ok:
@@ -375,24 +406,28 @@ def logs(run: RunOpt = None, follow: Annotated[bool, typer.Option("--follow", "-
 
     try:
         c = launcher.open_run(run)
-        sid = (c.run_dir.manifest.get("submissions") or [None])[-1]
-        if not sid:
-            raise GlmlaunchError("this run has no job yet", "glmlaunch submit")
+    except GlmlaunchError as e:
+        _fail(e, 1)
+    sid = (c.run_dir.manifest.get("submissions") or [None])[-1]
+    if not sid:
+        hint = "glmlaunch submit" if c.is_up else "glmlaunch up, then glmlaunch submit (or glmlaunch launch)"
+        _fail(GlmlaunchError(f"run {c.plan.run_id} has no job yet", hint), 1)
+    saved = [p for p in (c.run_dir.path / f"{sid}.log", c.run_dir.path / "job.log") if p.exists()]
+    try:
+        if not c.is_up:
+            raise GlmlaunchError(f"run {c.plan.run_id} is {c.run_dir.manifest.get('state')}")
         client = jobs.client_for(c.plan, c.token)
         if follow:
             res = jobs.follow(client, sid, lambda t: (sys.stdout.write(t), sys.stdout.flush()))
             err.print(f"job {sid}: {res.status} (exit code {res.exit_code})")
         else:
             sys.stdout.write(client.get_job_logs(sid))
-    except GlmlaunchError as e:
-        _fail(e, 1)
     except Exception as e:  # the cluster is gone: show what was kept
-        p = c.run_dir.path / "job.log"
-        if p.exists():
-            err.print(f"[yellow]the cluster does not answer ({_esc(str(e)[:200])}); showing {p}[/]")
-            sys.stdout.write(p.read_text())
-        else:
-            _fail(GlmlaunchError(f"cannot read the job's log: {e}", "glmlaunch status"), 1)
+        if not saved:
+            _fail(GlmlaunchError(f"cannot read the log of job {sid}: {str(e)[:300]}",
+                                 "the cluster is not up and no copy of the log was kept in the run directory"), 1)
+        err.print(f"[yellow]the cluster does not answer ({_esc(str(e)[:200])}); showing {saved[0]}[/]")
+        sys.stdout.write(saved[0].read_text())
 
 
 @app.command()
@@ -404,12 +439,18 @@ def down(run: RunOpt = None,
 
     try:
         c = launcher.open_run(run, reporter=RichReporter())
-        sid = (c.run_dir.manifest.get("submissions") or [None])[-1]
-        if sid and c.run_dir.manifest.get("state") == "running":
+        subs = c.run_dir.manifest.get("submissions") or []
+        if subs and c.is_up:
             try:
                 client = jobs.client_for(c.plan, c.token)
-                err.print(f"stopping job {sid} ...")
-                jobs.stop_job(client, sid)
+                for sid in subs:  # every job this run submitted, each with its grace period
+                    if jobs.job_status(client, sid) not in jobs.TERMINAL:
+                        err.print(f"stopping job {sid} (grace period for a checkpoint) ...")
+                        jobs.stop_job(client, sid)
+                    try:  # keep the job's log: the cluster (and Ray's copy) is about to go
+                        c.run_dir.write(f"{sid}.log", client.get_job_logs(sid))
+                    except Exception:
+                        pass
             except Exception as e:
                 err.print(f"[yellow]could not stop the job through Ray ({_esc(str(e)[:200])}); stopping the cluster[/]")
         res = c.down(purge=purge)
@@ -451,6 +492,7 @@ def main(argv: list[str] | None = None) -> None:
     import signal
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)  # "WebSocket closed ..." noise
     old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app(args=argv, prog_name="glmlaunch")

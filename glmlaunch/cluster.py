@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import re
 import secrets
 import shlex
 import time
@@ -206,11 +207,20 @@ class RayCluster:
                      "(or give setup lines with cluster.setup)",
             )
         findings = pf.analyze(self.plan, self.recipe, answers, sent, time.time())
-        for h, ports in busy.items():
-            for p, why in ports.items():
-                foreign = "; it looks like another Ray cluster, which is left alone" if ("gcs_server" in why or "raylet" in why) else ""
-                findings.insert(0, Finding("ports", f"{h}: port {p} {why}{foreign}", "planned ports free",
-                                           "glmlaunch port plan (contract §6.2: a busy 6379 joins a stranger's cluster)"))
+        for h, ports in busy.items():  # one finding per host, naming each port and its holder
+            owners = "; ".join(f"{p} {why}" for p, why in sorted(ports.items(), key=lambda kv: int(kv[0])))
+            text = " ".join(ports.values())
+            glr = re.search(r"/glr-([A-Za-z0-9_.-]+?)/n\d+", text)
+            if glr:
+                what = (f"; they are held by glmlaunch run {glr.group(1)}: `glmlaunch down --run {glr.group(1)}`, "
+                        "or give this cluster other ports with --port-base/--dashboard-port")
+            elif "gcs_server" in text or "raylet" in text or "ray start" in text:
+                what = "; another Ray cluster holds them and is left alone: move this one with --port-base/--dashboard-port"
+            else:
+                what = "; free them or move Ray's ports with --port-base/--dashboard-port"
+            findings.insert(0, Finding("ports", f"{h}: {len(ports)} planned port(s) in use: {owners}{what}",
+                                       "planned ports free",
+                                       "glmlaunch port plan (contract §6.2: a busy 6379 joins a stranger's cluster)"))
         findings += self._shared_check(answers)
         self.preflight_findings = findings
         if self.run_dir:
@@ -218,7 +228,7 @@ class RayCluster:
         errors = [f for f in findings if f.severity == "error"]
         if findings and not errors:
             self.reporter.findings("preflight", findings)
-        self.reporter.done("preflight", not errors, f"{len(findings) - len(errors)} warning(s)")
+        self.reporter.done("preflight", not errors, f"{len(errors)} error(s), {len(findings) - len(errors)} warning(s)")
         if errors:
             raise CheckFailed(findings, hint="nothing was started; fix what the nodes report above (free the ports or "
                                              "move ours with --port-base/--dashboard-port, install or fix files) and run again")

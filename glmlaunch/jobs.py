@@ -26,7 +26,7 @@ from .plan import LaunchPlan
 
 log = logging.getLogger(__name__)
 
-TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED", "UNKNOWN"}
 
 
 @dataclass
@@ -98,6 +98,15 @@ def submit(plan: LaunchPlan, token: str | None, *, client=None, environ: dict | 
 def _status(client, sid: str) -> str:
     st = client.get_job_status(sid)
     return getattr(st, "value", str(st))
+
+
+def job_status(client, sid: str) -> str:
+    """The job's status (``PENDING``/``RUNNING``/``SUCCEEDED``/``FAILED``/``STOPPED``), or
+    ``UNKNOWN`` when the cluster does not know it (a job of an earlier cluster)."""
+    try:
+        return _status(client, sid)
+    except Exception:
+        return "UNKNOWN"
 
 
 def _status_retry(client, sid: str, window_s: float) -> str:

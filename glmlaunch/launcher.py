@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import jobs
 from .cluster import RayCluster
-from .errors import CheckFailed, ClusterError, GlmlaunchError, HostfileError
+from .errors import CheckFailed, ClusterError, GlmlaunchError, HostfileError, JobError
 from .hosts import Allocation, discover
 from .plan import LaunchPlan, PortPlan, build_plan, plan_to_dict, render_bash, render_json
 from .progress import NullReporter, Reporter
@@ -120,6 +120,10 @@ def prepare(
     except to read each node's addresses when ``network`` (CIDR) or ``interface`` picks them
     (:func:`glmlaunch.network.select_addresses`). Raises :class:`CheckFailed` with every finding
     when any check fails."""
+    if local and hostfile:
+        raise HostfileError("--local and --hostfile exclude each other", "pass one of them")
+    if local and head:
+        raise HostfileError("--head has no meaning with --local (this machine is the head)", "drop --head")
     r = load_recipe(recipe, overrides)
     if interface and not r.env.interface:
         r.env.interface = interface  # GLOO/TP/NCCL_SOCKET_IFNAME follow the chosen interface
@@ -141,7 +145,8 @@ def prepare(
 
         alloc = select_addresses(alloc, transport or make_transport(alloc, ssh), python=python or sys.executable,
                                  network=network, interface=interface, setup=[r.expand(x) for x in r.cluster.setup])
-    ports = PortPlan(base=port_base or PortPlan.base, dashboard=dashboard_port or PortPlan.dashboard)
+    ports = PortPlan(base=PortPlan.base if port_base is None else port_base,
+                     dashboard=PortPlan.dashboard if dashboard_port is None else dashboard_port)
     plan = build_plan(r, alloc, run_id=run_id, ports=ports, python=python)
     findings = list(plan.findings)
     if deep and not plan.errors:
@@ -197,9 +202,13 @@ def _current_cluster(alloc: Allocation, recipe: Recipe, plan: LaunchPlan, report
         return None
     if not st.ok:
         return None
-    c.plan.argv, c.plan.env_vars, c.plan.secret_env = plan.argv, plan.env_vars, plan.secret_env
-    c.plan.trainer_kind, c.plan.findings = plan.trainer_kind, plan.findings
-    rd.write("plan.json", render_json(c.plan))
+    differs = [k for k, a, b in (("trainer argv", c.plan.argv, plan.argv), ("runtime env", c.plan.env_vars, plan.env_vars),
+                                 ("secrets", c.plan.secret_env, plan.secret_env)) if a != b]
+    if differs:
+        raise ClusterError(
+            f"run {c.plan.run_id} is already up on these nodes with another plan ({', '.join(differs)} differ)",
+            hint="`glmlaunch down` first to start with the new settings, or move this cluster with --port-base",
+        )
     return c
 
 
@@ -314,8 +323,15 @@ def submit_and_follow(
     ends. Writes ``job.log`` in the run directory. A dead node stops the job."""
     reporter = reporter or NullReporter()
     plan = cluster.plan
+    if cluster.run_dir and cluster.run_dir.manifest.get("state") not in ("up", "running", "finished"):
+        raise ClusterError(f"run {plan.run_id} is not up (state: {cluster.run_dir.manifest.get('state')})",
+                           hint="start it with `glmlaunch up`, or launch everything with `glmlaunch launch`")
     client = jobs.client_for(plan, cluster.token)
     done = cluster.run_dir.manifest.get("submissions", []) if cluster.run_dir else []
+    live = [s for s in done if jobs.job_status(client, s) not in jobs.TERMINAL]
+    if live:  # two trainers on one cluster would share GPUs and one checkpoint directory
+        raise JobError(f"job {live[-1]} is still running on this cluster",
+                       "follow it with `glmlaunch logs --follow`, or stop it with `glmlaunch down`, then submit again")
     sid = plan.submission_id if not done else f"{plan.submission_id}-{len(done) + 1}"  # a kept cluster's next job
     reporter.step(f"submitting {plan.trainer_kind} job {sid}")
     sid = jobs.submit(plan, cluster.token, client=client, submission_id=sid)
@@ -386,6 +402,11 @@ def launch(
     (rolled back), :class:`~glmlaunch.errors.JobError`.
     """
     reporter = reporter or NullReporter()
+    import inspect
+
+    unknown = set(up_kwargs) - set(inspect.signature(up).parameters)
+    if unknown:
+        raise TypeError(f"launch() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
     if dry_run:
         keys = ("overrides", "local", "head", "gpus_per_node", "port_base", "dashboard_port", "python", "env",
                 "network", "interface", "ssh", "transport")

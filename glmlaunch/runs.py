@@ -38,6 +38,20 @@ def _state_dir() -> Path:
     return Path(os.environ.get("GLMLAUNCH_STATE_DIR", user_state_dir("glmlaunch")))
 
 
+def check_state_dir() -> Path:
+    """Create the state directory (the current-run pointer) or say why it cannot be used."""
+    d = _state_dir()
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / f".probe.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise GlmlaunchError(f"cannot write glmlaunch's state directory {d}: {e.strerror}",
+                             "set GLMLAUNCH_STATE_DIR to a writable directory") from None
+    return d
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
 
@@ -55,8 +69,13 @@ class RunDir:
         """Make ``runs/<run_id>/``; with ``current`` it becomes the run other shells find."""
         root = Path(runs_dir).absolute() if runs_dir else default_runs_dir()
         p = root / run_id
-        p.mkdir(parents=True, exist_ok=False)
-        (p / "hosts").mkdir()
+        try:
+            p.mkdir(parents=True, exist_ok=False)
+            (p / "hosts").mkdir()
+        except OSError as e:
+            raise GlmlaunchError(f"cannot create the run directory {p}: {e.strerror}",
+                                 "pass a writable --runs-dir (or set GLMLAUNCH_RUNS_DIR)") from None
+        check_state_dir()
         rd = cls(p, {"run_id": run_id, "created": time.time(), "state": "created", "events": []})
         rd.save()
         if current:
@@ -82,8 +101,8 @@ class RunDir:
         return cls(p, json.loads(mf.read_text()))
 
     def make_current(self) -> None:
-        d = _state_dir()
-        d.mkdir(parents=True, exist_ok=True)
+        """Point ``current`` (in GLMLAUNCH_STATE_DIR) at this run, so other shells find it."""
+        d = check_state_dir()
         tmp = d / f"current.{os.getpid()}"
         tmp.write_text(str(self.path) + "\n")
         tmp.replace(d / "current")

@@ -43,6 +43,13 @@ class SSHTransport:
         connect_timeout: float = 10.0,
         max_parallel: int = 64,
     ):
+        if connect_timeout <= 0:
+            raise TransportError(f"--connect-timeout {connect_timeout}: must be more than 0 seconds", hint="e.g. --connect-timeout 10")
+        for flag, path in (("--ssh-key", key), ("--known-hosts", known_hosts)):
+            if path and not os.path.isfile(os.path.expanduser(path)):
+                raise TransportError(f"{flag} {path}: file not found", hint=f"pass an existing file to {flag}")
+        if port is not None and not 1 <= port <= 65535:
+            raise TransportError(f"--ssh-port {port}: not a port", hint="e.g. --ssh-port 22")
         try:
             from fabric import Config
         except ImportError:
