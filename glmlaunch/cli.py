@@ -205,16 +205,19 @@ def render(
     set_: SetOpt = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="bash or json")] = "bash",
     run_id: Annotated[str | None, typer.Option("--run-id", help="Use this run id (default: a new one)")] = None,
+    port_base: PortBaseOpt = None, dashboard_port: DashPortOpt = None, python: PythonOpt = None,
 ) -> None:
     """Print the launch plan: the exact commands (bash) or the plan as JSON."""
-    from .plan import build_plan, render_bash, render_json
+    from .plan import PortPlan, build_plan, render_bash, render_json
 
     if fmt not in ("bash", "json"):
         _fail(GlmlaunchError(f"--format {fmt}: unknown format", "use --format bash or --format json"))
     try:
         r = _load(recipe, set_)
         alloc = _allocation(hostfile, nodes, gpus_per_node, head, local, r)
-        plan = build_plan(r, alloc, run_id=run_id)
+        ports = PortPlan(base=PortPlan.base if port_base is None else port_base,
+                         dashboard=PortPlan.dashboard if dashboard_port is None else dashboard_port)
+        plan = build_plan(r, alloc, run_id=run_id, ports=ports, python=python)
     except GlmlaunchError as e:
         _fail(e)
     sys.stdout.write(render_json(plan) if fmt == "json" else render_bash(plan))

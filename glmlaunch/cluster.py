@@ -222,6 +222,10 @@ class RayCluster:
                                        "planned ports free",
                                        "glmlaunch port plan (contract §6.2: a busy 6379 joins a stranger's cluster)"))
         findings += self._shared_check(answers)
+        _, writable = pf.recipe_files(self.recipe)
+        if writable:  # leave --save as it was: remove each node's sentinel
+            self._nodeop("remove", {h: {"files": [f"{writable[0]}/.glmlaunch-probe-{a['inspect']['hostname']}"]}
+                                    for h, a in answers.items()}, timeout=60)
         self.preflight_findings = findings
         if self.run_dir:
             self.run_dir.update(preflight=[f.__dict__ | {"extra": None} for f in findings])

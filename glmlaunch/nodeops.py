@@ -180,6 +180,7 @@ def _remove(files):
         try:
             if f.endswith("/"):
                 shutil.rmtree(f)
+                os.rmdir(os.path.dirname(f.rstrip("/")))  # the run's dir, once no node dir is left in it
             else:
                 os.unlink(f)
         except OSError:
@@ -367,7 +368,13 @@ def op_preflight(a):
     return {"ports": op_ports(a), "inspect": op_inspect(a)}
 
 
-OPS = {"preflight": op_preflight, "start": op_start, "alive": op_alive, "stop": op_stop, "ports": op_ports, "inspect": op_inspect,
+def op_remove(a):
+    """Remove ``files`` (e.g. the preflight's sentinels in ``--save``)."""
+    _remove(a.get("files", []))
+    return {}
+
+
+OPS = {"remove": op_remove, "preflight": op_preflight, "start": op_start, "alive": op_alive, "stop": op_stop, "ports": op_ports, "inspect": op_inspect,
        "tail": op_tail, "addresses": op_addresses}
 
 

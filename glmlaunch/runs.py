@@ -94,7 +94,11 @@ class RunDir:
         else:
             p = Path(ref)
             if not p.is_dir():
-                p = (Path(runs_dir).absolute() if runs_dir else default_runs_dir()) / str(ref)
+                roots = [Path(runs_dir).absolute() if runs_dir else default_runs_dir()]
+                cur = _state_dir() / "current"
+                if cur.exists():  # runs of the same runs folder as the current one
+                    roots.append(Path(cur.read_text().strip()).parent)
+                p = next((r / str(ref) for r in roots if (r / str(ref) / "manifest.json").exists()), roots[0] / str(ref))
         mf = p / "manifest.json"
         if not mf.exists():
             raise GlmlaunchError(f"{p}: not a glmlaunch run directory (no manifest.json)", "pass --run RUN_ID or a run directory")
