@@ -26,23 +26,74 @@ def _err(out: list[Finding], field: str, message: str, rule: str, source: str, s
     out.append(Finding(field=field, message=message, rule=rule, source=source, severity=severity))
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _origin_kind(alloc: Allocation) -> str:
+    """``"placeholder"`` (``--nodes N``), ``"local"``, ``"slurm"``, ``"hostfile"`` or ``"other"``
+    (placeholders of another origin, e.g. ``slurm.submit(...)``)."""
+    if alloc.extra.get("placeholder"):
+        return "placeholder" if alloc.origin.startswith("--nodes") else "other"
+    if alloc.origin == "local":
+        return "local"
+    if alloc.origin.startswith("slurm:"):
+        return "slurm"
+    return "hostfile"
+
+
+def _nodes_mismatch(want: int, alloc: Allocation) -> str:
+    n, kind, where = alloc.num_nodes, _origin_kind(alloc), alloc.origin or "the allocation"
+    wants = f"the recipe wants {_plural(want, 'node')}"
+    if kind == "placeholder":
+        return f"{wants} but --nodes {n} was given; pass --nodes {want}, or set cluster.nodes={n}"
+    if kind == "local":
+        return (f"{wants} but a local run uses this machine alone (1 node); pass --hostfile with {_plural(want, 'node')}, "
+                "or set cluster.nodes=1")
+    if kind == "slurm":
+        return (f"{wants} but the Slurm allocation {where} has {_plural(n, 'node')}; allocate {_plural(want, 'node')}, "
+                f"or set cluster.nodes={n}")
+    if kind == "other":
+        return f"{wants} but {where} has {n}; set cluster.nodes={n} or ask for {want}"
+    return f"{wants} but {where} has {_plural(n, 'node')}; set cluster.nodes={n} or use a hostfile with {_plural(want, 'node')}"
+
+
+def _gpus_unknown(alloc: Allocation) -> str:
+    kind, where = _origin_kind(alloc), alloc.origin or "the allocation"
+    todo = "pass --gpus-per-node or set cluster.gpus_per_node"
+    if kind == "local":
+        why = "this machine has no GPUs (nvidia-smi) and the recipe sets none"
+    elif kind in ("placeholder", "other"):
+        why = f"{where} gives no GPU count and the recipe sets none (cluster.gpus_per_node, or a cluster.hardware with GPUs)"
+    elif kind == "slurm":
+        why = f"the Slurm allocation {where} reports no GPUs (no --gpus-per-node or --gres=gpu:N) and the recipe sets none"
+    else:
+        why = f"the hostfile {where} has no slots and the recipe sets none"
+        todo = "write slots=N on every line of the hostfile, " + todo
+    return f"GPUs per node unknown: {why}; {todo}"
+
+
 def check_cluster(recipe: Recipe, alloc: Allocation, gpus: int, out: list[Finding]) -> None:
     """Nodes and GPUs of the allocation against the recipe."""
     c = recipe.cluster
     n = alloc.num_nodes
     where = f"{alloc.origin}" if alloc.origin else "the allocation"
     if c.nodes is not None and n != c.nodes:
-        _err(out, "cluster.nodes",
-             f"the recipe wants {c.nodes} nodes but {where} has {n}; set cluster.nodes={n} or use a hostfile with {c.nodes} nodes",
+        _err(out, "cluster.nodes", _nodes_mismatch(c.nodes, alloc),
              "nodes in allocation == cluster.nodes", "glmlaunch (the seed's silent short cluster, contract §6.1)")
     if alloc.gpus_per_node and c.gpus_per_node and alloc.gpus_per_node != c.gpus_per_node:
+        kind = _origin_kind(alloc)
+        if kind == "placeholder":
+            said = f"--gpus-per-node {alloc.gpus_per_node} was given"
+        elif kind == "local":
+            said = f"this machine has {_plural(alloc.gpus_per_node, 'GPU')} (nvidia-smi or --gpus-per-node)"
+        else:
+            said = f"{where} says slots={alloc.gpus_per_node}"
         _err(out, "cluster.gpus_per_node",
-             f"{where} says slots={alloc.gpus_per_node} but the recipe says {c.gpus_per_node}; make them agree",
+             f"{said} but the recipe says {c.gpus_per_node}; make them agree",
              "hostfile slots == cluster.gpus_per_node", "miles --num-gpus-per-node must equal the physical GPUs (slime PR #2012)")
     if not gpus and recipe.trainer.kind == "miles":
-        _err(out, "cluster.gpus_per_node",
-             "GPUs per node unknown: the hostfile has no slots and the recipe sets none",
-             "GPUs per node known", "glmlaunch", )
+        _err(out, "cluster.gpus_per_node", _gpus_unknown(alloc), "GPUs per node known", "glmlaunch")
     hw = HARDWARE_GPUS.get(c.hardware)
     if hw and gpus and gpus != hw and recipe.trainer.kind == "miles":
         _err(out, "cluster.hardware",
@@ -140,6 +191,12 @@ def check_sglang(recipe: Recipe, alloc: Allocation, gpus: int, out: list[Finding
     from .plan import rollout_gpus
 
     s = recipe.sglang
+    mem = float(s.mem_fraction_static)
+    if not 0 < mem < 1:
+        _err(out, "sglang.mem_fraction_static",
+             f"mem_fraction_static={s.mem_fraction_static} is not a fraction of GPU memory; use a value between 0 and 1 "
+             "(exclusive), e.g. 0.7", "0 < mem_fraction_static < 1",
+             "SGLang ServerArgs --mem-fraction-static (fraction of GPU memory for weights and KV cache)")
     spec = MODELS.get(recipe.model.type)
     rg = rollout_gpus(recipe, alloc.num_nodes, gpus)
     g = s.gpus_per_engine
@@ -235,7 +292,26 @@ def check_flags(recipe: Recipe, out: list[Finding]) -> None:
     if al.use_tis and al.use_rollout_logprobs:
         _err(out, "algorithm.use_tis", "use_tis and use_rollout_logprobs exclude each other",
              "use_tis xor use_rollout_logprobs", f"{MILES_ARGS}:3142-3143")
+    for name in ("eps_clip", "eps_clip_high"):
+        v = getattr(al, name)
+        if v is not None and float(v) <= 0:
+            _err(out, f"algorithm.{name}",
+                 f"{name}={v} must be greater than 0: the policy ratio is clipped to [1 - eps_clip, 1 + eps_clip_high]",
+                 f"{name} > 0", "miles compute_policy_loss (ratio.clamp(1 - eps_clip, 1 + eps_clip_high))")
     o = recipe.optimizer
+    adam = "torch.optim.Adam argument checks (Megatron's Adam: apex/TE FusedAdam, torch AdamW with cpu_offload)"
+    if float(o.lr) <= 0:
+        _err(out, "optimizer.lr", f"lr={o.lr} must be greater than 0 (0 never updates the weights; torch refuses < 0)",
+             "lr > 0", f"{adam}: 'Invalid learning rate'")
+    if float(o.weight_decay) < 0:
+        _err(out, "optimizer.weight_decay", f"weight_decay={o.weight_decay} must be 0 or more",
+             "weight_decay >= 0", f"{adam}: 'Invalid weight_decay value'")
+    if o.optimizer == "adam":
+        for name in ("adam_beta1", "adam_beta2"):
+            v = getattr(o, name)
+            if not 0 <= float(v) < 1:
+                _err(out, f"optimizer.{name}", f"{name}={v} must be in [0, 1), e.g. 0.9 or 0.98",
+                     "0 <= beta < 1", f"{adam}: 'Invalid beta parameter'")
     if o.cpu_offload and not o.precision_aware:
         _err(out, "optimizer.precision_aware", "optimizer.cpu_offload needs precision_aware = true",
              "--optimizer-cpu-offload requires --use-precision-aware-optimizer", f"{MEGATRON}:1254-1258")
@@ -271,6 +347,25 @@ def check_flags(recipe: Recipe, out: list[Finding]) -> None:
         _err(out, "algorithm.eps_clip",
              f"eps_clip={al.eps_clip} is a sequence-ratio band (GSPO); under token-level GRPO it clips almost every token",
              "GSPO-sized clip under GRPO", "miles run_glm45_355b_a32b.py ('TODO wrong?'), contract §5", "warning")
+
+
+# runtime env values glmlaunch computes per launch (plan.runtime_env); env.vars wins over them
+COMPUTED_ENV = {
+    "MASTER_ADDR": "the head node's address",
+    "no_proxy": "localhost and every node's address",
+    "NO_PROXY": "localhost and every node's address",
+    "PYTHONPATH": "trainer.miles_dir:trainer.megatron_dir (for the probe: glmlaunch's own directory)",
+}
+
+
+def check_env(recipe: Recipe, out: list[Finding]) -> None:
+    """``env.vars`` that replace a value glmlaunch computed for this launch (warnings)."""
+    for k, what in COMPUTED_ENV.items():
+        if k in recipe.env.vars:
+            _err(out, f"env.vars.{k}",
+                 f"'{recipe.env.vars[k]}' overrides the value glmlaunch computed ({what}); "
+                 f"remove env.vars.{k} unless you mean it",
+                 "env.vars does not replace computed values", "glmlaunch runtime env (env.vars wins)", "warning")
 
 
 def check_paths(recipe: Recipe, out: list[Finding]) -> None:
@@ -331,11 +426,36 @@ def check_ports(plan: LaunchPlan, out: list[Finding]) -> None:
     """The port plan: distinct ports, worker range clear of the trainer's ranges (contract §4)."""
     from .plan import TRAINER_PORT_RANGES
 
-    named = plan.ports.named()
+    p = plan.ports
+    bad = len(out)
+    if not 1024 <= p.base <= 65535 - 9:
+        _err(out, "ports.base",
+             f"port base {p.base} is out of range: Ray uses ports base .. base+9, which must lie in 1024-65535; "
+             "use --port-base with a value from 1024 to 65526 (default 6379)",
+             "1024 <= base <= 65526", "TCP ports (below 1024 need root)")
+    if not 1024 <= p.dashboard <= 65535:
+        _err(out, "ports.dashboard",
+             f"dashboard port {p.dashboard} is out of range; use --dashboard-port with a value from 1024 to 65535 "
+             "(default 8265)", "1024 <= dashboard <= 65535", "TCP ports (below 1024 need root)")
+    for name, v in (("min_worker", p.min_worker), ("max_worker", p.max_worker)):
+        if not 1024 <= v <= 65535:
+            _err(out, f"ports.{name}", f"Ray worker port {v} is out of range 1024-65535",
+                 "1024 <= worker ports <= 65535", "ray start --min-worker-port/--max-worker-port")
+    if len(out) > bad:
+        return  # the overlap checks below mean little with ports that cannot be bound
+    named = p.named()
+    by_port: dict[int, list[str]] = {}
+    for k, v in named.items():
+        by_port.setdefault(v, []).append(k)
+    for v, names in by_port.items():
+        if len(names) > 1:
+            flag = "--dashboard-port or --port-base" if "dashboard" in names else "--port-base"
+            _err(out, "ports.dashboard" if "dashboard" in names else "ports.base",
+                 f"two Ray ports coincide: {' and '.join(names)} are both port {v} (Ray uses --port-base .. +9 = "
+                 f"{p.base}-{p.base + 9}); change {flag}",
+                 "distinct ports", "glmlaunch port plan")
     vals = list(named.values())
-    if len(set(vals)) != len(vals):
-        _err(out, "ports", f"two Ray ports coincide: {named}", "distinct ports", "glmlaunch port plan")
-    lo, hi = plan.ports.min_worker, plan.ports.max_worker
+    lo, hi = p.min_worker, p.max_worker
     if lo > hi:
         _err(out, "ports.min_worker", f"worker port range {lo}-{hi} is empty", "min <= max", "ray start")
     ranges = TRAINER_PORT_RANGES if plan.trainer_kind == "miles" else {}
@@ -373,6 +493,7 @@ def check_all(recipe: Recipe, alloc: Allocation, plan: LaunchPlan | None = None)
     gpus = resolved_gpus_per_node(recipe, alloc)
     check_cluster(recipe, alloc, gpus, out)
     check_paths(recipe, out)
+    check_env(recipe, out)
     if recipe.trainer.kind == "miles":
         info = check_layout(recipe, alloc, gpus, out)
         check_sglang(recipe, alloc, gpus, out)

@@ -118,11 +118,8 @@ def _allocation(hostfile, nodes, gpus, head, local, recipe=None):
             if recipe.trainer.kind == "probe":
                 return discover(local=True, gpus_per_node=gpus)
             n = recipe.cluster.nodes or 1
-            from .plan import resolved_gpus_per_node
-
-            g = gpus or recipe.cluster.gpus_per_node or resolved_gpus_per_node(recipe, placeholder_allocation(n, 1)) or 8
             err.print(f"[dim]no hostfile given and {DEFAULT_HOSTFILE} does not exist: using {n} placeholder nodes[/]")
-            return placeholder_allocation(n, g)
+            return placeholder_allocation(n, gpus)  # GPUs per node: --gpus-per-node, else the recipe decides
     return discover(hostfile, nodes=nodes, gpus_per_node=gpus, head=head, local=local)
 
 

@@ -137,6 +137,7 @@ def _parse_line(text: str, where: str) -> tuple[str, int | None, str | None, int
     if not is_ip and not _NAME_RE.match(first):
         raise HostfileError(f"{where}: '{first}' is not a hostname or IP address", "fix or remove this line")
     port = None
+    max_slots = None
     for tok in rest:
         kv = _KV_RE.match(tok)
         if not kv:
@@ -146,16 +147,19 @@ def _parse_line(text: str, where: str) -> tuple[str, int | None, str | None, int
             )
         key, val = kv.group(1), kv.group(2)
         if key in ("slots", "slot", "max_slots", "ssh_port"):
+            example = f"{key}=22" if key == "ssh_port" else f"{key}=8"
             if not val.isdigit() or int(val) < (0 if key == "max_slots" else 1):
-                raise HostfileError(f"{where}: {key}={val} is not a positive whole number", f"write {key}=8")
+                raise HostfileError(f"{where}: {key}={val} is not a positive whole number", f"write {example}")
         if key in ("slots", "slot"):
             if slots is not None and slots != int(val):
                 raise HostfileError(f"{where}: the GPU count is given twice ({slots} and {val})", "keep one")
             slots = int(val)
         elif key == "max_slots":
-            pass  # OpenMPI's oversubscription cap; the GPU count is slots
+            max_slots = int(val)  # OpenMPI's oversubscription cap; the GPU count is slots
         elif key == "ssh_port":
             port = int(val)
+            if port > 65535:
+                raise HostfileError(f"{where}: ssh_port={val} is not a TCP port (1-65535)", "write ssh_port=22")
         elif key == "ssh_user":
             user = val
         else:
@@ -164,7 +168,23 @@ def _parse_line(text: str, where: str) -> tuple[str, int | None, str | None, int
             )
     if slots is not None and slots < 1:
         raise HostfileError(f"{where}: slots must be at least 1", "write slots=8")
+    if max_slots and slots is not None and max_slots < slots:  # max_slots=0: no cap (OpenMPI)
+        raise HostfileError(
+            f"{where}: max_slots={max_slots} is less than slots={slots} (OpenMPI refuses a node whose slots exceed max_slots)",
+            f"write max_slots={slots} or more, or drop max_slots",
+        )
     return first, slots, user, port
+
+
+def check_gpus_per_node(gpus: int | None) -> None:
+    """Refuse a GPU count that is not a whole number >= 0 (0: CPU-only nodes; ``None``: unknown)."""
+    if gpus is None:
+        return
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+        raise HostfileError(
+            f"--gpus-per-node {gpus}: the GPUs per node must be a whole number, 0 or more",
+            "pass --gpus-per-node 8 (the GPUs of each node; 0 for CPU-only nodes), or leave it out",
+        )
 
 
 def parse_hostfile_text(
@@ -270,28 +290,32 @@ def choose_head(
 
 def from_hosts(names: Iterable[str], gpus_per_node: int | None = None, origin: str = "hosts") -> Allocation:
     """Build an :class:`Allocation` from host names/IPs (first = head), resolving each."""
+    check_gpus_per_node(gpus_per_node)
     text = "\n".join(names)
     hosts = parse_hostfile_text(text, origin)
     if gpus_per_node is not None:
         hosts = [replace(h, slots=gpus_per_node) for h in hosts]
-    return Allocation(hosts=tuple(hosts), gpus_per_node=gpus_per_node or hosts[0].slots, origin=origin)
+    return Allocation(hosts=tuple(hosts), gpus_per_node=gpus_per_node if gpus_per_node is not None else hosts[0].slots,
+                      origin=origin)
 
 
 def local_allocation(gpus_per_node: int | None = None) -> Allocation:
     """The launching machine alone, on loopback (the main job's default local cluster)."""
+    check_gpus_per_node(gpus_per_node)
     h = Host(name="localhost", address="127.0.0.1", slots=gpus_per_node, source="local")
     return Allocation(hosts=(h,), gpus_per_node=gpus_per_node, origin="local")
 
 
-def placeholder_allocation(nodes: int, gpus_per_node: int) -> Allocation:
+def placeholder_allocation(nodes: int, gpus_per_node: int | None = None) -> Allocation:
     """Hosts ``node-0`` .. ``node-{N-1}`` for a dry render with ``--nodes N`` (no hostfile).
 
     The addresses are the names themselves: the render shows where each node's IP goes.
+    ``gpus_per_node`` ``None`` leaves the count to the recipe (``cluster.gpus_per_node``, else
+    its hardware's, :func:`glmlaunch.plan.resolved_gpus_per_node`).
     """
-    if nodes < 1:
+    if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
         raise HostfileError(f"--nodes {nodes}: need at least 1 node", "pass --nodes 8")
-    if gpus_per_node < 1:
-        raise HostfileError(f"--gpus-per-node {gpus_per_node}: need at least 1 GPU", "pass --gpus-per-node 8")
+    check_gpus_per_node(gpus_per_node)
     hosts = tuple(Host(name=f"node-{i}", address=f"node-{i}", slots=gpus_per_node, source="--nodes") for i in range(nodes))
     return Allocation(hosts=hosts, gpus_per_node=gpus_per_node, origin=f"--nodes {nodes}", extra={"placeholder": True})
 
@@ -436,15 +460,17 @@ def discover(
 ) -> Allocation:
     """Pick the allocation the way the CLI does: ``local`` → this machine; ``hostfile`` → that
     file; ``nodes`` → placeholders for a dry render; inside Slurm → the allocation; else the
-    default hostfile ``/root/mpi_rack_hostfile``. ``gpus_per_node`` fills in missing slots and
-    must agree with slots that are given."""
+    default hostfile ``/root/mpi_rack_hostfile``. ``gpus_per_node`` (0 or more; 0: CPU-only)
+    fills in missing slots and must agree with slots that are given; left out with ``nodes``, the
+    placeholders carry no count and the recipe decides (``cluster.gpus_per_node`` or hardware)."""
     env = dict(os.environ if env is None else env)
+    check_gpus_per_node(gpus_per_node)
     if local:
         alloc = local_allocation(gpus_per_node if gpus_per_node is not None else detect_local_gpus())
     elif hostfile:
         alloc = read_hostfile(hostfile, head=head)
     elif nodes is not None:
-        return placeholder_allocation(nodes, gpus_per_node or 8)
+        return placeholder_allocation(nodes, gpus_per_node)
     elif slurm or (slurm is None and env.get("SLURM_JOB_NODELIST")):
         alloc = from_slurm(env, head=head)
     else:

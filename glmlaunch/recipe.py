@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import tomllib
 import types
 import typing
@@ -63,19 +64,39 @@ def _admits_none(annotation: Any) -> bool:
     return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(annotation)
 
 
+def _is_int_field(annotation: Any) -> bool:
+    """``int`` or ``int | None``."""
+    if annotation is int:
+        return True
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    return int in args and all(a in (int, type(None)) for a in args)
+
+
+_WHOLE_TEXT = re.compile(r"^\s*[+-]?\d+\s*$")
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: no coercion, so ``tp = true``, ``tp = 8.0``, ``colocate = "yes"`` or ``colocate = 1``
+    # are errors rather than 1, 8 or True (``Num`` fields still take int, float or text).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
     @model_validator(mode="before")
     @classmethod
     def _empty_unsets(cls, data: Any) -> Any:
-        """TOML has no null: ``""`` unsets an optional field (``--set checkpoint.save_interval=``)."""
+        """TOML has no null: ``""`` unsets an optional field (``--set checkpoint.save_interval=``).
+        Text that is a whole number (``parallelism.pp='2'``) is that int; nothing else is coerced
+        (``true``, ``8.0`` or ``"yes"`` stay errors)."""
         if isinstance(data, dict):
             fields = cls.model_fields
-            data = {
-                k: None if v == "" and k in fields and _admits_none(fields[k].annotation) else v
-                for k, v in data.items()
-            }
+            out = {}
+            for k, v in data.items():
+                ann = fields[k].annotation if k in fields else None
+                if v == "" and ann is not None and _admits_none(ann):
+                    v = None
+                elif isinstance(v, str) and ann is not None and _is_int_field(ann) and _WHOLE_TEXT.match(v):
+                    v = int(v)
+                out[k] = v
+            data = out
         return data
 
 
@@ -334,15 +355,27 @@ class Recipe(BaseModel):
 # ----------------------------------------------------------------------------- loading
 
 
+RECIPE_SUFFIXES = (".toml", ".yaml", ".yml")
+
+
 def template_path(name: str) -> Path:
-    """Find a template by name (``glm45-355b-a32b-gspo``) or path. Raises :class:`RecipeError`."""
+    """Find a recipe: an existing ``.toml``/``.yaml``/``.yml`` file, else a template by name
+    (``glm45-355b-a32b-gspo``, also written ``glm45-355b-a32b-gspo.toml``). An existing file of
+    another type is refused. Raises :class:`RecipeError`."""
     p = Path(name)
-    if p.suffix in (".toml", ".yaml", ".yml") and p.exists():
-        return p
+    if p.is_file():
+        if p.suffix in RECIPE_SUFFIXES:
+            return p
+        raise RecipeError(
+            f"{p}: unsupported recipe file type ('{p.suffix or 'no extension'}'), use .toml/.yaml/.yml",
+            f"rename it to {p.stem}.toml (TOML) or {p.stem}.yaml (YAML), or pass a template name: "
+            f"{', '.join(list_templates())}",
+        )
+    stem = name[: -len(p.suffix)] if p.suffix in RECIPE_SUFFIXES else name
     for d in TEMPLATE_DIRS:
-        for ext in (".toml", ".yaml", ".yml"):
-            cand = d / f"{name}{ext}"
-            if cand.exists():
+        for ext in RECIPE_SUFFIXES:
+            cand = d / f"{stem}{ext}"
+            if cand.is_file():
                 return cand
     raise RecipeError(
         f"recipe '{name}' not found (not a file, and not a template name)",
@@ -396,7 +429,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     except tomllib.TOMLDecodeError:
         value = raw
     if isinstance(value, float):
-        value = raw
+        value = raw  # kept as written: a Num field renders it verbatim, an int field refuses it
+    if parts[:2] == ["env", "vars"] and isinstance(value, int | float | bool):
+        value = raw  # environment values are text: env.vars.NCCL_DEBUG_SUBSYS=1 is "1"
     return parts, value
 
 
@@ -408,6 +443,15 @@ def _apply(data: dict, parts: list[str], value: Any, item: str) -> None:
             raise RecipeError(f"--set {item}: '{p}' is a value, not a section", "set the value itself")
         cur = nxt
     cur[parts[-1]] = value
+
+
+# what to write instead, for the strict type errors (no coercion: see _Section)
+_TYPE_HINTS = {
+    "int_type": "; write a whole number, e.g. 8",
+    "bool_type": "; write true or false",
+    "string_type": '; write text, e.g. "value"',
+    "list_type": "; write a list, e.g. [1, 2]",
+}
 
 
 def _format_loc(loc: tuple) -> str:
@@ -428,7 +472,8 @@ def recipe_from_dict(data: dict, source: str = "<recipe>", label: str | None = N
             elif err["type"] == "missing":
                 lines.append(f"{loc}: required but not set")
             else:
-                lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+                how = _TYPE_HINTS.get(err["type"], "")
+                lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r}){how}")
         raise RecipeError(
             f"{label or source}: invalid recipe:\n" + "\n".join(f"  - {x}" for x in lines),
             "fix the keys named above in the file, or with --set KEY=VALUE; see templates/ for the known keys",
@@ -437,12 +482,23 @@ def recipe_from_dict(data: dict, source: str = "<recipe>", label: str | None = N
     return r
 
 
-def load_recipe(recipe: str | Path | dict | Recipe, overrides: list[str] | None = None) -> Recipe:
+def load_recipe(recipe: str | Path | dict | Recipe, overrides: list[str] | str | None = None) -> Recipe:
     """Load a recipe (template name, file path, mapping or :class:`Recipe`) and apply dotted
-    ``overrides`` (``["parallelism.tp=4", ...]``). Returns a validated :class:`Recipe`.
+    ``overrides`` (``["parallelism.tp=4", ...]``; one plain string is one override). Returns a
+    validated :class:`Recipe`.
 
     Raises :class:`RecipeError` naming the file, key or override that is wrong.
     """
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    elif overrides is not None and (
+        not isinstance(overrides, list | tuple) or not all(isinstance(x, str) for x in overrides)
+    ):
+        raise RecipeError(
+            f"overrides must be a list of KEY=VALUE strings, got {type(overrides).__name__}: {overrides!r}",
+            'pass overrides=["parallelism.tp=4", "run.base_dir=/data"]',
+        )
+    overrides = list(overrides or [])
     if isinstance(recipe, Recipe):
         data, source = recipe.model_dump(), recipe.source or "<recipe>"
     elif isinstance(recipe, dict):

@@ -16,7 +16,7 @@ import pytest
 
 from glmlaunch.errors import CheckFailed, GlmlaunchError, HostfileError, RecipeError
 from glmlaunch.hosts import discover
-from glmlaunch.plan import build_plan
+from glmlaunch.plan import PortPlan, build_plan
 from glmlaunch.recipe import load_recipe
 
 EIGHT = "".join(f"10.0.0.{i} slots=8\n" for i in range(1, 9))
@@ -45,6 +45,9 @@ class Case:
     gpus_per_node: int | None = None
     slurm_env: dict | None = None
     recipe_suffix: str = ".toml"
+    nodes: int | None = None  # --nodes N (placeholders; hostfile None)
+    run_id: str = "bad"  # lib only
+    ports: dict = field(default_factory=dict)  # lib only: PortPlan fields
     extra: dict = field(default_factory=dict)
 
 
@@ -187,6 +190,58 @@ CASES = [
     Case("glued-flag", "cli", CheckFailed, "token '--sglang-load-format dummy' holds a flag and its value in one token",
          sets=('trainer.extra_args=["--sglang-load-format dummy"]',)),
     Case("duplicate-flag", "lib", CheckFailed, "argv: --colocate appears twice", sets=('trainer.extra_args=["--colocate"]',)),
+    # ---------------------------------------------------------------- strict values, GPU counts, ids, ports
+    Case("gpus-per-node-negative", "cli", HostfileError,
+         "--gpus-per-node -1: the GPUs per node must be a whole number, 0 or more", cmd="hosts", gpus_per_node=-1),
+    Case("gpus-per-node-negative-nodes", "lib", HostfileError, "--gpus-per-node -2: the GPUs per node must be a whole number",
+         None, nodes=8, gpus_per_node=-2),
+    Case("ssh-port-abc", "lib", HostfileError, "{hf}:1: ssh_port=abc is not a positive whole number fix: write ssh_port=22",
+         "10.0.0.1 slots=8 ssh_port=abc\n"),
+    Case("ssh-port-too-big", "cli", HostfileError, "{hf}:1: ssh_port=70000 is not a TCP port (1-65535)",
+         "10.0.0.1 ssh_port=70000\n", cmd="hosts"),
+    Case("max-slots-below-slots", "lib", HostfileError, "{hf}:2: max_slots=4 is less than slots=8",
+         "10.0.0.1 slots=8\n10.0.0.2 slots=8 max_slots=4\n"),
+    Case("max-slots-below-slots-cli", "cli", HostfileError, "{hf}:1: max_slots=4 is less than slots=8",
+         "10.0.0.1 slot=8 max_slots=4\n", cmd="hosts"),
+    Case("bool-for-int", "cli", RecipeError, "parallelism.tp: Input should be a valid integer (got True); write a whole number",
+         sets=("parallelism.tp=true",)),
+    Case("float-for-int", "lib", RecipeError, "parallelism.tp: Input should be a valid integer (got '8.0')",
+         sets=("parallelism.tp=8.0",)),
+    Case("yes-for-bool", "cli", RecipeError, "cluster.colocate: Input should be a valid boolean (got 'yes'); write true or false",
+         sets=("cluster.colocate=yes",)),
+    Case("one-for-bool", "lib", RecipeError, "cluster.colocate: Input should be a valid boolean (got 1)",
+         sets=("cluster.colocate=1",)),
+    Case("float-for-int-yaml", "lib", RecipeError, "{recipe}: invalid recipe: - parallelism.tp: Input should be a valid integer (got 8.0)",
+         recipe="run: {name: x, base_dir: /x}\ncluster: {nodes: 8}\nparallelism: {tp: 8.0}\n", recipe_suffix=".yaml"),
+    Case("recipe-file-type", "cli", RecipeError, "{recipe}: unsupported recipe file type ('.txt'), use .toml/.yaml/.yml",
+         recipe='[run]\nname = "x"\n', recipe_suffix=".txt"),
+    Case("run-id-path", "lib", RecipeError, "--run-id '../../etc/x y': a run id is 1-64 letters", run_id="../../etc/x y"),
+    Case("lr-zero", "lib", CheckFailed, "optimizer.lr: lr=0 must be greater than 0", sets=("optimizer.lr=0",)),
+    Case("weight-decay-negative", "cli", CheckFailed, "optimizer.weight_decay: weight_decay=-0.1 must be 0 or more",
+         sets=("optimizer.weight_decay=-0.1",)),
+    Case("adam-beta-one", "lib", CheckFailed, "optimizer.adam_beta2: adam_beta2=1.0 must be in [0, 1)",
+         sets=("optimizer.adam_beta2=1.0",)),
+    Case("mem-fraction", "cli", CheckFailed, "sglang.mem_fraction_static: mem_fraction_static=1.2 is not a fraction of GPU memory",
+         sets=("sglang.mem_fraction_static=1.2",)),
+    Case("eps-clip-zero", "lib", CheckFailed, "algorithm.eps_clip: eps_clip=0 must be greater than 0",
+         sets=("algorithm.eps_clip=0",)),
+    Case("port-base-range", "lib", CheckFailed,
+         "ports.base: port base 65530 is out of range: Ray uses ports base .. base+9, which must lie in 1024-65535; use --port-base",
+         ports={"base": 65530}),
+    Case("dashboard-port-range", "lib", CheckFailed, "ports.dashboard: dashboard port 80 is out of range; use --dashboard-port",
+         ports={"dashboard": 80}),
+    Case("ports-coincide", "lib", CheckFailed,
+         "ports.dashboard: two Ray ports coincide: node_manager and dashboard are both port 6380 (Ray uses --port-base .. +9 = "
+         "6379-6388); change --dashboard-port or --port-base", ports={"dashboard": 6380}),
+    Case("nodes-flag-mismatch", "cli", CheckFailed,
+         "cluster.nodes: the recipe wants 8 nodes but --nodes 4 was given; pass --nodes 8, or set cluster.nodes=4", None, nodes=4),
+    Case("nodes-gb200-four-gpus", "lib", CheckFailed,
+         "world size 32 (actor 8 nodes × 4 GPUs) is not divisible by TP·PP·CP = 4·8·2 = 64", None,
+         recipe="glm45-355b-a32b-grpo", nodes=8, sets=("cluster.hardware=GB200",)),
+    Case("gpus-unknown-hostfile", "lib", CheckFailed,
+         "cluster.gpus_per_node: GPUs per node unknown: the hostfile {hf} has no slots and the recipe sets none; "
+         "write slots=N on every line", "10.0.0.1\n10.0.0.2\n", recipe="glm45-355b-a32b-grpo",
+         sets=("cluster.hardware=cpu", "cluster.nodes=2")),
 ]
 
 
@@ -218,10 +273,12 @@ def _flat(text: str) -> str:
 def _run_lib(case: Case, hf, recipe):
     if case.slurm_env is not None:
         alloc = discover(slurm=True, env=case.slurm_env, head=case.head)
+    elif case.nodes is not None:
+        alloc = discover(nodes=case.nodes, gpus_per_node=case.gpus_per_node, env={})
     else:
         alloc = discover(str(hf), head=case.head, gpus_per_node=case.gpus_per_node, env={})
     r = load_recipe(recipe, list(case.sets))
-    plan = build_plan(r, alloc, run_id="bad", python="/opt/glm/bin/python3")
+    plan = build_plan(r, alloc, run_id=case.run_id, ports=PortPlan(**case.ports), python="/opt/glm/bin/python3")
     if plan.errors:
         raise CheckFailed(plan.findings)
 
@@ -234,6 +291,8 @@ def _run_cli(case: Case, hf, recipe, cli):
             args += ["--set", s]
     if hf is not None:
         args += ["--hostfile", str(hf)]
+    if case.nodes is not None:
+        args += ["--nodes", str(case.nodes)]
     if case.head:
         args += ["--head", case.head]
     if case.gpus_per_node:
@@ -246,7 +305,7 @@ def test_table_size():
     assert len({c.id for c in CASES}) == len(CASES)
     vias = [c.via for c in CASES]
     assert vias.count("cli") >= 30 and vias.count("lib") >= 30  # about half each
-    assert all(c.via == "lib" for c in CASES if c.slurm_env is not None)
+    assert all(c.via == "lib" for c in CASES if c.slurm_env is not None or c.ports or c.run_id != "bad")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -178,3 +178,17 @@ def test_templates(cli):
     for name in TEMPLATES:
         assert name in out
     assert "GLM-4.5-355B-A32B GSPO" in flat(out)
+
+
+def test_nodes_without_gpus_per_node_uses_the_recipe(cli):
+    # the template sets cluster.gpus_per_node = 8; the GRPO template only sets hardware
+    assert "(recipe glm45-355b-a32b-gspo, 8 nodes x 8 GPUs)" in clean(cli("render", GSPO, "--nodes", "8"))
+    out = flat(cli("check", "glm45-355b-a32b-grpo", "--nodes", "8", "--set", "cluster.hardware=GB200").output)
+    assert "checks of glm45-355b-a32b-grpo on 8 nodes x 4 GPUs" in out
+    assert "world size 32 (actor 8 nodes × 4 GPUs)" in out
+
+
+def test_check_recipe_name_with_suffix(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = flat(clean(cli("check", "local-probe.toml")))
+    assert "local-probe" in out and "not found" not in out

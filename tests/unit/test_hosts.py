@@ -219,8 +219,47 @@ def test_placeholder_allocation():
     assert a.gpus_per_node == 4 and a.extra["placeholder"]
     with pytest.raises(HostfileError, match="--nodes 0: need at least 1 node"):
         placeholder_allocation(0, 8)
-    with pytest.raises(HostfileError, match="--gpus-per-node 0"):
-        placeholder_allocation(2, 0)
+    assert placeholder_allocation(2, 0).gpus_per_node == 0  # CPU-only nodes
+    a = placeholder_allocation(2)
+    assert a.gpus_per_node is None and all(h.slots is None for h in a.hosts)
+    with pytest.raises(HostfileError, match="--gpus-per-node -1: the GPUs per node must be a whole number, 0 or more"):
+        placeholder_allocation(2, -1)
+
+
+@pytest.mark.parametrize("kw", [{"nodes": 2}, {"local": True}, {"hostfile": "HF"}])
+def test_negative_gpus_per_node(kw, hostfile8):
+    kw = {k: str(hostfile8) if v == "HF" else v for k, v in kw.items()}
+    with pytest.raises(HostfileError, match="--gpus-per-node -1") as ei:
+        discover(gpus_per_node=-1, env={}, **kw)
+    assert "--gpus-per-node 8" in ei.value.hint
+    with pytest.raises(HostfileError, match="--gpus-per-node -2"):
+        local_allocation(-2)
+    with pytest.raises(HostfileError, match="--gpus-per-node -1"):
+        from_hosts(["node1"], gpus_per_node=-1)
+
+
+@pytest.mark.parametrize(
+    "line, message, hint",
+    [
+        ("10.0.0.1 ssh_port=abc", "ssh_port=abc is not a positive whole number", "write ssh_port=22"),
+        ("10.0.0.1 ssh_port=0", "ssh_port=0 is not a positive whole number", "write ssh_port=22"),
+        ("10.0.0.1 ssh_port=70000", "ssh_port=70000 is not a TCP port (1-65535)", "write ssh_port=22"),
+        ("10.0.0.1 slots=8 max_slots=4", "max_slots=4 is less than slots=8", "write max_slots=8 or more"),
+        ("10.0.0.1 max_slots=4 slot=8", "max_slots=4 is less than slots=8", "write max_slots=8 or more"),
+        ("node1:8 max_slots=2", "max_slots=2 is less than slots=8", "drop max_slots"),
+    ],
+)
+def test_bad_hostfile_values(line, message, hint, write_hostfile):
+    p = write_hostfile(line + "\n")
+    with pytest.raises(HostfileError) as ei:
+        read_hostfile(p)
+    assert f"{p}:1: {message}" in ei.value.message
+    assert hint in ei.value.hint
+
+
+def test_good_max_slots_and_port(write_hostfile):
+    a = read_hostfile(write_hostfile("10.0.0.1 slots=4 max_slots=8 ssh_port=65535\n"))
+    assert a.gpus_per_node == 4 and a.head.ssh_port == 65535
 
 
 # ----------------------------------------------------------------------------- Slurm
@@ -338,7 +377,10 @@ def test_discover_gpus_disagree_with_slots(hostfile8):
 def test_discover_nodes_placeholder():
     a = discover(nodes=3, gpus_per_node=4, env={})
     assert a.extra.get("placeholder") and a.num_nodes == 3 and a.gpus_per_node == 4
-    assert discover(nodes=2, env={}).gpus_per_node == 8
+    # no --gpus-per-node: the count is left to the recipe (plan.resolved_gpus_per_node)
+    a = discover(nodes=2, env={})
+    assert a.gpus_per_node is None and all(h.slots is None for h in a.hosts)
+    assert discover(nodes=2, gpus_per_node=0, env={}).gpus_per_node == 0
 
 
 def test_discover_local(monkeypatch):

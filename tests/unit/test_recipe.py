@@ -288,3 +288,78 @@ def test_air_template_matches_its_seed():
 def test_probe_template_takes_the_allocation_size():
     plan = _plan("local-probe", [], nodes=3)
     assert not plan.errors and values(plan.argv, "--nodes") == ["3"]
+
+
+# ----------------------------------------------------------------------------- strict input
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("parallelism.tp=true", "parallelism.tp: Input should be a valid integer (got True)"),
+        ("parallelism.tp=8.0", "parallelism.tp: Input should be a valid integer (got '8.0')"),
+        ("cluster.colocate=yes", "cluster.colocate: Input should be a valid boolean (got 'yes')"),
+        ("cluster.colocate=1", "cluster.colocate: Input should be a valid boolean (got 1)"),
+        ("cluster.nodes=2.5", "cluster.nodes: Input should be a valid integer (got '2.5')"),
+        ("rollout.stop_token_ids=[1.5]", "rollout.stop_token_ids.0: Input should be a valid integer (got 1.5)"),
+    ],
+)
+def test_strict_types(item, message):
+    with pytest.raises(RecipeError) as ei:
+        load_recipe("glm45-355b-a32b-gspo", [item])
+    assert message in ei.value.message and ei.value.hint
+
+
+def test_strict_types_keep_numbers_literals_and_env_text():
+    r = load_recipe(
+        "glm45-355b-a32b-gspo",
+        ["algorithm.eps_clip=3e-4", "optimizer.lr=1", "cluster.hardware=GB200", "env.vars.NCCL_DEBUG_SUBSYS=1",
+         "parallelism.pp='2'"],
+    )
+    assert r.algorithm.eps_clip == "3e-4" and r.optimizer.lr == "1" and r.cluster.hardware == "GB200"
+    assert r.env.vars["NCCL_DEBUG_SUBSYS"] == "1" and r.parallelism.pp == 2
+
+
+def test_yaml_recipe_with_proper_types(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("run: {name: x, base_dir: /x}\ncluster: {nodes: 2, colocate: true}\n"
+                 "parallelism: {tp: 4, small_layouts: [{max_nodes: 4, tp: 2, pp: 1, cp: 1, ep: 2}]}\n"
+                 "optimizer: {lr: 1.0e-6}\n")
+    r = load_recipe(p)
+    assert r.parallelism.tp == 4 and r.parallelism.small_layouts[0].ep == 2 and r.optimizer.lr == "1e-6"
+
+
+def test_overrides_as_one_string():
+    r = load_recipe("glm45-355b-a32b-gspo", "run.base_dir=/tmp")
+    assert r.run.base_dir == "/tmp"
+    assert load_recipe("glm45-355b-a32b-gspo", ("parallelism.tp=4",)).parallelism.tp == 4
+
+
+@pytest.mark.parametrize("bad", [{"run.base_dir": "/tmp"}, 5, ["parallelism.tp=4", 4]])
+def test_overrides_wrong_type(bad):
+    with pytest.raises(RecipeError, match="overrides must be a list of KEY=VALUE strings") as ei:
+        load_recipe("glm45-355b-a32b-gspo", bad)
+    assert "parallelism.tp=4" in ei.value.hint
+
+
+# ----------------------------------------------------------------------------- template_path
+
+
+@pytest.mark.parametrize("name", ["lp.txt", "lp", "local-probe"])
+def test_template_path_unsupported_file(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).write_text('[run]\nname = "x"\n')
+    with pytest.raises(RecipeError, match=r"unsupported recipe file type \('(\.txt|no extension)'\), use \.toml/\.yaml/\.yml"):
+        template_path(name)
+
+
+@pytest.mark.parametrize("name", ["local-probe.toml", "local-probe.yaml", "local-probe"])
+def test_template_path_by_name_with_suffix(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no such file here: the template of that name
+    assert template_path(name).name == "local-probe.toml"
+
+
+def test_template_path_prefers_existing_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "local-probe.toml").write_text("x")
+    assert template_path("local-probe.toml").resolve() == (tmp_path / "local-probe.toml").resolve()
