@@ -154,8 +154,10 @@ def prepare(
 
         findings = merge_findings(findings, deep_check(r, plan))
         plan.findings = findings
-    if any(f.severity == "error" for f in findings):
-        raise CheckFailed(findings)
+    errors = [f for f in findings if f.severity == "error"]
+    if errors:
+        only_ports = all(f.field.startswith("ports") for f in errors)
+        raise CheckFailed(findings, hint="move Ray's ports with --port-base / --dashboard-port" if only_ports else None)
     return r, alloc, plan
 
 
