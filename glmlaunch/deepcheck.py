@@ -63,10 +63,13 @@ FLAG_FIELDS = {
 
 def merge_findings(shallow: list[Finding], deep: list[Finding]) -> list[Finding]:
     """Shallow findings plus the deep ones that say something new: a deep error on a field that
-    already has a shallow error is the same problem found twice, and is dropped."""
-    flagged = {f.field.split("/")[0] for f in shallow if f.severity == "error"}
-    flagged |= {p for f in shallow if f.severity == "error" for p in f.field.split("/")}
-    extra = [f for f in deep if not (f.severity == "error" and f.field.split("/")[0] in flagged)]
+    already has a shallow error, or a deep warning on a field that already has a shallow warning,
+    is the same problem found twice, and is dropped."""
+    flagged = {p for f in shallow if f.severity == "error" for p in f.field.split("/")}
+    warned = {f.field for f in shallow if f.severity == "warning"}
+    extra = [f for f in deep
+             if not (f.severity == "error" and f.field.split("/")[0] in flagged)
+             and not (f.severity == "warning" and f.field in warned)]
     return sorted([*shallow, *extra], key=lambda f: f.severity != "error")
 
 
