@@ -88,7 +88,7 @@ def test_busy_port_on_one_host(testcluster, hostfile):
         with pytest.raises(CheckFailed) as ei:
             c.preflight()
         msgs = [str(f) for f in ei.value.findings if f.severity == "error"]
-        assert any("h2: port 8380" in m and "in use" in m for m in msgs), msgs
+        assert any("h2: 1 planned port(s) in use: 8380 in use" in m and "--port-base" in m for m in msgs), msgs
         assert not any("h1: port" in m or "h3: port" in m for m in msgs), msgs
         assert p.poll() is None  # the listener is not ours to kill: untouched
         _no_ray_started(testcluster)
