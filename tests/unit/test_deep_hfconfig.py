@@ -5,34 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from glm_args import M355, MAIR, drop_flag
 
 from glmlaunch.deep.hfconfig import SRC_EXTRA, SRC_MILES, check_hf_config, check_stop_tokens
-
-# trainer-contract §1.5: scripts/models/glm4.5-355B-A32B.py and glm4.5-106B-A12B.py (Air)
-_COMMON = (
-    "--disable-bias-linear --group-query-attention --num-attention-heads 96 --num-query-groups 8 "
-    "--kv-channels 128 --add-qkv-bias --normalization RMSNorm --position-embedding-type rope "
-    "--rotary-percent 0.5 --swiglu --untie-embeddings-and-output-weights --vocab-size 151552 "
-    "--rotary-base 1000000 --moe-router-pre-softmax --moe-router-score-function sigmoid "
-    "--moe-router-enable-expert-bias --moe-router-bias-update-rate 0 --moe-router-load-balancing-type "
-    "seq_aux_loss --moe-token-dispatcher-type alltoall --moe-router-topk 8 --moe-grouped-gemm "
-    "--moe-router-dtype fp32 --moe-permute-fusion --moe-aux-loss-coeff 0"
-).split()
-M355 = (
-    _COMMON
-    + (
-        "--qk-layernorm --num-layers 92 --hidden-size 5120 --ffn-hidden-size 12288 --moe-ffn-hidden-size 1536 "
-        "--moe-shared-expert-intermediate-size 1536 --moe-router-topk-scaling-factor 2.5 "
-        "--moe-layer-freq [0]*3+[1]*89 --num-experts 160"
-    ).split()
-)
-MAIR = (
-    _COMMON
-    + (
-        "--num-layers 46 --hidden-size 4096 --ffn-hidden-size 10944 --moe-ffn-hidden-size 1408 "
-        "--moe-shared-expert-intermediate-size 1408 --moe-layer-freq [0]*1+[1]*45 --num-experts 128"
-    ).split()
-)
 
 # zai-org/GLM-4.5 config.json (the fields that matter here)
 GLM45 = {
@@ -84,14 +59,7 @@ def _write(tmp_path, cfg) -> str:
     return str(path)
 
 
-def _drop(argv, flag):
-    out, skip = [], False
-    for tok in argv:
-        if tok.startswith("--"):
-            skip = tok == flag
-        if not skip:
-            out.append(tok)
-    return out
+_drop = drop_flag
 
 
 def test_matching_configs_pass(tmp_path):

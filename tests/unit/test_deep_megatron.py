@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import pytest
+from glm_args import M355, MAIR, drop_flag, set_flag
 
 from glmlaunch.deep import megatron as dm
 from glmlaunch.deep.megatron import (
@@ -26,30 +27,6 @@ from glmlaunch.deep.megatron import (
     parse_moe_layer_freq,
 )
 
-# trainer-contract §1.5 (scripts/models/glm4.5-355B-A32B.py)
-M355 = (
-    "--disable-bias-linear --qk-layernorm --group-query-attention --num-attention-heads 96 "
-    "--num-query-groups 8 --kv-channels 128 --num-layers 92 --hidden-size 5120 --ffn-hidden-size 12288 "
-    "--add-qkv-bias --normalization RMSNorm --position-embedding-type rope --rotary-percent 0.5 --swiglu "
-    "--untie-embeddings-and-output-weights --vocab-size 151552 --rotary-base 1000000 "
-    "--moe-ffn-hidden-size 1536 --moe-shared-expert-intermediate-size 1536 --moe-router-pre-softmax "
-    "--moe-router-score-function sigmoid --moe-router-enable-expert-bias --moe-router-bias-update-rate 0 "
-    "--moe-router-load-balancing-type seq_aux_loss --moe-token-dispatcher-type alltoall --moe-router-topk 8 "
-    "--moe-router-topk-scaling-factor 2.5 --moe-layer-freq [0]*3+[1]*89 --num-experts 160 "
-    "--moe-grouped-gemm --moe-router-dtype fp32 --moe-permute-fusion --moe-aux-loss-coeff 0"
-).split()
-# scripts/models/glm4.5-106B-A12B.py (GLM-4.5-Air): the differences listed in §1.5
-MAIR = (
-    "--disable-bias-linear --group-query-attention --num-attention-heads 96 "
-    "--num-query-groups 8 --kv-channels 128 --num-layers 46 --hidden-size 4096 --ffn-hidden-size 10944 "
-    "--add-qkv-bias --normalization RMSNorm --position-embedding-type rope --rotary-percent 0.5 --swiglu "
-    "--untie-embeddings-and-output-weights --vocab-size 151552 --rotary-base 1000000 "
-    "--moe-ffn-hidden-size 1408 --moe-shared-expert-intermediate-size 1408 --moe-router-pre-softmax "
-    "--moe-router-score-function sigmoid --moe-router-enable-expert-bias --moe-router-bias-update-rate 0 "
-    "--moe-router-load-balancing-type seq_aux_loss --moe-token-dispatcher-type alltoall --moe-router-topk 8 "
-    "--moe-layer-freq [0]*1+[1]*45 --num-experts 128 "
-    "--moe-grouped-gemm --moe-router-dtype fp32 --moe-permute-fusion --moe-aux-loss-coeff 0"
-).split()
 OPT = (
     "--optimizer adam --lr 1e-6 --lr-decay-style constant --weight-decay 0.1 --adam-beta1 0.9 "
     "--adam-beta2 0.98 --optimizer-cpu-offload --overlap-cpu-optimizer-d2h-h2d --use-precision-aware-optimizer"
@@ -114,19 +91,7 @@ TCAIR = dict(
 )
 
 
-def _set(argv: list[str], flag: str, *values: str) -> list[str]:
-    """Drop every occurrence of ``flag`` (and its values), then append ``flag values``."""
-    out, skip = [], False
-    for tok in argv:
-        if tok.startswith("--"):
-            skip = tok == flag
-        if not skip:
-            out.append(tok)
-    return out + [flag, *values]
-
-
-def _drop(argv: list[str], flag: str) -> list[str]:
-    return _set(argv, flag)[:-1]
+_set, _drop = set_flag, drop_flag
 
 
 @dataclass
