@@ -254,6 +254,16 @@ class RichReporter:
 
 
 
+def _quiet_ray() -> None:
+    """Importing Ray sets up its loggers; then keep the job SDK's INFO lines ("WebSocket closed
+    for job ...") out of the user's terminal."""
+    try:
+        import ray.job_submission  # noqa: F401  (sets its logger to INFO when imported)
+    except ImportError:
+        return
+    logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)
+
+
 def _ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout):
     from .launcher import SSHOptions
 
@@ -354,6 +364,7 @@ def launch(
             if res.findings:
                 print_findings(res.findings)
             return
+        _quiet_ray()
         res = launcher.launch(
             recipe, hostfile, keep=keep, deep=not no_deep_check, reporter=RichReporter(),
             ssh=_ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout),
@@ -365,7 +376,7 @@ def launch(
     color = "green" if res.ok else "red"
     code = "" if job.exit_code is None else f"exit code {job.exit_code}, "
     err.print(f"[{color}]job {job.submission_id}: {job.status}[/] ({code}{job.duration_s:.0f} s)"
-              + (f"; run directory {res.run_dir}" if res.run_dir else ""))
+              + (f"; run directory {res.run_dir}" if res.run_dir else ""), soft_wrap=True)
     if keep:
         err.print("the cluster is still up: [bold]glmlaunch status[/], [bold]glmlaunch down[/]")
     if not res.ok:
@@ -378,6 +389,7 @@ def submit(run: RunOpt = None, follow: Annotated[bool, typer.Option("--follow/--
     from . import launcher
 
     try:
+        _quiet_ray()
         c = launcher.open_run(run, reporter=RichReporter())
         res = launcher.submit_and_follow(c, reporter=RichReporter(), follow=follow)
     except GlmlaunchError as e:
@@ -416,6 +428,7 @@ def logs(run: RunOpt = None, follow: Annotated[bool, typer.Option("--follow", "-
     try:
         if not c.is_up:
             raise GlmlaunchError(f"run {c.plan.run_id} is {c.run_dir.manifest.get('state')}")
+        _quiet_ray()
         client = jobs.client_for(c.plan, c.token)
         if follow:
             res = jobs.follow(client, sid, lambda t: (sys.stdout.write(t), sys.stdout.flush()))
@@ -492,7 +505,6 @@ def main(argv: list[str] | None = None) -> None:
     import signal
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)  # "WebSocket closed ..." noise
     old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app(args=argv, prog_name="glmlaunch")
