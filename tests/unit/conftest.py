@@ -4,6 +4,7 @@ tmp_path, and a CLI runner whose output is not wrapped at 80 columns."""
 from __future__ import annotations
 
 import ipaddress
+import shutil
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,10 @@ class Cli:
 def cli() -> Cli:
     return Cli()
 
+
+
+@pytest.fixture
+def no_scontrol(monkeypatch):
+    """scontrol absent: node lists are expanded by python-hostlist, GRES is not looked up."""
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda cmd, *a, **k: None if cmd == "scontrol" else real_which(cmd, *a, **k))

@@ -27,22 +27,12 @@ from glmlaunch.deep.sglang import (
     engine_rule_findings,
     model_config,
 )
+from glmlaunch.deepcheck import FLAG_FIELDS
 
 REPO = Path(__file__).resolve().parents[2]
 
-# The recipe-field map glmlaunch.deepcheck passes (the part that concerns SGLang).
-FIELDS = {
-    "--rollout-num-gpus-per-engine": "sglang.gpus_per_engine",
-    "--sglang-dp-size": "sglang.dp_size",
-    "--sglang-ep-size": "sglang.ep_size",
-    "--sglang-enable-dp-attention": "sglang.enable_dp_attention",
-    "--sglang-moe-dense-tp-size": "sglang.moe_dense_tp_size",
-    "--sglang-mem-fraction-static": "sglang.mem_fraction_static",
-    "--sglang-speculative-algorithm": "sglang.mtp",
-    "--sglang-speculative-num-steps": "sglang.speculative_num_steps",
-    "--sglang-speculative-eagle-topk": "sglang.speculative_eagle_topk",
-    "--sglang-speculative-num-draft-tokens": "sglang.speculative_num_draft_tokens",
-}
+# The recipe-field map glmlaunch.deepcheck passes.
+FIELDS = FLAG_FIELDS
 
 # trainer-contract §1.5 (GLM-4.5 355B model args) and §1.4 (cluster + SGLANG groups)
 MODEL = (
@@ -306,7 +296,7 @@ def test_sglang_with_checkpoint_config_and_flag_spelling(sgl, tmp_path):
     assert check_sglang(argv, 8, str(tmp_path / "config.json"), flag_fields=FIELDS) == []
     # the checkpoint folder works too; a flag this SGLang's parser (reused by miles) rejects
     found = check_sglang([*argv, "--sglang-cuda-graph-bs", "1", "2", "4"], 8, str(tmp_path), flag_fields=FIELDS)
-    assert [f.field for f in errors(found)] == ["--sglang-cuda-graph-bs"]
+    assert [f.field for f in errors(found)] == ["sglang.cuda_graph_bs"]  # the recipe field, through deepcheck.FLAG_FIELDS
     assert "add_cli_args" in found[0].source
 
 

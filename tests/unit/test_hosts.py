@@ -265,11 +265,6 @@ def test_good_max_slots_and_port(write_hostfile):
 # ----------------------------------------------------------------------------- Slurm
 
 
-@pytest.fixture
-def no_scontrol(monkeypatch):
-    """scontrol absent: node lists are expanded by python-hostlist."""
-    real_which = shutil.which
-    monkeypatch.setattr(shutil, "which", lambda cmd, *a, **k: None if cmd == "scontrol" else real_which(cmd, *a, **k))
 
 
 @pytest.mark.parametrize(

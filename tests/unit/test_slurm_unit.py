@@ -29,11 +29,6 @@ from glmlaunch.transport import Target
 # ----------------------------------------------------------------------------- node lists
 
 
-@pytest.fixture
-def no_scontrol(monkeypatch):
-    """scontrol absent: node lists are expanded by python-hostlist, GRES is not looked up."""
-    real_which = shutil.which
-    monkeypatch.setattr(shutil, "which", lambda cmd, *a, **k: None if cmd == "scontrol" else real_which(cmd, *a, **k))
 
 
 @pytest.mark.parametrize(
