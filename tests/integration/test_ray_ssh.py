@@ -347,28 +347,36 @@ def test_busy_gcs_port_on_head_is_refused_and_left_alone(testcluster, tmp_path, 
 # ----------------------------------------------------------------------------- 6. a node dies
 
 
+def _follow_a_long_job(c):
+    """Submit a job that runs until it is stopped and follow it on a thread (watchdog every 2 s);
+    return once its first line is in job.log. ``box`` gets the result or the error, and the time
+    following ended."""
+    c.plan = dataclasses.replace(c.plan, argv=["bash", "-c", "echo job-started; exec sleep 600"])
+    box: dict = {}
+
+    def follow():
+        try:
+            box["result"] = submit_and_follow(c, watchdog_s=2)
+        except BaseException as e:  # noqa: BLE001 (handed to the test thread)
+            box["error"] = e
+        box["t"] = time.monotonic()
+
+    th = threading.Thread(target=follow, daemon=True)
+    th.start()
+    log = c.run_dir.path / "job.log"
+    deadline = time.monotonic() + 60
+    while "job-started" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline and th.is_alive(), box
+        time.sleep(0.5)
+    return th, box
+
+
 def test_node_killed_after_joining(testcluster, tmp_path, runs):
     c = up(RECIPE, _hostfile(tmp_path, testcluster), ssh=_ssh(testcluster), runs_dir=str(runs), join_timeout_s=120)
     try:
         assert c.status().ok
         rd = c.run_dir
-        # a job that runs until it is stopped
-        c.plan = dataclasses.replace(c.plan, argv=["bash", "-c", "echo job-started; exec sleep 600"])
-        box: dict = {}
-
-        def follow():
-            try:
-                box["result"] = submit_and_follow(c, watchdog_s=2)
-            except BaseException as e:  # noqa: BLE001 (handed to the test thread)
-                box["error"] = e
-            box["t"] = time.monotonic()
-
-        th = threading.Thread(target=follow, daemon=True)
-        th.start()
-        deadline = time.monotonic() + 60
-        while "job-started" not in ((rd.path / "job.log").read_text() if (rd.path / "job.log").exists() else ""):
-            assert time.monotonic() < deadline and th.is_alive(), box
-            time.sleep(0.5)
+        th, box = _follow_a_long_job(c)
 
         # SIGKILL h3's raylet (inside h3, found in h3's recorded ray start session)
         sid = rd.manifest["nodes"]["h3"]["pid"]
@@ -407,22 +415,7 @@ def test_head_crash_while_following_names_the_head(testcluster, tmp_path, runs):
     c = up(RECIPE, str(hostfile), ssh=_ssh(testcluster), runs_dir=str(runs), join_timeout_s=120)
     rd = c.run_dir
     try:
-        c.plan = dataclasses.replace(c.plan, argv=["bash", "-c", "echo job-started; exec sleep 600"])
-        box: dict = {}
-
-        def follow():
-            try:
-                box["result"] = submit_and_follow(c, watchdog_s=2)
-            except BaseException as e:  # noqa: BLE001 (handed to the test thread)
-                box["error"] = e
-            box["t"] = time.monotonic()
-
-        th = threading.Thread(target=follow, daemon=True)
-        th.start()
-        deadline = time.monotonic() + 60
-        while "job-started" not in ((rd.path / "job.log").read_text() if (rd.path / "job.log").exists() else ""):
-            assert time.monotonic() < deadline and th.is_alive(), box
-            time.sleep(0.5)
+        th, box = _follow_a_long_job(c)
         sid = rd.manifest["nodes"]["h1"]["pid"]
         victims = [p["pid"] for p in testcluster.processes(1) if p["sid"] == sid]
         assert victims
