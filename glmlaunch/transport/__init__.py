@@ -75,11 +75,6 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
-def run_same(transport: Transport, targets: list[Target], command: str, *, timeout: float = 60.0, on_done=None):
-    """Run one command on several targets (``run_many`` with the same line for each)."""
-    return transport.run_many({t: command for t in targets}, timeout=timeout, on_done=on_done)
-
-
 def run_parallel(
     run_one: Callable[[Target, str, float], RemoteResult],
     commands: dict[Target, str],
