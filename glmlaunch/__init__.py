@@ -17,8 +17,9 @@ from .errors import (
     TransportError,
 )
 from .hosts import Allocation, Host, discover, from_slurm, read_hostfile
-from .plan import LaunchPlan, PortPlan, build_plan, render_bash, render_json
+from .plan import LaunchPlan, PortPlan, build_plan
 from .recipe import Recipe, load_recipe
+from .render import render_bash, render_json
 
 __version__ = "0.1.0"
 

@@ -205,7 +205,8 @@ def render(
     port_base: PortBaseOpt = None, dashboard_port: DashPortOpt = None, python: PythonOpt = None,
 ) -> None:
     """Print the launch plan: the exact commands (bash) or the plan as JSON."""
-    from .plan import PortPlan, build_plan, render_bash, render_json
+    from .plan import PortPlan, build_plan
+    from .render import render_bash, render_json
 
     if fmt not in ("bash", "json"):
         _fail(GlmlaunchError(f"--format {fmt}: unknown format", "use --format bash or --format json"))
@@ -352,7 +353,7 @@ def launch(
     """Check, start the cluster, submit the trainer, follow its log, tear down; exit with the
     trainer's status. Without arguments: the cluster probe on this machine."""
     from . import launcher
-    from .plan import render_bash
+    from .render import render_bash
 
     kw = dict(overrides=set_ or [], local=local, head=head, gpus_per_node=gpus_per_node, port_base=port_base,
               dashboard_port=dashboard_port, python=python, network=network, interface=interface)

@@ -511,7 +511,7 @@ class RayCluster:
     @classmethod
     def from_run(cls, run_dir: RunDir, transport: Transport, reporter: Reporter | None = None) -> RayCluster:
         """Rebuild the handle of a run started elsewhere (``status``/``down`` from another shell)."""
-        from .plan import plan_from_dict
+        from .render import plan_from_dict
 
         plan = plan_from_dict(json.loads((run_dir.path / "plan.json").read_text()))
         token = None

@@ -21,9 +21,10 @@ from . import jobs
 from .cluster import RayCluster
 from .errors import CheckFailed, ClusterError, GlmlaunchError, HostfileError, JobError
 from .hosts import Allocation, discover
-from .plan import LaunchPlan, PortPlan, build_plan, plan_to_dict, render_bash, render_json
+from .plan import LaunchPlan, PortPlan, build_plan
 from .progress import NullReporter, Reporter
 from .recipe import Recipe, load_recipe
+from .render import plan_to_dict, render_bash, render_json
 from .runs import RunDir
 from .transport import Transport
 

@@ -8,8 +8,9 @@ import pytest
 from glmlaunch.checks import check_all
 from glmlaunch.errors import RecipeError
 from glmlaunch.hosts import local_allocation, placeholder_allocation, read_hostfile
-from glmlaunch.plan import PortPlan, build_plan, new_run_id, render_bash
+from glmlaunch.plan import PortPlan, build_plan, new_run_id
 from glmlaunch.recipe import load_recipe
+from glmlaunch.render import render_bash
 
 GSPO = "glm45-355b-a32b-gspo"
 PY = "/opt/glm/bin/python3"

@@ -15,8 +15,9 @@ from collections import defaultdict
 import pytest
 
 from glmlaunch.hosts import read_hostfile
-from glmlaunch.plan import NCCL_RACK, build_plan, render_bash, render_json
+from glmlaunch.plan import NCCL_RACK, build_plan
 from glmlaunch.recipe import load_recipe
+from glmlaunch.render import render_bash, render_json
 
 BASE_DIR = "/root/shared_data"
 RUN = "glm45-355b-a32b-gspo"

@@ -22,8 +22,9 @@ import pytest
 
 import glmlaunch
 from glmlaunch.hosts import read_hostfile
-from glmlaunch.plan import build_plan, render_bash, render_json
+from glmlaunch.plan import build_plan
 from glmlaunch.recipe import list_templates, load_recipe
+from glmlaunch.render import render_bash, render_json
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 REPO = Path(glmlaunch.__file__).resolve().parents[1]
