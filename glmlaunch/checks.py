@@ -1,22 +1,22 @@
-"""Recipe × allocation checks: every rule of the trainer contract §4 a launcher can check before
-any node is touched. Each rule names the recipe field, the numbers, and its source (the miles or
-Megatron line, or the SGLang check). :func:`check_all` returns every finding, not just the first.
+"""The checks: every rule a launcher can check before any node is touched, and the one pipeline
+(:func:`run`) that every entry point uses to decide whether a launch may go ahead.
 
-The deep checks that need megatron-core or SGLang live in :mod:`glmlaunch.deep`.
+Each rule names the recipe field, the numbers, and its source (the miles or Megatron line, or
+the SGLang check). :func:`run` returns every finding, not just the first: the recipe × allocation
+rules here, then (when they pass) the deep checks through megatron-core and SGLang
+(:mod:`glmlaunch.deepcheck`) and the read-only preflight on every node.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-from .errors import Finding
-from .hosts import Allocation
+from .errors import Finding, Findings
+from .hosts import Allocation, AllocationKind
 from .models import BLACKWELL, HARDWARE_GPUS, MODELS
-from .recipe import Recipe
-
-if TYPE_CHECKING:
-    from .plan import LaunchPlan
+from .plan import TRAINER_PORT_RANGES, LaunchPlan
+from .resolve import Resolved
 
 MEGATRON = "Megatron-LM megatron/training/arguments.py"
 MILES_ARGS = "miles/utils/arguments.py"
@@ -30,42 +30,30 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _origin_kind(alloc: Allocation) -> str:
-    """``"placeholder"`` (``--nodes N``), ``"local"``, ``"slurm"``, ``"hostfile"`` or ``"other"``
-    (placeholders of another origin, e.g. ``slurm.submit(...)``)."""
-    if alloc.extra.get("placeholder"):
-        return "placeholder" if alloc.origin.startswith("--nodes") else "other"
-    if alloc.origin == "local":
-        return "local"
-    if alloc.origin.startswith("slurm:"):
-        return "slurm"
-    return "hostfile"
-
-
 def _nodes_mismatch(want: int, alloc: Allocation) -> str:
-    n, kind, where = alloc.num_nodes, _origin_kind(alloc), alloc.origin or "the allocation"
+    n, kind, where = alloc.num_nodes, alloc.kind, alloc.origin or "the allocation"
     wants = f"the recipe wants {_plural(want, 'node')}"
-    if kind == "placeholder":
+    if kind is AllocationKind.PLACEHOLDER and where.startswith("--nodes"):
         return f"{wants} but --nodes {n} was given; pass --nodes {want}, or set cluster.nodes={n}"
-    if kind == "local":
+    if kind is AllocationKind.PLACEHOLDER:
+        return f"{wants} but {where} has {n}; set cluster.nodes={n} or ask for {want}"
+    if kind is AllocationKind.LOCAL:
         return (f"{wants} but a local run uses this machine alone (1 node); pass --hostfile with {_plural(want, 'node')}, "
                 "or set cluster.nodes=1")
-    if kind == "slurm":
+    if kind is AllocationKind.SLURM:
         return (f"{wants} but the Slurm allocation {where} has {_plural(n, 'node')}; allocate {_plural(want, 'node')}, "
                 f"or set cluster.nodes={n}")
-    if kind == "other":
-        return f"{wants} but {where} has {n}; set cluster.nodes={n} or ask for {want}"
     return f"{wants} but {where} has {_plural(n, 'node')}; set cluster.nodes={n} or use a hostfile with {_plural(want, 'node')}"
 
 
 def _gpus_unknown(alloc: Allocation) -> str:
-    kind, where = _origin_kind(alloc), alloc.origin or "the allocation"
+    kind, where = alloc.kind, alloc.origin or "the allocation"
     todo = "pass --gpus-per-node or set cluster.gpus_per_node"
-    if kind == "local":
+    if kind is AllocationKind.LOCAL:
         why = "this machine has no GPUs (nvidia-smi) and the recipe sets none"
-    elif kind in ("placeholder", "other"):
+    elif kind is AllocationKind.PLACEHOLDER:
         why = f"{where} gives no GPU count and the recipe sets none (cluster.gpus_per_node, or a cluster.hardware with GPUs)"
-    elif kind == "slurm":
+    elif kind is AllocationKind.SLURM:
         why = f"the Slurm allocation {where} reports no GPUs (no --gpus-per-node or --gres=gpu:N) and the recipe sets none"
     else:
         why = f"the hostfile {where} has no slots and the recipe sets none"
@@ -73,8 +61,9 @@ def _gpus_unknown(alloc: Allocation) -> str:
     return f"GPUs per node unknown: {why}; {todo}"
 
 
-def check_cluster(recipe: Recipe, alloc: Allocation, gpus: int, out: list[Finding]) -> None:
+def check_cluster(res: Resolved, out: list[Finding]) -> None:
     """Nodes and GPUs of the allocation against the recipe."""
+    recipe, alloc, gpus = res.recipe, res.alloc, res.gpus_per_node
     c = recipe.cluster
     n = alloc.num_nodes
     where = f"{alloc.origin}" if alloc.origin else "the allocation"
@@ -82,10 +71,9 @@ def check_cluster(recipe: Recipe, alloc: Allocation, gpus: int, out: list[Findin
         _err(out, "cluster.nodes", _nodes_mismatch(c.nodes, alloc),
              "nodes in allocation == cluster.nodes", "glmlaunch (the seed's silent short cluster, contract §6.1)")
     if alloc.gpus_per_node and c.gpus_per_node and alloc.gpus_per_node != c.gpus_per_node:
-        kind = _origin_kind(alloc)
-        if kind == "placeholder":
+        if alloc.kind is AllocationKind.PLACEHOLDER and where.startswith("--nodes"):
             said = f"--gpus-per-node {alloc.gpus_per_node} was given"
-        elif kind == "local":
+        elif alloc.kind is AllocationKind.LOCAL:
             said = f"this machine has {_plural(alloc.gpus_per_node, 'GPU')} (nvidia-smi or --gpus-per-node)"
         else:
             said = f"{where} says slots={alloc.gpus_per_node}"
@@ -107,24 +95,20 @@ def check_cluster(recipe: Recipe, alloc: Allocation, gpus: int, out: list[Findin
                      "multi-node addresses are routable", "contract §6.4 (MASTER_ADDR left at 127.0.0.1)")
 
 
-def check_layout(recipe: Recipe, alloc: Allocation, gpus: int, out: list[Finding]) -> dict:
-    """Megatron parallel sizes against the world and the model (contract §4 rows 1-7)."""
-    from .plan import actor_nodes, effective_layout
-
+def check_layout(res: Resolved, out: list[Finding]) -> None:
+    """Megatron parallel sizes against the world and the model."""
+    recipe, gpus = res.recipe, res.gpus_per_node
     spec = MODELS.get(recipe.model.type)
     if spec is None:
         _err(out, "model.type", f"unknown model '{recipe.model.type}'; use one of {', '.join(sorted(MODELS))}",
              "known model", "miles scripts/models/")
-        return {}
-    n = alloc.num_nodes
-    lay = effective_layout(recipe, n)
-    src = lay["source"]
-    tp, pp, cp, ep, etp = lay["tp"], lay["pp"], lay["cp"], lay["ep"], lay["etp"]
-    a_nodes = actor_nodes(recipe, n)
-    world = a_nodes * gpus
-    info = {"world": world, "tp": tp, "pp": pp, "cp": cp, "ep": ep, "etp": etp}
+        return
+    n = res.num_nodes
+    lay = res.layout
+    tp, pp, cp, ep, etp = lay.tp, lay.pp, lay.cp, lay.ep, lay.etp
+    a_nodes, world = res.actor_nodes, res.world_size
     if not gpus:
-        return info
+        return
     c = recipe.cluster
     total = n * gpus
     if c.colocate:
@@ -145,7 +129,7 @@ def check_layout(recipe: Recipe, alloc: Allocation, gpus: int, out: list[Finding
         if c.rollout_gpus == 0:
             _err(out, "cluster.rollout_gpus", "not colocated but no rollout GPUs: set cluster.rollout_gpus",
                  "non-colocate needs rollout GPUs", f"{MILES_ARGS}:3296-3317")
-    f = {k: f"parallelism.{k}" if src == "parallelism" else f"{src}.{k}" for k in ("tp", "pp", "cp", "ep", "etp")}
+    f = {k: lay.field(k) for k in ("tp", "pp", "cp", "ep", "etp")}
     mp = tp * pp * cp
     if world % mp:
         _err(out, f"{f['tp']}/{f['pp']}/{f['cp']}",
@@ -156,7 +140,7 @@ def check_layout(recipe: Recipe, alloc: Allocation, gpus: int, out: list[Finding
         _err(out, f"{f['etp']}/{f['ep']}/{f['pp']}",
              f"world size {world} is not divisible by ETP·EP·PP = {etp}·{ep}·{pp} = {emp}",
              "world % (ETP*EP*PP) == 0", "megatron/core/parallel_state.py:797 (fires in actor init)")
-    first, last = lay["decoder_first_pipeline_num_layers"], lay["decoder_last_pipeline_num_layers"]
+    first, last = lay.first, lay.last
     layers = spec.num_layers
     if first or last:
         inner = pp - (1 if first else 0) - (1 if last else 0)
@@ -182,14 +166,11 @@ def check_layout(recipe: Recipe, alloc: Allocation, gpus: int, out: list[Finding
     if recipe.parallelism.sequence_parallel and tp == 1:
         _err(out, "parallelism.sequence_parallel", "sequence parallelism is silently turned off by Megatron when TP=1",
              "SP needs TP > 1", f"{MEGATRON}:971-977", "warning")
-    info["dp"] = world // mp if mp and world % mp == 0 else None
-    return info
 
 
-def check_sglang(recipe: Recipe, alloc: Allocation, gpus: int, out: list[Finding]) -> None:
-    """Rollout engine sizes (contract §4 rows 12-16)."""
-    from .plan import rollout_gpus
-
+def check_sglang(res: Resolved, out: list[Finding]) -> None:
+    """Rollout engine sizes."""
+    recipe, gpus = res.recipe, res.gpus_per_node
     s = recipe.sglang
     mem = float(s.mem_fraction_static)
     if not 0 < mem < 1:
@@ -198,7 +179,7 @@ def check_sglang(recipe: Recipe, alloc: Allocation, gpus: int, out: list[Finding
              "(exclusive), e.g. 0.7", "0 < mem_fraction_static < 1",
              "SGLang ServerArgs --mem-fraction-static (fraction of GPU memory for weights and KV cache)")
     spec = MODELS.get(recipe.model.type)
-    rg = rollout_gpus(recipe, alloc.num_nodes, gpus)
+    rg = res.rollout_gpus
     g = s.gpus_per_engine
     if not gpus or not rg:
         return
@@ -238,11 +219,9 @@ def check_sglang(recipe: Recipe, alloc: Allocation, gpus: int, out: list[Finding
              "FP8 on Blackwell", "miles scripts/run_glm45_355b_a32b.py (Blackwell options)")
 
 
-def check_batches(recipe: Recipe, dp: int | None, cp: int, out: list[Finding]) -> None:
-    """Batch arithmetic (contract §4 rows 22, 24-26)."""
-    from .plan import debug_minimal
-
-    r = debug_minimal(recipe)
+def check_batches(res: Resolved, out: list[Finding]) -> None:
+    """Batch arithmetic."""
+    r, dp, cp = res.recipe, res.dp, res.layout.cp
     ro = r.rollout
     total = ro.rollout_batch_size * ro.n_samples_per_prompt
     if total % ro.num_steps_per_rollout:
@@ -281,10 +260,9 @@ def check_batches(recipe: Recipe, dp: int | None, cp: int, out: list[Finding]) -
                  "miles/utils/data.py:277-288", "warning")
 
 
-def check_flags(recipe: Recipe, out: list[Finding]) -> None:
-    """Flag logic the trainer enforces in parse_args (contract §4 rows 7, 18-21, 27-30, 35)."""
-    from .plan import checkpoint_paths
-
+def check_flags(res: Resolved, out: list[Finding]) -> None:
+    """Flag logic the trainer enforces in parse_args."""
+    recipe = res.recipe
     al = recipe.algorithm
     if float(al.kl_coef or 0) != 0 and float(al.kl_loss_coef or 0) != 0:
         _err(out, "algorithm.kl_coef", f"kl_coef={al.kl_coef} and kl_loss_coef={al.kl_loss_coef} are both non-zero; set one to 0",
@@ -325,7 +303,7 @@ def check_flags(recipe: Recipe, out: list[Finding]) -> None:
     if ev.enabled and ev.interval and not (ev.prompt_data or recipe.rollout.task):
         _err(out, "eval.prompt_data", "eval.interval is set but there is no eval data",
              "eval_interval needs eval data", f"{MILES_ARGS}:3060-3061")
-    paths = checkpoint_paths(recipe)
+    paths = res.paths
     if recipe.checkpoint.save_interval and not paths["save"]:
         _err(out, "checkpoint.save", "save_interval is set but checkpoint.save is empty",
              "save_interval requires --save", f"{MILES_ARGS}:3075-3076")
@@ -358,8 +336,9 @@ COMPUTED_ENV = {
 }
 
 
-def check_env(recipe: Recipe, out: list[Finding]) -> None:
+def check_env(res: Resolved, out: list[Finding]) -> None:
     """``env.vars`` that replace a value glmlaunch computed for this launch (warnings)."""
+    recipe = res.recipe
     for k, what in COMPUTED_ENV.items():
         if k in recipe.env.vars:
             _err(out, f"env.vars.{k}",
@@ -368,20 +347,18 @@ def check_env(recipe: Recipe, out: list[Finding]) -> None:
                  "env.vars does not replace computed values", "glmlaunch runtime env (env.vars wins)", "warning")
 
 
-def check_paths(recipe: Recipe, out: list[Finding]) -> None:
+def check_paths(res: Resolved, out: list[Finding]) -> None:
     """Paths are absolute, under a real base_dir, and carry no unexpanded variables."""
-    from .plan import checkpoint_paths, task_paths
-
+    recipe = res.recipe
     base = recipe.run.base_dir
     if not base.startswith("/") or base.rstrip("/") == "":
         _err(out, "run.base_dir", f"base_dir '{base}' must be an absolute directory on a filesystem every node mounts",
              "base_dir absolute, not /", "the seed's unset $BASE_DIR (contract §6.21)")
     if recipe.trainer.kind != "miles":
         return
-    items = {f"checkpoint.{k}": v for k, v in checkpoint_paths(recipe).items()}
-    tp = task_paths(recipe)
-    items["rollout.prompt_data"] = tp["prompt_data"]
-    items["eval.prompt_data"] = tp["eval_data"]
+    items = {f"checkpoint.{k}": res.paths[k] for k in ("hf_checkpoint", "ref_load", "save", "load")}
+    items["rollout.prompt_data"] = res.paths["prompt_data"]
+    items["eval.prompt_data"] = res.paths["eval_data"]
     items["trainer.miles_dir"] = recipe.trainer.miles_dir
     items["trainer.megatron_dir"] = recipe.trainer.megatron_dir
     for field, v in items.items():
@@ -423,9 +400,7 @@ def check_argv(plan: LaunchPlan, out: list[Finding]) -> None:
 
 
 def check_ports(plan: LaunchPlan, out: list[Finding]) -> None:
-    """The port plan: distinct ports, worker range clear of the trainer's ranges (contract §4)."""
-    from .plan import TRAINER_PORT_RANGES
-
+    """The port plan: distinct ports, worker range clear of the trainer's ranges."""
     p = plan.ports
     bad = len(out)
     if not 1024 <= p.base <= 65535 - 9:
@@ -443,7 +418,7 @@ def check_ports(plan: LaunchPlan, out: list[Finding]) -> None:
                  "1024 <= worker ports <= 65535", "ray start --min-worker-port/--max-worker-port")
     if len(out) > bad:
         return  # the overlap checks below mean little with ports that cannot be bound
-    named = p.named()
+    named = p.named
     by_port: dict[int, list[str]] = {}
     for k, v in named.items():
         by_port.setdefault(v, []).append(k)
@@ -485,21 +460,43 @@ def check_ports(plan: LaunchPlan, out: list[Finding]) -> None:
                  "IP literal addresses", "radixark/miles#3133", "warning")
 
 
-def check_all(recipe: Recipe, alloc: Allocation, plan: LaunchPlan | None = None) -> list[Finding]:
-    """Run every check; return all findings (errors first, then warnings)."""
-    from .plan import resolved_gpus_per_node
-
+def shallow(res: Resolved, plan: LaunchPlan | None = None) -> Findings:
+    """The recipe × allocation rules of this module (and, with ``plan``, its argv and ports)."""
     out: list[Finding] = []
-    gpus = resolved_gpus_per_node(recipe, alloc)
-    check_cluster(recipe, alloc, gpus, out)
-    check_paths(recipe, out)
-    check_env(recipe, out)
-    if recipe.trainer.kind == "miles":
-        info = check_layout(recipe, alloc, gpus, out)
-        check_sglang(recipe, alloc, gpus, out)
-        check_batches(recipe, info.get("dp"), info.get("cp", 1), out)
-        check_flags(recipe, out)
+    check_cluster(res, out)
+    check_paths(res, out)
+    check_env(res, out)
+    if res.recipe.trainer.kind == "miles":
+        check_layout(res, out)
+        check_sglang(res, out)
+        check_batches(res, out)
+        check_flags(res, out)
     if plan is not None:
         check_argv(plan, out)
         check_ports(plan, out)
-    return sorted(out, key=lambda f: f.severity != "error")
+    return Findings(out)
+
+
+def run(
+    res: Resolved,
+    plan: LaunchPlan | None = None,
+    *,
+    deep: bool = False,
+    nodes: Callable[[], list[Finding]] | None = None,
+) -> Findings:
+    """Every check of a launch, in one order for every entry point: the recipe × allocation rules
+    (:func:`shallow`); then, only when they found no error, the deep checks (``deep``:
+    megatron-core, SGLang and the HF ``config.json``, :func:`glmlaunch.deepcheck.deep_check`) and
+    the read-only per-node preflight (``nodes``: a callable that runs it and returns its findings;
+    skipped for placeholder nodes). Returns every finding, errors first; never raises for a
+    finding (call :meth:`~glmlaunch.errors.Findings.raise_for_errors`)."""
+    found = shallow(res, plan)
+    if found.errors:
+        return found
+    if deep and plan is not None:
+        from .deepcheck import deep_check, merge_findings
+
+        found = Findings(merge_findings(list(found), deep_check(res.recipe, plan)))
+    if nodes is not None and not found.errors and not res.alloc.placeholder:
+        found = Findings([*found, *nodes()])
+    return found

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import CheckFailed, Finding, GlmlaunchError
+from .errors import CheckFailed, Finding, GlmlaunchError, UsageError
+from .options import Defaults
 
 app = typer.Typer(
     add_completion=False,
@@ -48,6 +49,7 @@ SSHUserOpt = Annotated[str | None, typer.Option("--ssh-user", help="SSH login us
 SSHKeyOpt = Annotated[str | None, typer.Option("--ssh-key", help="SSH private key file")]
 SSHPortOpt = Annotated[int | None, typer.Option("--ssh-port", help="SSH port")]
 KnownHostsOpt = Annotated[str | None, typer.Option("--known-hosts", help="extra known_hosts file (host keys are checked)")]
+RecipeArg = Annotated[str, typer.Argument(help="Template name or recipe file")]
 ConnectTimeoutOpt = Annotated[float, typer.Option("--connect-timeout", help="SSH connect timeout, seconds")]
 RunsDirOpt = Annotated[str | None, typer.Option("--runs-dir", help="where run directories go (default ./runs or $GLMLAUNCH_RUNS_DIR)")]
 JoinTimeoutOpt = Annotated[float, typer.Option("--join-timeout", help="seconds to wait for every node and GPU to join")]
@@ -66,17 +68,18 @@ LocalOpt = Annotated[bool, typer.Option("--local", help="Run on this machine alo
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a recipe field: --set parallelism.tp=4")]
 
 
-def _fail(e: GlmlaunchError, code: int = 2) -> None:
+def _fail(e: GlmlaunchError) -> NoReturn:
+    """One message (and the fix) for an error, then its exit code (:mod:`glmlaunch.errors`)."""
     if isinstance(e, CheckFailed):
         print_findings(e.findings)
         err.print(f"[bold red]error:[/] {len([f for f in e.findings if f.severity == 'error'])} check(s) failed")
         if e.hint:
-            err.print(f"[yellow]fix:[/] {e.hint}")
-        raise typer.Exit(1)
+            err.print(f"[yellow]fix:[/] {_esc(e.hint)}", soft_wrap=True)
+        raise typer.Exit(e.exit_code)
     err.print("[bold red]error:[/] " + _esc(e.message), soft_wrap=True)
     if e.hint:
         err.print("[yellow]fix:[/] " + _esc(e.hint), soft_wrap=True)
-    raise typer.Exit(code)
+    raise typer.Exit(e.exit_code)
 
 
 def _esc(s: str) -> str:
@@ -106,23 +109,6 @@ def print_findings(findings: list[Finding], title: str = "checks") -> None:
     out.print(t)
 
 
-def _allocation(hostfile, nodes, gpus, head, local, recipe=None):
-    from .hosts import discover, placeholder_allocation
-
-    if hostfile is None and nodes is None and not local and recipe is not None:
-        import os
-
-        from .hosts import DEFAULT_HOSTFILE
-
-        if not os.path.exists(DEFAULT_HOSTFILE) and not os.environ.get("SLURM_JOB_NODELIST"):
-            if recipe.trainer.kind == "probe":
-                return discover(local=True, gpus_per_node=gpus)
-            n = recipe.cluster.nodes or 1
-            err.print(f"[dim]no hostfile given and {DEFAULT_HOSTFILE} does not exist: using {n} placeholder nodes[/]")
-            return placeholder_allocation(n, gpus)  # GPUs per node: --gpus-per-node, else the recipe decides
-    return discover(hostfile, nodes=nodes, gpus_per_node=gpus, head=head, local=local)
-
-
 @app.command()
 def hosts(hostfile: HostfileOpt = None, head: HeadOpt = None, gpus_per_node: GpusOpt = None) -> None:
     """Print the parsed hostfile (or Slurm allocation) as a table."""
@@ -132,24 +118,19 @@ def hosts(hostfile: HostfileOpt = None, head: HeadOpt = None, gpus_per_node: Gpu
         alloc = discover(hostfile, head=head, gpus_per_node=gpus_per_node)
     except GlmlaunchError as e:
         _fail(e)
-    t = Table(title=f"{alloc.num_nodes} nodes from {alloc.origin}")
+    t = Table(title=_esc(f"{alloc.num_nodes} nodes from {alloc.origin}"))
     for c in ("#", "role", "host", "address", "GPUs (slots)", "ssh", "line"):
         t.add_column(c)
     for i, h in enumerate(alloc.hosts):
         ssh = f"{h.ssh_user or ''}{'@' if h.ssh_user else ''}{':' + str(h.ssh_port) if h.ssh_port else ''}" or "-"
-        t.add_row(str(i), "head" if i == 0 else "worker", h.name, h.address, str(h.slots or "-"), ssh, h.source)
+        t.add_row(str(i), "head" if i == 0 else "worker", _esc(h.name), _esc(h.address), str(h.slots or "-"), _esc(ssh),
+                  _esc(h.source))
     out.print(t)
-
-
-def _load(recipe: str, sets: list[str] | None):
-    from .recipe import load_recipe
-
-    return load_recipe(recipe, sets or [])
 
 
 @app.command()
 def check(
-    recipe: Annotated[str, typer.Argument(help="Template name or recipe file")] = DEFAULT_RECIPE,
+    recipe: RecipeArg = DEFAULT_RECIPE,
     hostfile: HostfileOpt = None,
     nodes: NodesOpt = None,
     gpus_per_node: GpusOpt = None,
@@ -159,33 +140,21 @@ def check(
     deep: Annotated[bool, typer.Option("--deep", help="Also run megatron-core / SGLang / HF config checks, and the "
                                                       "read-only preflight on every node of a real hostfile")] = False,
     ssh_config: SSHConfigOpt = None, ssh_user: SSHUserOpt = None, ssh_key: SSHKeyOpt = None,
-    ssh_port: SSHPortOpt = None, known_hosts: KnownHostsOpt = None, connect_timeout: ConnectTimeoutOpt = 10.0,
+    ssh_port: SSHPortOpt = None, known_hosts: KnownHostsOpt = None, connect_timeout: ConnectTimeoutOpt = Defaults.connect_timeout_s,
 ) -> None:
-    """Check a recipe against the nodes; print every failure (exit 1 if any)."""
-    from .plan import build_plan
+    """Check a recipe against the nodes; print every failure (exit 1 if any, 2 for bad input)."""
+    from .run import plan_launch
 
     try:
-        r = _load(recipe, set_)
-        alloc = _allocation(hostfile, nodes, gpus_per_node, head, local, r)
-        plan = build_plan(r, alloc)
-        findings = list(plan.findings)
-        if deep:
-            from .deepcheck import deep_check, merge_findings
-
-            with err.status("running deep checks (megatron-core, SGLang, HF config)..."):
-                findings = merge_findings(findings, deep_check(r, plan))
-            if not plan.placeholder:
-                from .launcher import node_preflight
-
-                with err.status(f"preflight on {alloc.num_nodes} node(s)..."):
-                    findings += node_preflight(r, alloc, plan, ssh=_ssh(ssh_config, ssh_user, ssh_key, ssh_port,
-                                                                         known_hosts, connect_timeout))
+        with err.status("running checks (with --deep: megatron-core, SGLang, HF config, every node)..."):
+            p = plan_launch(recipe, hostfile, overrides=set_, nodes=nodes, gpus_per_node=gpus_per_node, head=head,
+                            local=local, deep=deep, preflight=deep,
+                            ssh=_ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout))
     except GlmlaunchError as e:
         _fail(e)
-    findings.sort(key=lambda f: f.severity != "error")
-    nodes = f"{alloc.num_nodes} node{'s' if alloc.num_nodes != 1 else ''}"
-    print_findings(findings, f"checks of {r.run.name} on {nodes} x {plan.gpus_per_node} GPUs")
-    if any(f.severity == "error" for f in findings):
+    n = p.alloc.num_nodes
+    print_findings(p.findings, f"checks of {p.recipe.run.name} on {n} node{'s' if n != 1 else ''} x {p.plan.gpus_per_node} GPUs")
+    if p.findings.errors:
         err.print("[yellow]fix:[/] change the recipe fields named above (in the file or with --set KEY=VALUE), the "
                   "hostfile, or the nodes, and run `glmlaunch check` again", soft_wrap=True)
         raise typer.Exit(1)
@@ -193,7 +162,7 @@ def check(
 
 @app.command()
 def render(
-    recipe: Annotated[str, typer.Argument(help="Template name or recipe file")] = DEFAULT_RECIPE,
+    recipe: RecipeArg = DEFAULT_RECIPE,
     hostfile: HostfileOpt = None,
     nodes: NodesOpt = None,
     gpus_per_node: GpusOpt = None,
@@ -205,23 +174,20 @@ def render(
     port_base: PortBaseOpt = None, dashboard_port: DashPortOpt = None, python: PythonOpt = None,
 ) -> None:
     """Print the launch plan: the exact commands (bash) or the plan as JSON."""
-    from .plan import PortPlan, build_plan
     from .render import render_bash, render_json
+    from .run import plan_launch
 
-    if fmt not in ("bash", "json"):
-        _fail(GlmlaunchError(f"--format {fmt}: unknown format", "use --format bash or --format json"))
     try:
-        r = _load(recipe, set_)
-        alloc = _allocation(hostfile, nodes, gpus_per_node, head, local, r)
-        ports = PortPlan(base=PortPlan.base if port_base is None else port_base,
-                         dashboard=PortPlan.dashboard if dashboard_port is None else dashboard_port)
-        plan = build_plan(r, alloc, run_id=run_id, ports=ports, python=python)
+        if fmt not in ("bash", "json"):
+            raise UsageError(f"--format {fmt}: unknown format", "use --format bash or --format json")
+        p = plan_launch(recipe, hostfile, overrides=set_, nodes=nodes, gpus_per_node=gpus_per_node, head=head,
+                        local=local, run_id=run_id, port_base=port_base, dashboard_port=dashboard_port, python=python)
     except GlmlaunchError as e:
         _fail(e)
-    sys.stdout.write(render_json(plan) if fmt == "json" else render_bash(plan))
-    if plan.findings:
-        n = len(plan.errors)
-        err.print(f"[{'red' if n else 'yellow'}]{n} error(s), {len(plan.findings) - n} warning(s): run `glmlaunch check` for details[/]")
+    sys.stdout.write(render_json(p.plan) if fmt == "json" else render_bash(p.plan))
+    if p.findings:
+        n = len(p.findings.errors)
+        err.print(f"[{'red' if n else 'yellow'}]{n} error(s), {len(p.findings) - n} warning(s): run `glmlaunch check` for details[/]")
 
 
 class RichReporter:
@@ -266,84 +232,66 @@ def _quiet_ray() -> None:
 
 
 def _ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout):
-    from .launcher import SSHOptions
+    from .options import SSHOptions
 
     return SSHOptions(ssh_config=ssh_config, user=ssh_user, key=ssh_key, port=ssh_port, known_hosts=known_hosts,
                       connect_timeout=connect_timeout)
 
 
-def print_status(cluster) -> None:
-    m = cluster.run_dir.manifest if cluster.run_dir else {}
-    title = f"run {cluster.plan.run_id}: {cluster.plan.recipe} — {cluster.plan.dashboard_url}"
-    if m.get("state") in ("down", "down-incomplete", "created"):  # nothing to ask the nodes
-        out.print(f"{title}: {m.get('state')}")
+def print_status(run) -> None:
+    """The run's nodes as a table (when it is up), then its jobs and its directory."""
+    st = run.status()
+    title = f"run {run.run_id}: {run.plan.recipe} — {run.plan.dashboard_url}"
+    if st.cluster is None:  # nothing to ask the nodes
+        out.print(f"{title}: {st.state}")
     else:
-        st = cluster.status()
         t = Table(title=title)
         for c in ("host", "role", "address", "Ray node", "GPUs", "ray start process"):
             t.add_column(c)
-        for h, v in st.nodes.items():
+        for h, v in st.cluster.nodes.items():
             alive = "[green]alive[/]" if v["alive"] else "[red]not alive[/]"
             proc = {True: "[green]running[/]", False: "[red]exited[/]", None: "-"}[v["process"]]
             gpus = "-" if v["gpus"] is None else f"{v['gpus']:g}"
-            t.add_row(h, v["role"], v["address"], alive, gpus, proc)
+            t.add_row(_esc(h), v["role"], _esc(v["address"]), alive, gpus, proc)
         out.print(t)
-        for p in st.problems:
+        for p in st.cluster.problems:
             err.print(f"[yellow]note:[/] {_esc(p)}")
-    subs = m.get("submissions") or []
-    client = None
-    if subs and m.get("state") not in ("down", "down-incomplete"):
-        try:
-            from . import jobs
-
-            client = jobs.client_for(cluster.plan, cluster.token)
-        except GlmlaunchError:
-            client = None
-    last = m.get("job") or {}
-    for sid in subs:
-        state = None
-        if client is not None:
-            from . import jobs
-
-            state = jobs.job_status(client, sid)
-        if state in (None, "UNKNOWN") and sid == subs[-1]:
-            state = last.get("status", "not known (the cluster is down)")
-        code = last.get("exit_code") if sid == subs[-1] else None
-        out.print(f"job {sid}: {state}" + (f" (exit code {code})" if code is not None else ""))
-    out.print(f"run directory: {cluster.run_dir.path if cluster.run_dir else '-'}")
+    for j in st.jobs:
+        out.print(f"job {j.submission_id}: {j.status}" + (f" (exit code {j.exit_code})" if j.exit_code is not None else ""))
+    out.print(f"run directory: {run.path or '-'}")
 
 
 @app.command()
 def up(
-    recipe: Annotated[str, typer.Argument(help="Template name or recipe file")] = DEFAULT_RECIPE,
+    recipe: RecipeArg = DEFAULT_RECIPE,
     hostfile: HostfileOpt = None, head: HeadOpt = None, gpus_per_node: GpusOpt = None, local: LocalOpt = False,
     set_: SetOpt = None, ssh_config: SSHConfigOpt = None, ssh_user: SSHUserOpt = None, ssh_key: SSHKeyOpt = None,
-    ssh_port: SSHPortOpt = None, known_hosts: KnownHostsOpt = None, connect_timeout: ConnectTimeoutOpt = 10.0,
-    runs_dir: RunsDirOpt = None, join_timeout: JoinTimeoutOpt = 300.0, port_base: PortBaseOpt = None,
+    ssh_port: SSHPortOpt = None, known_hosts: KnownHostsOpt = None, connect_timeout: ConnectTimeoutOpt = Defaults.connect_timeout_s,
+    runs_dir: RunsDirOpt = None, join_timeout: JoinTimeoutOpt = Defaults.join_timeout_s, port_base: PortBaseOpt = None,
     dashboard_port: DashPortOpt = None, python: PythonOpt = None, network: NetworkOpt = None,
     interface: InterfaceOpt = None,
 ) -> None:
     """Start the Ray cluster (head, then every worker) and return once every node and GPU joined."""
-    from . import launcher
+    from . import run as runs
 
     try:
-        c = launcher.up(recipe, hostfile, overrides=set_ or [], local=local, head=head, gpus_per_node=gpus_per_node,
-                        ssh=_ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout),
-                        runs_dir=runs_dir, reporter=RichReporter(), join_timeout_s=join_timeout, port_base=port_base,
-                        dashboard_port=dashboard_port, python=python, network=network, interface=interface)
-        print_status(c)
+        r = runs.up(recipe, hostfile, overrides=set_ or [], local=local, head=head, gpus_per_node=gpus_per_node,
+                    ssh=_ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout),
+                    runs_dir=runs_dir, reporter=RichReporter(), join_timeout_s=join_timeout, port_base=port_base,
+                    dashboard_port=dashboard_port, python=python, network=network, interface=interface)
+        print_status(r)
     except GlmlaunchError as e:
-        _fail(e, 1)
+        _fail(e)
     out.print("next: [bold]glmlaunch submit[/] (the recipe's job), [bold]glmlaunch status[/], [bold]glmlaunch down[/]")
 
 
 @app.command()
 def launch(
-    recipe: Annotated[str, typer.Argument(help="Template name or recipe file")] = DEFAULT_RECIPE,
+    recipe: RecipeArg = DEFAULT_RECIPE,
     hostfile: HostfileOpt = None, head: HeadOpt = None, gpus_per_node: GpusOpt = None, local: LocalOpt = False,
     set_: SetOpt = None, ssh_config: SSHConfigOpt = None, ssh_user: SSHUserOpt = None, ssh_key: SSHKeyOpt = None,
-    ssh_port: SSHPortOpt = None, known_hosts: KnownHostsOpt = None, connect_timeout: ConnectTimeoutOpt = 10.0,
-    runs_dir: RunsDirOpt = None, join_timeout: JoinTimeoutOpt = 300.0, port_base: PortBaseOpt = None,
+    ssh_port: SSHPortOpt = None, known_hosts: KnownHostsOpt = None, connect_timeout: ConnectTimeoutOpt = Defaults.connect_timeout_s,
+    runs_dir: RunsDirOpt = None, join_timeout: JoinTimeoutOpt = Defaults.join_timeout_s, port_base: PortBaseOpt = None,
     dashboard_port: DashPortOpt = None, python: PythonOpt = None, network: NetworkOpt = None,
     interface: InterfaceOpt = None,
     keep: Annotated[bool, typer.Option("--keep", help="leave the cluster up after the job")] = False,
@@ -352,27 +300,24 @@ def launch(
 ) -> None:
     """Check, start the cluster, submit the trainer, follow its log, tear down; exit with the
     trainer's status. Without arguments: the cluster probe on this machine."""
-    from . import launcher
+    from . import run as runs
     from .render import render_bash
 
     kw = dict(overrides=set_ or [], local=local, head=head, gpus_per_node=gpus_per_node, port_base=port_base,
-              dashboard_port=dashboard_port, python=python, network=network, interface=interface)
+              dashboard_port=dashboard_port, python=python, network=network, interface=interface,
+              ssh=_ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout))
     try:
         if dry_run:
-            res = launcher.launch(recipe, hostfile, dry_run=True, deep=not no_deep_check,
-                                  ssh=_ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout), **kw)
+            res = runs.launch(recipe, hostfile, dry_run=True, deep=not no_deep_check, **kw)
             sys.stdout.write(render_bash(res.plan))
             if res.findings:
                 print_findings(res.findings)
             return
         _quiet_ray()
-        res = launcher.launch(
-            recipe, hostfile, keep=keep, deep=not no_deep_check, reporter=RichReporter(),
-            ssh=_ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout),
-            runs_dir=runs_dir, join_timeout_s=join_timeout, **kw,
-        )
+        res = runs.launch(recipe, hostfile, keep=keep, deep=not no_deep_check, reporter=RichReporter(),
+                          runs_dir=runs_dir, join_timeout_s=join_timeout, **kw)
     except GlmlaunchError as e:
-        _fail(e, 1)
+        _fail(e)
     job = res.job
     color = "green" if res.ok else "red"
     code = "" if job.exit_code is None else f"exit code {job.exit_code}, "
@@ -387,14 +332,13 @@ def launch(
 @app.command()
 def submit(run: RunOpt = None, follow: Annotated[bool, typer.Option("--follow/--no-follow")] = True) -> None:
     """Submit the run's trainer (its plan) to the cluster started by `glmlaunch up`."""
-    from . import launcher
+    from .run import Run
 
     try:
         _quiet_ray()
-        c = launcher.open_run(run, reporter=RichReporter())
-        res = launcher.submit_and_follow(c, reporter=RichReporter(), follow=follow)
+        res = Run.open(run, reporter=RichReporter()).submit(follow=follow)
     except GlmlaunchError as e:
-        _fail(e, 1)
+        _fail(e)
     if res is not None:
         err.print(f"job {res.submission_id}: {res.status} (exit code {res.exit_code})")
         if not res.ok:
@@ -404,44 +348,31 @@ def submit(run: RunOpt = None, follow: Annotated[bool, typer.Option("--follow/--
 @app.command()
 def status(run: RunOpt = None) -> None:
     """Nodes, GPUs, the job and its state, for the current run (or --run)."""
-    from . import launcher
+    from .run import Run
 
     try:
-        print_status(launcher.open_run(run))
+        print_status(Run.open(run))
     except GlmlaunchError as e:
-        _fail(e, 1)
+        _fail(e)
 
 
 @app.command()
 def logs(run: RunOpt = None, follow: Annotated[bool, typer.Option("--follow", "-f", help="follow until the job ends")] = False) -> None:
     """Print the trainer's log (with --follow, until the job ends)."""
-    from . import jobs, launcher
+    from .run import Run
+
+    def show(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
 
     try:
-        c = launcher.open_run(run)
-    except GlmlaunchError as e:
-        _fail(e, 1)
-    sid = (c.run_dir.manifest.get("submissions") or [None])[-1]
-    if not sid:
-        hint = "glmlaunch submit" if c.is_up else "glmlaunch up, then glmlaunch submit (or glmlaunch launch)"
-        _fail(GlmlaunchError(f"run {c.plan.run_id} has no job yet", hint), 1)
-    saved = [p for p in (c.run_dir.path / f"{sid}.log", c.run_dir.path / "job.log") if p.exists()]
-    try:
-        if not c.is_up:
-            raise GlmlaunchError(f"run {c.plan.run_id} is {c.run_dir.manifest.get('state')}")
         _quiet_ray()
-        client = jobs.client_for(c.plan, c.token)
-        if follow:
-            res = jobs.follow(client, sid, lambda t: (sys.stdout.write(t), sys.stdout.flush()))
-            err.print(f"job {sid}: {res.status} (exit code {res.exit_code})")
-        else:
-            sys.stdout.write(client.get_job_logs(sid))
-    except Exception as e:  # the cluster is gone: show what was kept
-        if not saved:
-            _fail(GlmlaunchError(f"cannot read the log of job {sid}: {str(e)[:300]}",
-                                 "the cluster is not up and no copy of the log was kept in the run directory"), 1)
-        err.print(f"[yellow]the cluster does not answer ({_esc(str(e)[:200])}); showing {saved[0]}[/]")
-        sys.stdout.write(saved[0].read_text())
+        r = Run.open(run)
+        if not r.state.cluster_up:
+            err.print(f"[yellow]run {_esc(r.run_id)} is {r.state}: showing the log kept in its run directory[/]")
+        r.logs(follow=follow, on_text=show)
+    except GlmlaunchError as e:
+        _fail(e)
 
 
 @app.command()
@@ -449,33 +380,19 @@ def down(run: RunOpt = None,
          purge: Annotated[bool, typer.Option("--purge", help="also remove each node's state dir (Ray's logs of this run)")] = False,
          ) -> None:
     """Stop the run's job (with its grace period) and exactly the Ray processes this run started."""
-    from . import jobs, launcher
+    from .run import Run
 
     try:
-        c = launcher.open_run(run, reporter=RichReporter())
-        subs = c.run_dir.manifest.get("submissions") or []
-        if subs and c.is_up:
-            try:
-                client = jobs.client_for(c.plan, c.token)
-                for sid in subs:  # every job this run submitted, each with its grace period
-                    if jobs.job_status(client, sid) not in jobs.TERMINAL:
-                        err.print(f"stopping job {sid} (grace period for a checkpoint) ...")
-                        jobs.stop_job(client, sid)
-                    try:  # keep the job's log: the cluster (and Ray's copy) is about to go
-                        c.run_dir.write(f"{sid}.log", client.get_job_logs(sid))
-                    except Exception:
-                        pass
-            except Exception as e:
-                err.print(f"[yellow]could not stop the job through Ray ({_esc(str(e)[:200])}); stopping the cluster[/]")
-        res = c.down(purge=purge)
+        r = Run.open(run, reporter=RichReporter())
+        res = r.down(purge=purge)
     except GlmlaunchError as e:
-        _fail(e, 1)
-    bad = {h: r for h, r in res.items() if "error" in r or r.get("left")}
+        _fail(e)
+    bad = {h: v for h, v in res.items() if "error" in v or v.get("left")}
     if bad:
-        for h, r in bad.items():
-            err.print(f"[red]✗[/] {h}: {_esc(str(r.get('error') or r.get('left')))}")
+        for h, v in bad.items():
+            err.print(f"[red]✗[/] {_esc(h)}: {_esc(str(v.get('error') or v.get('left')))}")
         raise typer.Exit(1)
-    out.print(f"run {c.plan.run_id} is down ({len(res)} nodes)")
+    out.print(f"run {r.run_id} is down ({len(res)} nodes)")
 
 
 @app.command()
@@ -501,11 +418,33 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+def _setup_logging() -> None:
+    """glmlaunch's own warnings go to the terminal; everything the libraries log (paramiko's
+    tracebacks for an unreachable host, Ray's job SDK) goes to ``glmlaunch.log`` in the state
+    directory (``$GLMLAUNCH_STATE_DIR``, default ``~/.local/state/glmlaunch``), never to the
+    terminal."""
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    console = logging.StreamHandler()
+    console.setLevel(logging.WARNING)
+    console.addFilter(lambda r: r.name.startswith("glmlaunch"))
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(console)
+    try:
+        from .runs import check_state_dir
+
+        fh = logging.FileHandler(check_state_dir() / "glmlaunch.log")
+    except (GlmlaunchError, OSError):
+        return
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(fh)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     import signal
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _setup_logging()
     old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app(args=argv, prog_name="glmlaunch")

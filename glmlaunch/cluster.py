@@ -33,9 +33,10 @@ from pathlib import Path
 
 from . import nodeops
 from .errors import CheckFailed, ClusterError, Finding, TransportError
+from .options import Defaults
 from .plan import LaunchPlan, NodePlan
 from .progress import NullReporter, Reporter
-from .runs import RunDir
+from .runs import NodeRecord, RunDir, RunState
 from .transport import RemoteResult, Target, Transport
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class NodeState:
     starttime: int | None = None
     joined: bool = False
     gpus: float | None = None
+    start_sent: bool = False  # a start was sent: if its answer never came (Ctrl-C), down() reads the pid file
 
 
 @dataclass
@@ -89,9 +91,9 @@ class RayCluster:
         *,
         run_dir: RunDir | None = None,
         reporter: Reporter | None = None,
-        join_timeout_s: float = 300.0,
-        command_timeout_s: float = 120.0,
-        stop_grace_s: float = 20.0,
+        join_timeout_s: float = Defaults.join_timeout_s,
+        command_timeout_s: float = Defaults.command_timeout_s,
+        stop_grace_s: float = Defaults.node_stop_grace_s,
         token: str | None = None,
         recipe=None,
     ):
@@ -110,12 +112,12 @@ class RayCluster:
         }
         self._targets = {n.name: target_of(n) for n in plan.nodes}
         self._node_plan = {n.name: n for n in plan.nodes}
-        self.started = False
-        self.reused = False
-        # hosts a `start` was sent to: if it was interrupted (Ctrl-C, SIGTERM) before its answer
-        # was read, down() finds the process through the node's pid file
-        self._start_sent: set[str] = set()
         self.is_up = False
+
+    @property
+    def started(self) -> bool:
+        """Whether any node may hold a Ray process of this cluster (a rollback must look)."""
+        return any(n.pid or n.start_sent for n in self.nodes.values())
 
     # ------------------------------------------------------------------ helpers
 
@@ -146,7 +148,7 @@ class RayCluster:
     def _record(self) -> None:
         if self.run_dir:
             self.run_dir.update(nodes={
-                n.name: {"address": n.address, "role": n.role, "pid": n.pid, "starttime": n.starttime}
+                n.name: NodeRecord(address=n.address, role=n.role, pid=n.pid, starttime=n.starttime)
                 for n in self.nodes.values()
             })
 
@@ -238,6 +240,17 @@ class RayCluster:
                                              "move ours with --port-base/--dashboard-port, install or fix files) and run again")
         return findings
 
+    def inspect(self) -> list[Finding]:
+        """The preflight round, read-only (nothing is started), as findings: what the nodes
+        report, and one error finding per unreachable node. For ``check --deep``."""
+        try:
+            return self.preflight()
+        except CheckFailed as e:
+            return e.findings
+        except TransportError as e:
+            return [Finding(h, why, "node reachable", "glmlaunch preflight") for h, why in e.failures.items()] or [
+                Finding("nodes", e.message, "node reachable", "glmlaunch preflight")]
+
     def _shared_check(self, answers: dict[str, dict]) -> list[Finding]:
         """Is ``--save`` one filesystem? Every node wrote a sentinel; the head reads the others'."""
         from . import preflight as pf
@@ -279,8 +292,8 @@ class RayCluster:
                 # a transport whose steps end their processes (srun) keeps one step per node alive
                 **getattr(self.transport, "start_options", {}),
             }
-        self._start_sent.update(args)
-        self.started = True  # from now on a rollback must look at these nodes
+        for n in nodes:  # from now on a rollback must look at these nodes
+            self.nodes[n.name].start_sent = True
         res = self._nodeop("start", args, step=step)
         failed = {}
         for h, (parsed, r) in res.items():
@@ -288,7 +301,6 @@ class RayCluster:
                 failed[h] = r.reason()
                 continue
             self.nodes[h].pid, self.nodes[h].starttime = parsed["pid"], parsed.get("starttime")
-            self.started = True
             if "exited" in parsed:
                 failed[h] = f"ray start exited at once with code {parsed['exited']}"
         self._record()
@@ -416,7 +428,7 @@ class RayCluster:
             self.preflight()
             self._write_token()
             if self.run_dir:
-                self.run_dir.update(state="starting")
+                self.run_dir.update(state=RunState.STARTING)
             self.reporter.step(f"starting the head node {self.plan.head.name}", total=1)
             failed = self._start([self.plan.head], "ray-start")
             if failed:
@@ -435,7 +447,7 @@ class RayCluster:
                 self.reporter.done("workers", True)
             status = self.wait_ready()
             if self.run_dir:
-                self.run_dir.update(state="up")
+                self.run_dir.update(state=RunState.UP)
             self.is_up = True
             return status
         except BaseException:
@@ -471,7 +483,7 @@ class RayCluster:
         self.reporter.step("stopping Ray on every node", total=len(self.nodes))
         per_node = {}
         for n in self.nodes.values():
-            if n.pid or n.name in self._start_sent:
+            if n.pid or n.start_sent:
                 sd = self._node_plan[n.name].state_dir
                 per_node[n.name] = {"pid": n.pid, "starttime": n.starttime, "grace_s": self.stop_grace_s,
                                     "pidfile": f"{sd}/ray.pid",
@@ -488,13 +500,11 @@ class RayCluster:
                 self.reporter.host("down", h, "ok" if parsed else "failed", "" if parsed else r.reason())
         for h in per_node:
             if "error" not in results.get(h, {}):
-                self.nodes[h].pid = None
-                self._start_sent.discard(h)
-        self.started = any(n.pid for n in self.nodes.values())
+                self.nodes[h].pid, self.nodes[h].start_sent = None, False
         self.is_up = False
         self._record()
         if self.run_dir:
-            self.run_dir.update(state="down" if not self.started else "down-incomplete")
+            self.run_dir.update(state=RunState.DOWN if not self.started else RunState.DOWN_INCOMPLETE)
             self.run_dir.event("down", results=results)
         self.reporter.done("down", not self.started)
         return results
@@ -511,19 +521,18 @@ class RayCluster:
     @classmethod
     def from_run(cls, run_dir: RunDir, transport: Transport, reporter: Reporter | None = None) -> RayCluster:
         """Rebuild the handle of a run started elsewhere (``status``/``down`` from another shell)."""
-        from .render import plan_from_dict
-
-        plan = plan_from_dict(json.loads((run_dir.path / "plan.json").read_text()))
+        plan = LaunchPlan.model_validate_json((run_dir.path / "plan.json").read_text())
         token = None
         tok = run_dir.path / "auth_token"
         if tok.exists():
             token = tok.read_text().strip()
         c = cls(plan, transport, run_dir=run_dir, reporter=reporter, token=token)
-        for name, rec in run_dir.manifest.get("nodes", {}).items():
+        m = run_dir.manifest
+        for name, rec in m.nodes.items():
             if name in c.nodes:
-                c.nodes[name].pid, c.nodes[name].starttime = rec.get("pid"), rec.get("starttime")
-        c.started = any(n.pid for n in c.nodes.values())
-        if run_dir.manifest.get("state") == "starting":  # the launcher died while starting nodes
-            c._start_sent = set(c.nodes)
-        c.is_up = c.started and run_dir.manifest.get("state") in ("up", "running", "finished")
+                c.nodes[name].pid, c.nodes[name].starttime = rec.pid, rec.starttime
+        if m.state is RunState.STARTING:  # the launcher died while starting nodes
+            for n in c.nodes.values():
+                n.start_sent = True
+        c.is_up = any(n.pid for n in c.nodes.values()) and m.state.cluster_up
         return c

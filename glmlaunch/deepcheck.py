@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 
 from .errors import Finding
-from .plan import LaunchPlan, checkpoint_paths
+from .plan import LaunchPlan
 from .recipe import Recipe
+from .resolve import paths
 
 # trainer flag -> the recipe field that sets it (used to name fields in deep-check findings)
 FLAG_FIELDS = {
@@ -87,7 +88,7 @@ def deep_check(recipe: Recipe, plan: LaunchPlan, *, sglang: bool = True) -> list
     from .deep.megatron import check_megatron
 
     out = list(check_megatron(plan.argv, plan.world_size, FLAG_FIELDS))
-    hf = checkpoint_paths(recipe)["hf_checkpoint"]
+    hf = paths(recipe)["hf_checkpoint"]
     cfg = os.path.join(hf, "config.json")
     if os.path.isfile(cfg):
         out += check_hf_config(plan.argv, cfg, FLAG_FIELDS)

@@ -1,7 +1,21 @@
 """Errors and check findings shared by every glmlaunch module.
 
-Library code raises these and never prints or exits; the CLI turns them into messages
-and exit codes. Every error says what is wrong and what to do next.
+Library code raises these and never prints or exits; the CLI turns them into a message and
+the error's :attr:`~GlmlaunchError.exit_code`, one table for every command:
+
+====  ==========================================================================
+code  meaning
+====  ==========================================================================
+0     success
+1     a runtime failure (:class:`ClusterError`, :class:`TransportError`, :class:`JobError`),
+      or checks that failed (:class:`CheckFailed`)
+2     bad input, nothing touched (:class:`UsageError`: a bad option or option pair;
+      :class:`HostfileError`; :class:`RecipeError`)
+N     ``launch``/``submit``: the trainer's own exit status when it failed
+130   interrupted (Ctrl-C, SIGTERM): the job and the cluster were stopped first
+====  ==========================================================================
+
+Every error says what is wrong and what to do next.
 """
 
 from __future__ import annotations
@@ -13,7 +27,10 @@ class GlmlaunchError(Exception):
     """Base class of every error glmlaunch raises on purpose.
 
     ``hint`` is the next step for the user; the CLI prints it after the message.
+    ``exit_code`` is the CLI's exit status for this error (see the module's table).
     """
+
+    exit_code = 1
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
@@ -24,11 +41,18 @@ class GlmlaunchError(Exception):
         return self.message if not self.hint else f"{self.message}\n  fix: {self.hint}"
 
 
-class HostfileError(GlmlaunchError):
+class UsageError(GlmlaunchError):
+    """Bad input found before anything was touched: an option, or a pair of options, that cannot
+    be used (exit 2)."""
+
+    exit_code = 2
+
+
+class HostfileError(UsageError):
     """A hostfile or Slurm allocation that cannot be used (names the file and line)."""
 
 
-class RecipeError(GlmlaunchError):
+class RecipeError(UsageError):
     """A recipe file, field or override that cannot be used (names the field)."""
 
 
@@ -85,3 +109,27 @@ class Finding:
         if self.source:
             s += f" [{self.source}]"
         return s
+
+
+class Findings(list):
+    """Check results, errors first (a ``list`` of :class:`Finding`)."""
+
+    def __init__(self, findings=()):
+        super().__init__(sorted(findings, key=lambda f: f.severity != "error"))
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self if f.severity != "error"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def raise_for_errors(self, hint: str | None = None) -> None:
+        """Raise :class:`CheckFailed` (with every finding) when any finding is an error."""
+        if self.errors:
+            raise CheckFailed(list(self), hint=hint)

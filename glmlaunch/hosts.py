@@ -25,10 +25,11 @@ import os
 import re
 import socket
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
 
-from .errors import HostfileError
+from .errors import HostfileError, UsageError
 
 DEFAULT_HOSTFILE = "/root/mpi_rack_hostfile"
 
@@ -60,19 +61,30 @@ class Host:
             return False
 
 
+class AllocationKind(StrEnum):
+    """Where an allocation's nodes come from; decides the transport and the wording of errors."""
+
+    HOSTFILE = "hostfile"  # an MPI hostfile: SSH (Fabric)
+    SLURM = "slurm"  # the current Slurm allocation: srun job steps
+    LOCAL = "local"  # this machine alone, on loopback: local subprocesses
+    PLACEHOLDER = "placeholder"  # node-0 .. node-N-1 for a render; nothing can be started on them
+
+
 @dataclass(frozen=True)
 class Allocation:
     """The nodes a launch runs on. ``hosts[0]`` is the head node.
 
-    ``gpus_per_node`` is the same for every node (mixed slot counts are refused).
-    ``origin`` says where the allocation came from: a hostfile path, ``"slurm:<jobid>"``,
-    ``"local"`` or ``"nodes"`` (a dry render from ``--nodes N``).
+    ``gpus_per_node`` is the same for every node (mixed slot counts are refused); ``None`` when
+    the source does not say. ``kind`` is where the nodes came from; ``origin`` names it for
+    people (the hostfile's path, ``slurm:<jobid>``, ``local``, ``--nodes N``); ``job_id`` is the
+    Slurm job of a ``SLURM`` allocation.
     """
 
     hosts: tuple[Host, ...]
     gpus_per_node: int | None
+    kind: AllocationKind = AllocationKind.HOSTFILE
     origin: str = ""
-    extra: dict = field(default_factory=dict, compare=False)
+    job_id: str | None = None
 
     @property
     def head(self) -> Host:
@@ -85,6 +97,10 @@ class Allocation:
     @property
     def num_nodes(self) -> int:
         return len(self.hosts)
+
+    @property
+    def placeholder(self) -> bool:
+        return self.kind is AllocationKind.PLACEHOLDER
 
     def with_gpus_per_node(self, gpus: int) -> Allocation:
         return replace(self, gpus_per_node=gpus, hosts=tuple(replace(h, slots=gpus) for h in self.hosts))
@@ -269,7 +285,7 @@ def read_hostfile(
     hosts = parse_hostfile_text(text, str(p), resolver)
     hosts = choose_head(hosts, head, str(p), resolver)
     slots = hosts[0].slots
-    return Allocation(hosts=tuple(hosts), gpus_per_node=slots, origin=str(p))
+    return Allocation(hosts=tuple(hosts), gpus_per_node=slots, kind=AllocationKind.HOSTFILE, origin=str(p))
 
 
 def choose_head(
@@ -296,28 +312,30 @@ def from_hosts(names: Iterable[str], gpus_per_node: int | None = None, origin: s
     if gpus_per_node is not None:
         hosts = [replace(h, slots=gpus_per_node) for h in hosts]
     return Allocation(hosts=tuple(hosts), gpus_per_node=gpus_per_node if gpus_per_node is not None else hosts[0].slots,
-                      origin=origin)
+                      kind=AllocationKind.HOSTFILE, origin=origin)
 
 
 def local_allocation(gpus_per_node: int | None = None) -> Allocation:
     """The launching machine alone, on loopback (the main job's default local cluster)."""
     check_gpus_per_node(gpus_per_node)
     h = Host(name="localhost", address="127.0.0.1", slots=gpus_per_node, source="local")
-    return Allocation(hosts=(h,), gpus_per_node=gpus_per_node, origin="local")
+    return Allocation(hosts=(h,), gpus_per_node=gpus_per_node, kind=AllocationKind.LOCAL, origin="local")
 
 
-def placeholder_allocation(nodes: int, gpus_per_node: int | None = None) -> Allocation:
+def placeholder_allocation(nodes: int, gpus_per_node: int | None = None, origin: str | None = None) -> Allocation:
     """Hosts ``node-0`` .. ``node-{N-1}`` for a dry render with ``--nodes N`` (no hostfile).
 
     The addresses are the names themselves: the render shows where each node's IP goes.
     ``gpus_per_node`` ``None`` leaves the count to the recipe (``cluster.gpus_per_node``, else
-    its hardware's, :func:`glmlaunch.plan.resolved_gpus_per_node`).
+    its hardware's, :func:`glmlaunch.resolve.resolve`). ``origin`` names where the count came
+    from in messages (default ``--nodes N``).
     """
     if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
         raise HostfileError(f"--nodes {nodes}: need at least 1 node", "pass --nodes 8")
     check_gpus_per_node(gpus_per_node)
-    hosts = tuple(Host(name=f"node-{i}", address=f"node-{i}", slots=gpus_per_node, source="--nodes") for i in range(nodes))
-    return Allocation(hosts=hosts, gpus_per_node=gpus_per_node, origin=f"--nodes {nodes}", extra={"placeholder": True})
+    origin = origin or f"--nodes {nodes}"
+    hosts = tuple(Host(name=f"node-{i}", address=f"node-{i}", slots=gpus_per_node, source=origin) for i in range(nodes))
+    return Allocation(hosts=hosts, gpus_per_node=gpus_per_node, kind=AllocationKind.PLACEHOLDER, origin=origin)
 
 
 def _expand_nodelist(nodelist: str) -> list[str]:
@@ -431,7 +449,8 @@ def from_slurm(
             raise HostfileError(f"{origin}: cannot resolve node '{name}'", "check DNS or /etc/hosts on the nodes")
         hosts.append(Host(name=name, address=addr, slots=gpus, source=f"{origin}[{i}]"))
     hosts = choose_head(hosts, head, origin, resolver)
-    return Allocation(hosts=tuple(hosts), gpus_per_node=gpus, origin=origin, extra={"job_id": job})
+    return Allocation(hosts=tuple(hosts), gpus_per_node=gpus, kind=AllocationKind.SLURM, origin=origin,
+                      job_id=None if job == "?" else job)
 
 
 def detect_local_gpus() -> int:
@@ -449,7 +468,7 @@ def detect_local_gpus() -> int:
 
 
 def discover(
-    hostfile: str | None = None,
+    hostfile: str | os.PathLike | None = None,
     *,
     nodes: int | None = None,
     gpus_per_node: int | None = None,
@@ -457,25 +476,53 @@ def discover(
     local: bool = False,
     slurm: bool | None = None,
     env: dict | None = None,
+    fallback_nodes: int | None = None,
+    origin: str | None = None,
 ) -> Allocation:
-    """Pick the allocation the way the CLI does: ``local`` → this machine; ``hostfile`` → that
-    file; ``nodes`` → placeholders for a dry render; inside Slurm → the allocation; else the
-    default hostfile ``/root/mpi_rack_hostfile``. ``gpus_per_node`` (0 or more; 0: CPU-only)
-    fills in missing slots and must agree with slots that are given; left out with ``nodes``, the
-    placeholders carry no count and the recipe decides (``cluster.gpus_per_node`` or hardware)."""
+    """Where the nodes come from: the one policy every entry point (``render``, ``check``,
+    ``up``, ``launch``, ``launch --dry-run``, :func:`glmlaunch.slurm.submit`) uses, so the same
+    inputs give the same plan. First match wins:
+
+    1. ``local``: this machine alone, on loopback (GPUs: ``gpus_per_node``, else ``nvidia-smi``);
+    2. ``hostfile``: that file;
+    3. ``nodes``: ``nodes`` placeholder nodes (a render; nothing can start on them; ``origin``
+       names them in messages);
+    4. inside a Slurm allocation (``SLURM_JOB_NODELIST`` set, or ``slurm=True``): the allocation;
+    5. the default hostfile :data:`DEFAULT_HOSTFILE`, if it exists;
+    6. ``fallback_nodes`` (the recipe's node count, given by callers that have a recipe): 1 →
+       this machine, N > 1 → N placeholders. Without it, the default hostfile is read (and its
+       absence is the error).
+
+    ``gpus_per_node`` (0 or more; 0: CPU-only) fills in missing slots and must agree with slots
+    that are given; with placeholders and no count, the recipe decides
+    (``cluster.gpus_per_node`` or its hardware). Raises :class:`UsageError` for options that
+    exclude each other, :class:`HostfileError` for nodes that cannot be read.
+    """
     env = dict(os.environ if env is None else env)
     check_gpus_per_node(gpus_per_node)
+    given = [name for name, on in (("--local", local), ("--hostfile", hostfile is not None), ("--nodes", nodes is not None)) if on]
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)} exclude each other", "pass one of them")
+    if local and head:
+        raise UsageError("--head has no meaning with --local (this machine is the head)", "drop --head")
+    in_slurm = bool(slurm or (slurm is None and env.get("SLURM_JOB_NODELIST")))
+    if not (local or hostfile is not None or nodes is not None or in_slurm) and not os.path.exists(DEFAULT_HOSTFILE):
+        if fallback_nodes == 1:
+            local = True
+        elif fallback_nodes is not None:
+            nodes = fallback_nodes
+            origin = origin or f"{fallback_nodes} placeholder nodes (no hostfile given, {DEFAULT_HOSTFILE} does not exist)"
     if local:
-        alloc = local_allocation(gpus_per_node if gpus_per_node is not None else detect_local_gpus())
-    elif hostfile:
+        return local_allocation(gpus_per_node if gpus_per_node is not None else detect_local_gpus())
+    if nodes is not None:
+        return placeholder_allocation(nodes, gpus_per_node, origin)
+    if hostfile is not None:
         alloc = read_hostfile(hostfile, head=head)
-    elif nodes is not None:
-        return placeholder_allocation(nodes, gpus_per_node)
-    elif slurm or (slurm is None and env.get("SLURM_JOB_NODELIST")):
+    elif in_slurm:
         alloc = from_slurm(env, head=head)
     else:
         alloc = read_hostfile(DEFAULT_HOSTFILE, head=head)
-    if gpus_per_node is not None and not local:
+    if gpus_per_node is not None:
         if alloc.gpus_per_node and alloc.gpus_per_node != gpus_per_node:
             raise HostfileError(
                 f"{alloc.origin} says {alloc.gpus_per_node} GPUs per node but --gpus-per-node {gpus_per_node}",

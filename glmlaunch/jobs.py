@@ -8,7 +8,7 @@ terminal, stop it with a grace period.
 - Follow: ``tail_job_logs`` can end quietly when its websocket drops (ray#57002, ray#60665); the
   follower reconnects until ``get_job_status`` is terminal and skips what it already printed.
 - Stop: ``stop_job`` sends SIGTERM; the driver gets ``RAY_JOB_STOP_WAIT_TIME_S`` (set per plan,
-  120 s by default) to checkpoint before SIGKILL.
+  :attr:`~glmlaunch.options.Defaults.job_stop_grace_s`) to checkpoint before SIGKILL.
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
 from .errors import JobError
+from .options import Defaults
 from .plan import LaunchPlan
 
 log = logging.getLogger(__name__)
@@ -112,15 +115,11 @@ def job_status(client, sid: str) -> str:
 def _status_retry(client, sid: str, window_s: float) -> str:
     """:func:`_status`, retried while the job API does not answer (a dashboard busy for a moment)
     for up to ``window_s`` seconds; then the error is raised (requests' errors are ``OSError`` s)."""
-    t0 = time.monotonic()
-    while True:
-        try:
+    for attempt in Retrying(retry=retry_if_exception_type(OSError), stop=stop_after_delay(window_s),
+                            wait=wait_fixed(1.0), reraise=True):
+        with attempt:
             return _status(client, sid)
-        except OSError as e:
-            if time.monotonic() - t0 >= window_s:
-                raise
-            log.info("job API did not answer (%s): retrying", e)
-            time.sleep(1.0)
+    raise AssertionError("unreachable")  # Retrying either returns or re-raises
 
 
 def follow(
@@ -132,7 +131,7 @@ def follow(
     stop: threading.Event | None = None,
     check: Callable[[], None] | None = None,
     timeout_s: float | None = None,
-    unreachable_s: float = 30.0,
+    unreachable_s: float = Defaults.job_api_unreachable_s,
 ) -> JobResult:
     """Stream the job's log to ``on_text`` until the job is terminal, then return its result.
 
@@ -201,9 +200,10 @@ def follow(
     )
 
 
-def stop_job(client, submission_id: str, grace_s: float = 150.0) -> str:
-    """Ask the job to stop (SIGTERM, then SIGKILL after ``RAY_JOB_STOP_WAIT_TIME_S``) and wait
-    up to ``grace_s`` seconds for it to be terminal. Returns the final status."""
+def stop_job(client, submission_id: str, grace_s: float = Defaults.job_stop_wait_s) -> str:
+    """Ask the job to stop (SIGTERM, then SIGKILL after ``RAY_JOB_STOP_WAIT_TIME_S`` =
+    :attr:`Defaults.job_stop_grace_s`) and wait up to ``grace_s`` seconds for it to be terminal.
+    Returns the final status. Raises :class:`JobError` when the job API refuses the stop."""
     try:
         if _status(client, submission_id) in TERMINAL:
             return _status(client, submission_id)

@@ -3,7 +3,7 @@
 :func:`build_plan` turns a :class:`~glmlaunch.recipe.Recipe` and an
 :class:`~glmlaunch.hosts.Allocation` into a :class:`LaunchPlan`: each node's ``ray start``
 argv and env, the port plan, the trainer's argv (a token list, never one string re-split) and
-its runtime env (concrete values only, no ``${VAR}``), and the checks' findings. Executors carry
+its runtime env (concrete values only, no ``${VAR}``). Executors carry
 a plan out; ``glmlaunch render`` prints it (:mod:`glmlaunch.render`).
 """
 
@@ -15,13 +15,16 @@ import re
 import secrets
 import shlex
 import sys
-from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from .errors import Finding, RecipeError
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+from .errors import RecipeError
 from .hosts import Allocation
-from .models import BLACKWELL, HARDWARE_GPUS, get_model
+from .models import BLACKWELL, get_model
+from .options import Defaults
 from .recipe import Recipe
+from .resolve import Resolved, resolve
 
 # Ranges the trainer uses at runtime (trainer contract §4 "Ports"): Ray's worker ports must
 # stay out of them.
@@ -51,27 +54,19 @@ NCCL_RACK = {
     "NCCL_MIN_CTAS": "4",
 }
 
-# task -> (prompt data, rm type, eval name, eval data), relative to base_dir. The eval path is
-# where `zhuzilin/aime-2024` is downloaded ($BASE_DIR/rl_data/aime-2024, mission.md), fixing the
-# seed's `rl_data/aime-2024.jsonl` vs `aime-2024/aime-2024.jsonl` mismatch (contract (c)12).
-TASKS = {
-    "dapo_aime": ("dapo-math-17k/dapo-math-17k.jsonl", "deepscaler", "aime", "rl_data/aime-2024/aime-2024.jsonl"),
-    "gsm8k": ("gsm8k/train.parquet", "math", "gsm8k", "gsm8k/test.parquet"),
-}
-
-
-@dataclass(frozen=True)
-class PortPlan:
+class PortPlan(BaseModel):
     """Every port Ray listens on, pinned (NeMo-Run's lesson: random ports collide).
 
     Ray's own ports are ``base`` .. ``base+9`` (the two metrics ports without a ``ray start`` flag
-    are pinned through ``AUTOSCALER_METRIC_PORT`` / ``DASHBOARD_METRIC_PORT``); the dashboard / job API is ``dashboard``; Ray
-    workers use ``min_worker`` .. ``max_worker``, which avoids the trainer's ranges
-    (:data:`TRAINER_PORT_RANGES`).
+    are pinned through ``AUTOSCALER_METRIC_PORT`` / ``DASHBOARD_METRIC_PORT``); the dashboard /
+    job API is ``dashboard``; Ray workers use ``min_worker`` .. ``max_worker``, which avoids the
+    trainer's ranges (:data:`TRAINER_PORT_RANGES`). Defaults: :class:`glmlaunch.options.Defaults`.
     """
 
-    base: int = 6379
-    dashboard: int = 8265
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    base: int = Defaults.port_base
+    dashboard: int = Defaults.dashboard_port
     min_worker: int = 10002
     max_worker: int = 14999
 
@@ -79,6 +74,8 @@ class PortPlan:
     def gcs(self) -> int:
         return self.base
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
     def named(self) -> dict[str, int]:
         b = self.base
         return {
@@ -97,20 +94,22 @@ class PortPlan:
 
     def node_ports(self, head: bool) -> list[int]:
         """Ports that must be free on a node before ``ray start`` (head: also GCS, dashboard, client)."""
-        n = self.named()
+        n = self.named
         head_only = ("gcs", "dashboard", "ray_client_server", "autoscaler_metrics", "dashboard_metrics")
         keys = list(n) if head else [k for k in n if k not in head_only]
         return [n[k] for k in keys]
 
 
-@dataclass
-class NodePlan:
-    """One node: its role, address, GPUs, and the ``ray start`` command (argv + env)."""
+class NodePlan(BaseModel):
+    """One node: its role (``head`` or ``worker``), address, GPUs, the ``ray start`` command
+    (argv + env) and its own state directory."""
+
+    model_config = ConfigDict(extra="ignore")
 
     name: str
     address: str
     gpus: int
-    role: str  # "head" | "worker"
+    role: str
     ray_start: list[str]
     env: dict[str, str]
     ssh_user: str | None = None
@@ -119,15 +118,18 @@ class NodePlan:
     state_dir: str = ""
 
 
-@dataclass
-class LaunchPlan:
-    """Everything a launch will do. Serialisable with :func:`glmlaunch.render.render_json`.
+class LaunchPlan(BaseModel):
+    """Everything a launch will do; round-trips through JSON (``plan.json``:
+    ``LaunchPlan.model_validate_json``).
 
     ``argv``: trainer command tokens (from the interpreter on). ``env_vars``: the job's runtime
     env (flat, concrete strings; secrets only by name in ``secret_env``). ``nodes[0]`` is the head.
     ``state_dir``: per-run directory; each node uses its own ``<state_dir>/n<i>`` under it (Ray temp
-    dir, logs, token, pid file), so nodes that share ``/tmp`` do not collide.
+    dir, logs, token, pid file), so nodes that share ``/tmp`` do not collide. ``world_size`` and
+    ``gpus_per_node`` are in GPUs.
     """
+
+    model_config = ConfigDict(extra="ignore")
 
     run_id: str
     run_name: str
@@ -148,9 +150,8 @@ class LaunchPlan:
     world_size: int
     num_nodes: int
     gpus_per_node: int
-    notes: list[str] = field(default_factory=list)
-    findings: list[Finding] = field(default_factory=list)
-    setup: list[str] = field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    setup: list[str] = Field(default_factory=list)
     placeholder: bool = False
 
     @property
@@ -161,16 +162,15 @@ class LaunchPlan:
     def workers(self) -> list[NodePlan]:
         return self.nodes[1:]
 
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error"]
-
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def entrypoint(self) -> str:
         """The Ray job entrypoint: the argv quoted for a shell (Ray Jobs take a shell string)."""
         return shlex.join(self.argv)
 
-    def submit_argv(self) -> list[str]:
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def submit(self) -> list[str]:
         """``ray job submit`` for people running the plan by hand (the runtime env is read from a
         file the bash script writes with mode 600, so secrets stay out of argv)."""
         return [
@@ -213,111 +213,19 @@ def _opt(flag: str, value) -> list[str]:
     return [flag, str(value)]
 
 
-def resolved_gpus_per_node(recipe: Recipe, alloc: Allocation) -> int:
-    """GPUs per node: the hostfile's slots, else the recipe's ``cluster.gpus_per_node``, else
-    the hardware's count (miles ``NUM_GPUS_OF_HARDWARE``)."""
-    if alloc.gpus_per_node:
-        return alloc.gpus_per_node
-    if recipe.cluster.gpus_per_node:
-        return recipe.cluster.gpus_per_node
-    return HARDWARE_GPUS.get(recipe.cluster.hardware, 0)
-
-
-def effective_layout(recipe: Recipe, num_nodes: int) -> dict:
-    """The parallel sizes in force: a ``parallelism.small_layouts`` entry whose ``max_nodes`` covers
-    ``num_nodes`` wins over the main sizes (the Python launcher's ≤ 4-node debug layout)."""
-    p = recipe.parallelism
-    lay = {
-        "tp": p.tp, "pp": p.pp, "cp": p.cp, "ep": p.ep, "etp": p.etp,
-        "decoder_first_pipeline_num_layers": p.decoder_first_pipeline_num_layers,
-        "decoder_last_pipeline_num_layers": p.decoder_last_pipeline_num_layers,
-        "source": "parallelism",
-    }
-    for i, small in enumerate(sorted(p.small_layouts, key=lambda s: s.max_nodes)):
-        if num_nodes <= small.max_nodes:
-            lay.update(
-                tp=small.tp, pp=small.pp, cp=small.cp, ep=small.ep, etp=small.etp,
-                decoder_first_pipeline_num_layers=None,
-                decoder_last_pipeline_num_layers=small.decoder_last_pipeline_num_layers,
-                source=f"parallelism.small_layouts[{i}]",
-            )
-            break
-    return lay
-
-
-def actor_nodes(recipe: Recipe, num_nodes: int) -> int:
-    """Nodes that run Megatron actors: all of them when colocated, else ``cluster.actor_nodes``."""
-    if recipe.cluster.actor_nodes:
-        return recipe.cluster.actor_nodes
-    return num_nodes
-
-
-def rollout_gpus(recipe: Recipe, num_nodes: int, gpus: int) -> int:
-    """GPUs for SGLang engines: all GPUs when colocated (miles forces it, arguments.py:3296),
-    else ``cluster.rollout_gpus``."""
-    if recipe.cluster.colocate:
-        return actor_nodes(recipe, num_nodes) * gpus
-    return recipe.cluster.rollout_gpus
-
-
-def task_paths(recipe: Recipe) -> dict[str, str]:
-    """Prompt data, rm type and eval data of the recipe (explicit fields win over the task's)."""
-    prompt, rm, eval_name, eval_data = TASKS[recipe.rollout.task]
-    base = recipe.run.base_dir.rstrip("/")
-    return {
-        "prompt_data": recipe.expand(recipe.rollout.prompt_data) if recipe.rollout.prompt_data else f"{base}/{prompt}",
-        "rm_type": recipe.rollout.rm_type or rm,
-        "eval_name": recipe.eval.name or eval_name,
-        "eval_data": recipe.expand(recipe.eval.prompt_data) if recipe.eval.prompt_data else f"{base}/{eval_data}",
-    }
-
-
-def checkpoint_paths(recipe: Recipe) -> dict[str, str]:
-    """``hf_checkpoint``, ``ref_load``, ``save``, ``load`` with placeholders expanded. ``load``
-    defaults to ``save``; with FP8 rollout the FP8 checkpoint is the HF checkpoint."""
-    c = recipe.checkpoint
-    hf = c.hf_checkpoint_fp8 if recipe.sglang.fp8_rollout else c.hf_checkpoint
-    save = recipe.expand(c.save) if c.save else ""
-    return {
-        "hf_checkpoint": recipe.expand(hf).rstrip("/"),
-        "ref_load": recipe.expand(c.ref_load).rstrip("/"),
-        "save": save.rstrip("/"),
-        "load": (recipe.expand(c.load) if c.load else save).rstrip("/"),
-    }
-
-
-def debug_minimal(recipe: Recipe) -> Recipe:
-    """``run.mode = "debug_minimal"``: the Python launcher's smoke mode, a few tiny rollouts."""
-    if recipe.run.mode != "debug_minimal":
-        return recipe
-    r = recipe.model_copy(deep=True)
-    r.rollout.num_rollout = min(r.rollout.num_rollout or 2, 2)
-    r.rollout.rollout_batch_size = 8
-    r.rollout.n_samples_per_prompt = 4
-    r.rollout.over_sampling_batch_size = 8 if r.rollout.dynamic_sampling else r.rollout.over_sampling_batch_size
-    r.rollout.num_steps_per_rollout = 1
-    r.rollout.global_batch_size = None
-    r.rollout.rollout_max_response_len = 1024
-    r.eval.enabled = False
-    r.checkpoint.save_interval = 2
-    return r
-
-
-def trainer_argv(recipe: Recipe, alloc: Allocation, notes: list[str] | None = None) -> list[str]:
+def trainer_argv(res: Resolved, notes: list[str] | None = None) -> list[str]:
     """The miles ``train.py`` argv as tokens, in the seed's group order (contract §1.4 and the
     8-node golden file): cluster, model, checkpoint, rollout, eval, perf, algorithm, optimizer,
     W&B, SGLang, misc. Each flag appears once; overrides of the model args are recorded in
     ``notes``.
     """
     notes = notes if notes is not None else []
-    r = debug_minimal(recipe)
-    gpus = resolved_gpus_per_node(r, alloc)
-    n = alloc.num_nodes
+    r = res.recipe
+    gpus = res.gpus_per_node
     spec = get_model(r.model.type)
-    lay = effective_layout(r, n)
-    a_nodes = actor_nodes(r, n)
-    tp = task_paths(r)
-    cp = checkpoint_paths(r)
+    lay = res.layout
+    a_nodes = res.actor_nodes
+    tp = cp = res.paths
     tr = r.trainer
     argv = [tr.python, str(PurePosixPath(tr.miles_dir) / tr.train_script)]
 
@@ -371,13 +279,13 @@ def trainer_argv(recipe: Recipe, alloc: Allocation, notes: list[str] | None = No
         argv += ["--eval-max-response-len", str(ev.max_response_len), "--eval-top-p", ev.top_p]
 
     p = r.parallelism
-    argv += ["--tensor-model-parallel-size", str(lay["tp"])]
+    argv += ["--tensor-model-parallel-size", str(lay.tp)]
     argv += _bool("--sequence-parallel", p.sequence_parallel)
-    argv += ["--pipeline-model-parallel-size", str(lay["pp"])]
-    argv += _opt("--decoder-first-pipeline-num-layers", lay["decoder_first_pipeline_num_layers"])
-    argv += _opt("--decoder-last-pipeline-num-layers", lay["decoder_last_pipeline_num_layers"])
-    argv += ["--context-parallel-size", str(lay["cp"]), "--expert-model-parallel-size", str(lay["ep"])]
-    argv += ["--expert-tensor-parallel-size", str(lay["etp"])]
+    argv += ["--pipeline-model-parallel-size", str(lay.pp)]
+    argv += _opt("--decoder-first-pipeline-num-layers", lay.first)
+    argv += _opt("--decoder-last-pipeline-num-layers", lay.last)
+    argv += ["--context-parallel-size", str(lay.cp), "--expert-model-parallel-size", str(lay.ep)]
+    argv += ["--expert-tensor-parallel-size", str(lay.etp)]
     if p.recompute_granularity:
         argv += ["--recompute-granularity", p.recompute_granularity]
         argv += _opt("--recompute-method", p.recompute_method)
@@ -448,10 +356,10 @@ def trainer_argv(recipe: Recipe, alloc: Allocation, notes: list[str] | None = No
     return argv
 
 
-def probe_argv(recipe: Recipe, alloc: Allocation, python: str) -> list[str]:
+def probe_argv(res: Resolved, python: str) -> list[str]:
     """The cluster probe's argv (``python -m glmlaunch.probe``) for ``trainer.kind = "probe"``."""
-    gpus = resolved_gpus_per_node(recipe, alloc)
-    argv = [python, "-m", "glmlaunch.probe", "--nodes", str(alloc.num_nodes), "--gpus-per-node", str(gpus)]
+    recipe = res.recipe
+    argv = [python, "-m", "glmlaunch.probe", "--nodes", str(res.num_nodes), "--gpus-per-node", str(res.gpus_per_node)]
     argv += ["--timeout", str(recipe.trainer.probe_timeout_s)]
     for p in recipe.trainer.probe_paths:
         argv += ["--path", recipe.expand(p)]
@@ -503,7 +411,7 @@ def ray_start_commands(
     (``RAY_AUTH_MODE=token``, Ray >= 2.52) reads the token from a file written per run, so the
     token is never in argv or logs.
     """
-    n = ports.named()
+    n = ports.named
     common_ports = [
         "--node-manager-port", str(n["node_manager"]), "--object-manager-port", str(n["object_manager"]),
         "--runtime-env-agent-port", str(n["runtime_env_agent"]),
@@ -520,7 +428,7 @@ def ray_start_commands(
             "RAY_memory_monitor_refresh_ms": "0",
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": f"{node_dir}/auth_token",
-            "RAY_JOB_STOP_WAIT_TIME_S": "120",
+            "RAY_JOB_STOP_WAIT_TIME_S": str(Defaults.job_stop_grace_s),
             # SIGTERM to `ray start --block` drains for up to this long before stopping (default 30 s)
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "5",
             "AUTOSCALER_METRIC_PORT": str(n["autoscaler_metrics"]),
@@ -547,58 +455,46 @@ def build_plan(
     recipe: Recipe,
     alloc: Allocation,
     *,
+    resolved: Resolved | None = None,
     run_id: str | None = None,
     ports: PortPlan | None = None,
     python: str | None = None,
     state_root: str = "/tmp",
-    check: bool = True,
 ) -> LaunchPlan:
-    """Build the :class:`LaunchPlan` of ``recipe`` on ``alloc``. Pure: touches no node.
+    """Build the :class:`LaunchPlan` of ``recipe`` on ``alloc``. Pure: touches no node and runs
+    no check (:func:`glmlaunch.checks.run` does).
 
+    ``resolved``: :func:`glmlaunch.resolve.resolve` of the two, when the caller has it already.
     ``python`` is the interpreter on the nodes (default: the launcher's own, ``sys.executable``:
     right on a shared filesystem or one image everywhere); ``ray`` is taken from its ``bin/``.
-    With ``check`` the recipe × allocation checks run and their findings are stored in the plan
-    (the plan is still built; callers refuse to launch when ``plan.errors`` is not empty).
+    Raises :class:`~glmlaunch.errors.RecipeError` for a bad ``run_id``.
     """
-    from . import checks as _checks
-
+    res = resolved or resolve(recipe, alloc)
     run_id = check_run_id(run_id) if run_id else new_run_id()
     ports = ports or PortPlan()
     python = python or sys.executable
     ray_bin = str(PurePosixPath(python).parent / "ray")
-    gpus = resolved_gpus_per_node(recipe, alloc)
-    alloc = alloc.with_gpus_per_node(gpus) if gpus else alloc
+    gpus = res.gpus_per_node
     state_dir = f"{state_root.rstrip('/')}/glr-{run_id}"
     head_ip = alloc.head.address
     notes: list[str] = []
-    if recipe.trainer.kind == "miles":
-        argv = trainer_argv(recipe, alloc, notes)
-        a_nodes = actor_nodes(recipe, alloc.num_nodes)
-        world = a_nodes * gpus
-    else:
-        argv = probe_argv(recipe, alloc, python)
-        world = alloc.num_nodes * gpus
+    argv = trainer_argv(res, notes) if recipe.trainer.kind == "miles" else probe_argv(res, python)
     env_vars, secret = runtime_env(recipe, alloc, python)
-    nodes = []
-    for h, (cmd, env, node_dir) in zip(alloc.hosts, ray_start_commands(alloc, gpus, ports, state_dir, ray_bin, head_ip), strict=True):
-        nodes.append(
-            NodePlan(
-                name=h.name, address=h.address, gpus=gpus, role="head" if h is alloc.head else "worker",
-                ray_start=cmd, env=env, ssh_user=h.ssh_user, ssh_port=h.ssh_port, source=h.source, state_dir=node_dir,
-            )
-        )
-    plan = LaunchPlan(
+    nodes = [
+        NodePlan(name=h.name, address=h.address, gpus=gpus, role="head" if i == 0 else "worker", ray_start=cmd, env=env,
+                 ssh_user=h.ssh_user, ssh_port=h.ssh_port, source=h.source, state_dir=node_dir)
+        for i, (h, (cmd, env, node_dir)) in enumerate(
+            zip(alloc.hosts, ray_start_commands(alloc, gpus, ports, state_dir, ray_bin, head_ip), strict=True))
+    ]
+    return LaunchPlan(
         run_id=run_id, run_name=recipe.run.name, recipe=recipe.run.name, recipe_source=recipe.source,
         trainer_kind=recipe.trainer.kind, head_address=head_ip,
         dashboard_url=f"http://{_url_host(head_ip)}:{ports.dashboard}", ports=ports, state_dir=state_dir,
         ray_bin=ray_bin, python=python, nodes=nodes, argv=argv, env_vars=env_vars, secret_env=secret,
-        submission_id=f"glmlaunch-{recipe.run.name}-{run_id}", world_size=world, num_nodes=alloc.num_nodes,
+        submission_id=f"glmlaunch-{recipe.run.name}-{run_id}", world_size=res.world_size, num_nodes=alloc.num_nodes,
         gpus_per_node=gpus, notes=notes, setup=[recipe.expand(x) for x in recipe.cluster.setup],
-        placeholder=bool(alloc.extra.get("placeholder")),
+        placeholder=alloc.placeholder,
     )
-    if check:
-        plan.findings = _checks.check_all(recipe, alloc, plan)
-    return plan
 
 
 def _url_host(addr: str) -> str:

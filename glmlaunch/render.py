@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import asdict
 
-from .errors import Finding
-from .plan import LaunchPlan, NodePlan, PortPlan
+from .plan import LaunchPlan, NodePlan
 
 
 def _plural(n: int, word: str) -> str:
@@ -17,21 +15,10 @@ def _plural(n: int, word: str) -> str:
 
 
 
-def plan_to_dict(plan: LaunchPlan) -> dict:
-    """The plan as JSON-ready data (``argv``, ``env_vars``, ``nodes`` with ``ray_start``, ``submit``)."""
-    d = asdict(plan)
-    d["ports"] = plan.ports.named() | {"min_worker": plan.ports.min_worker, "max_worker": plan.ports.max_worker}
-    d["submit"] = plan.submit_argv()
-    d["entrypoint"] = plan.entrypoint
-    d["findings"] = [
-        {"severity": f.severity, "field": f.field, "message": f.message, "rule": f.rule, "source": f.source}
-        for f in plan.findings
-    ]
-    return d
-
-
 def render_json(plan: LaunchPlan) -> str:
-    return json.dumps(plan_to_dict(plan), indent=2) + "\n"
+    """The plan as JSON (``argv``, ``env_vars``, ``nodes`` with ``ray_start``, ``submit``); read it
+    back with ``LaunchPlan.model_validate_json``."""
+    return plan.model_dump_json(indent=2) + "\n"
 
 
 def _env_prefix(env: dict[str, str]) -> str:
@@ -114,19 +101,6 @@ def render_bash(plan: LaunchPlan) -> str:
     lines.append("")
     lines.append("# 5. submit the trainer and follow its logs")
     lines.append(
-        f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={q(plan.state_dir)}/auth_token " + shlex.join(plan.submit_argv())
+        f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={q(plan.state_dir)}/auth_token " + shlex.join(plan.submit)
     )
     return "\n".join(lines) + "\n"
-
-
-def plan_from_dict(d: dict) -> LaunchPlan:
-    """Rebuild a :class:`LaunchPlan` from :func:`plan_to_dict` / ``plan.json`` data."""
-    p = d["ports"]
-    ports = PortPlan(base=p["gcs"], dashboard=p["dashboard"], min_worker=p["min_worker"], max_worker=p["max_worker"])
-    keep = {f.name for f in LaunchPlan.__dataclass_fields__.values()} - {"ports", "nodes", "findings"}
-    kw = {k: v for k, v in d.items() if k in keep}
-    return LaunchPlan(
-        ports=ports, nodes=[NodePlan(**n) for n in d["nodes"]],
-        findings=[Finding(**{k: f[k] for k in ("field", "message", "rule", "source", "severity")}) for f in d.get("findings", [])],
-        **kw,
-    )

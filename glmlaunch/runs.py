@@ -17,15 +17,112 @@ is how another shell finds it.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import GlmlaunchError
+from .options import Defaults
+
+
+class RunState(StrEnum):
+    """Where a run stands (``manifest.json``'s ``state``)."""
+
+    CREATED = "created"  # run directory made; nothing started on any node
+    STARTING = "starting"  # ray start sent to nodes
+    UP = "up"  # every node and GPU joined
+    RUNNING = "running"  # a trainer job was submitted
+    FINISHED = "finished"  # the last job ended; the cluster is still up
+    DOWN = "down"  # every Ray process of the run stopped
+    DOWN_INCOMPLETE = "down-incomplete"  # a node could not be reached to stop its processes
+    REQUEUED = "requeued"  # Slurm preemption/time limit: stopped, to be requeued
+    REQUEUE_LIMIT = "requeue-limit"  # stopped, not requeued (max_requeues reached)
+
+    @property
+    def cluster_up(self) -> bool:
+        """The cluster is (meant to be) up: a job may be submitted or followed."""
+        return self in (RunState.UP, RunState.RUNNING, RunState.FINISHED)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+
+class NodeRecord(_Record):
+    """One node's ``ray start`` session as recorded on start: ``pid`` (the session id) and its
+    ``starttime`` (clock ticks since boot, from ``/proc/<pid>/stat``), so a recycled PID is never
+    taken for ours."""
+
+    address: str = ""
+    role: str = ""
+    pid: int | None = None
+    starttime: int | None = None
+
+
+class HostRecord(_Record):
+    name: str
+    address: str
+    gpus: int = 0
+
+
+class JobRecord(_Record):
+    """How the last job ended: Ray's status, the driver's exit code, Ray's message, seconds."""
+
+    status: str
+    exit_code: int | None = None
+    message: str = ""
+    seconds: float = 0.0
+
+
+class TransportRecord(_Record):
+    """How to reach the nodes again from another shell (``kind``: ssh, srun or local)."""
+
+    kind: str = "ssh"
+    ssh_config: str | None = None
+    user: str | None = None
+    key: str | None = None
+    port: int | None = None
+    known_hosts: str | None = None
+    connect_timeout: float = Defaults.connect_timeout_s
+    job_id: str | None = None
+
+
+class Event(BaseModel):
+    """A timestamped event (``t``: Unix time, seconds); other keys are the event's details."""
+
+    model_config = ConfigDict(extra="allow")
+
+    t: float
+    event: str
+
+
+class Manifest(_Record):
+    """``manifest.json``: everything a later ``status``/``logs``/``down`` needs, typed."""
+
+    run_id: str
+    created: float = Field(default_factory=time.time)
+    state: RunState = RunState.CREATED
+    events: list[Event] = Field(default_factory=list)
+    recipe: str = ""
+    recipe_source: str = ""
+    submission_id: str = ""
+    submissions: list[str] = Field(default_factory=list)
+    hosts: list[HostRecord] = Field(default_factory=list)
+    ports: dict[str, int] = Field(default_factory=dict)
+    dashboard_url: str = ""
+    state_dir: str = ""
+    transport: TransportRecord = Field(default_factory=TransportRecord)
+    nodes: dict[str, NodeRecord] = Field(default_factory=dict)
+    preflight: list[dict[str, Any]] = Field(default_factory=list)
+    job: JobRecord | None = None
+    slurm: dict[str, Any] | None = None
 
 
 def default_runs_dir() -> Path:
@@ -58,10 +155,10 @@ def _safe(name: str) -> str:
 
 @dataclass
 class RunDir:
-    """A run's directory and manifest. ``manifest`` is saved with :meth:`save` (atomically)."""
+    """A run's directory and its typed :class:`Manifest`, saved with :meth:`save` (atomically)."""
 
     path: Path
-    manifest: dict = field(default_factory=dict)
+    manifest: Manifest
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
@@ -76,7 +173,7 @@ class RunDir:
             raise GlmlaunchError(f"cannot create the run directory {p}: {e.strerror}",
                                  "pass a writable --runs-dir (or set GLMLAUNCH_RUNS_DIR)") from None
         check_state_dir()
-        rd = cls(p, {"run_id": run_id, "created": time.time(), "state": "created", "events": []})
+        rd = cls(p, Manifest(run_id=run_id))
         rd.save()
         if current:
             rd.make_current()
@@ -102,7 +199,11 @@ class RunDir:
         mf = p / "manifest.json"
         if not mf.exists():
             raise GlmlaunchError(f"{p}: not a glmlaunch run directory (no manifest.json)", "pass --run RUN_ID or a run directory")
-        return cls(p, json.loads(mf.read_text()))
+        try:
+            return cls(p, Manifest.model_validate_json(mf.read_text()))
+        except ValidationError as e:
+            raise GlmlaunchError(f"{mf}: not a manifest glmlaunch can read ({e.error_count()} problem(s): "
+                                 f"{e.errors()[0]['msg']})", "pass another --run") from None
 
     def make_current(self) -> None:
         """Point ``current`` (in GLMLAUNCH_STATE_DIR) at this run, so other shells find it."""
@@ -114,16 +215,18 @@ class RunDir:
     def save(self) -> None:
         with self._lock:
             tmp = self.path / "manifest.json.tmp"
-            tmp.write_text(json.dumps(self.manifest, indent=2, default=str) + "\n")
+            tmp.write_text(self.manifest.model_dump_json(indent=2) + "\n")
             tmp.replace(self.path / "manifest.json")
 
     def event(self, what: str, **kw) -> None:
         """Record a timestamped event in the manifest (and save it)."""
-        self.manifest.setdefault("events", []).append({"t": round(time.time(), 3), "event": what, **kw})
+        self.manifest.events.append(Event(t=round(time.time(), 3), event=what, **kw))
         self.save()
 
     def update(self, **kw) -> None:
-        self.manifest.update(kw)
+        """Set manifest fields (validated) and save."""
+        for k, v in kw.items():
+            setattr(self.manifest, k, v)
         self.save()
 
     def write(self, name: str, text: str) -> Path:

@@ -46,13 +46,15 @@ import sys
 import time as _time
 from pathlib import Path
 
-from .errors import CheckFailed, GlmlaunchError
+from .errors import GlmlaunchError, UsageError
+from .options import Defaults
 from .recipe import Recipe, load_recipe
+from .runs import RunState
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RECIPE = "local-probe"
-# port_base / dashboard_port: see launcher.up
+# port_base / dashboard_port: see glmlaunch.run.up
 
 
 class RequeueLimit(GlmlaunchError):
@@ -63,15 +65,15 @@ def parse_time(time: str | int | float) -> int:
     """A Slurm time limit as minutes (rounded up): ``90`` (minutes), ``"90"``, ``"MM:SS"``,
     ``"HH:MM:SS"``, ``"D-HH"``, ``"D-HH:MM"``, ``"D-HH:MM:SS"``. Raises :class:`GlmlaunchError`."""
     if isinstance(time, bool):
-        raise GlmlaunchError(f"time={time!r}: not a time limit", 'write time="04:00:00" or time=240 (minutes)')
+        raise UsageError(f"time={time!r}: not a time limit", 'write time="04:00:00" or time=240 (minutes)')
     if isinstance(time, int | float):
         if time <= 0:
-            raise GlmlaunchError(f"time={time}: the time limit must be positive", 'write time="04:00:00"')
+            raise UsageError(f"time={time}: the time limit must be positive", 'write time="04:00:00"')
         return math.ceil(time)
     text = str(time).strip()
     m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
     if not m:
-        raise GlmlaunchError(f"time={time!r}: not a Slurm time limit", 'write "HH:MM:SS", "D-HH:MM:SS" or minutes')
+        raise UsageError(f"time={time!r}: not a Slurm time limit", 'write "HH:MM:SS", "D-HH:MM:SS" or minutes')
     days, a, b, c = m.groups()
     if days is not None:  # D-HH[:MM[:SS]]
         secs = int(days) * 86400 + int(a) * 3600 + int(b or 0) * 60 + int(c or 0)
@@ -82,7 +84,7 @@ def parse_time(time: str | int | float) -> int:
     else:  # MM
         secs = int(a) * 60
     if secs <= 0:
-        raise GlmlaunchError(f"time={time!r}: the time limit must be positive", 'write time="04:00:00"')
+        raise UsageError(f"time={time!r}: the time limit must be positive", 'write time="04:00:00"')
     return math.ceil(secs / 60)
 
 
@@ -137,23 +139,17 @@ def render_sbatch(folder: str | os.PathLike, command: str = "python -u -m submit
     return _make_sbatch_string(command=command, folder=str(folder), **slurm_parameters(**kw))
 
 
-def _check_before_submit(r: Recipe, nodes: int, gpus_per_node: int, deep: bool) -> None:
-    """The recipe × allocation checks on placeholder nodes: a GPU count that disagrees with the
-    recipe, a layout that does not fit, ... are reported before anything is queued."""
-    from .hosts import Allocation, Host
-    from .plan import build_plan
+def _check_before_submit(r: Recipe, nodes: int, gpus_per_node: int, deep: bool, port_base: int | None = None,
+                         dashboard_port: int | None = None) -> None:
+    """The checks of :func:`glmlaunch.run.plan_launch` on ``nodes`` placeholder nodes: a GPU
+    count that disagrees with the recipe, a layout that does not fit, ... are reported before
+    anything is queued."""
+    from .run import plan_launch
 
     where = f"slurm.submit(nodes={nodes}, gpus_per_node={gpus_per_node})"
-    hosts = tuple(Host(name=f"node-{i}", address=f"node-{i}", slots=gpus_per_node or None, source=where) for i in range(nodes))
-    alloc = Allocation(hosts=hosts, gpus_per_node=gpus_per_node or None, origin=where, extra={"placeholder": True})
-    plan = build_plan(r, alloc)
-    findings = list(plan.findings)
-    if deep and not plan.errors:
-        from .deepcheck import deep_check, merge_findings
-
-        findings = merge_findings(findings, deep_check(r, plan))
-    if any(f.severity == "error" for f in findings):
-        raise CheckFailed(findings, hint="nothing was submitted; fix the recipe or the submit() arguments")
+    p = plan_launch(r, nodes=nodes, gpus_per_node=gpus_per_node or None, origin=where, env={}, deep=deep,
+                    port_base=port_base, dashboard_port=dashboard_port)
+    p.findings.raise_for_errors("nothing was submitted; fix the recipe or the submit() arguments")
 
 
 def submit(
@@ -175,8 +171,8 @@ def submit(
     exclusive: bool = True,
     runs_dir: str | os.PathLike | None = None,
     python: str | None = None,
-    join_timeout_s: float = 300.0,
-    stop_grace_s: float = 150.0,
+    join_timeout_s: float = Defaults.join_timeout_s,
+    stop_grace_s: float = Defaults.job_stop_wait_s,
     signal_delay_s: int = 300,
     name: str | None = None,
     setup: list[str] | None = None,
@@ -212,23 +208,23 @@ def submit(
 
     r = load_recipe(recipe, overrides)
     if not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 1:
-        raise GlmlaunchError(f"nodes={nodes!r}: need a whole number of nodes, at least 1", "pass nodes=8")
+        raise UsageError(f"nodes={nodes!r}: need a whole number of nodes, at least 1", "pass nodes=8")
     if not isinstance(gpus_per_node, int) or isinstance(gpus_per_node, bool) or gpus_per_node < 0:
-        raise GlmlaunchError(f"gpus_per_node={gpus_per_node!r}: need a whole number of GPUs (0 or more)", "pass gpus_per_node=8")
+        raise UsageError(f"gpus_per_node={gpus_per_node!r}: need a whole number of GPUs (0 or more)", "pass gpus_per_node=8")
     if not isinstance(max_requeues, int) or max_requeues < 0:
-        raise GlmlaunchError(f"max_requeues={max_requeues!r}: need 0 or more", "pass max_requeues=3")
+        raise UsageError(f"max_requeues={max_requeues!r}: need 0 or more", "pass max_requeues=3")
     if cluster not in ("slurm", "local"):
-        raise GlmlaunchError(f"cluster={cluster!r}: unknown", 'use cluster="slurm" ("local" is for tests)')
+        raise UsageError(f"cluster={cluster!r}: unknown", 'use cluster="slurm" ("local" is for tests)')
     timeout_min = parse_time(time)
     if signal_delay_s >= timeout_min * 60:
-        raise GlmlaunchError(f"signal_delay_s={signal_delay_s} is not shorter than the time limit ({timeout_min} min)",
+        raise UsageError(f"signal_delay_s={signal_delay_s} is not shorter than the time limit ({timeout_min} min)",
                              "lower signal_delay_s or raise time")
     if cluster == "local" and nodes != 1:
-        raise GlmlaunchError(f'cluster="local" runs on this machine alone, but nodes={nodes}', "pass nodes=1")
+        raise UsageError(f'cluster="local" runs on this machine alone, but nodes={nodes}', "pass nodes=1")
     if cluster == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
         raise GlmlaunchError("sbatch/srun not found: this machine is not a Slurm login node",
                              "run on a machine with the Slurm client (sbatch, srun, scontrol) on PATH")
-    _check_before_submit(r, nodes, gpus_per_node, deep)
+    _check_before_submit(r, nodes, gpus_per_node, deep, port_base, dashboard_port)
 
     from .runs import default_runs_dir
 
@@ -299,7 +295,8 @@ class LaunchJob:
 
     def __init__(self, recipe: Recipe, *, gpus_per_node: int | None = None, runs_dir: str | None = None,
                  port_base: int | None = None, dashboard_port: int | None = None, python: str | None = None,
-                 join_timeout_s: float = 300.0, stop_grace_s: float = 150.0, max_requeues: int = 3):
+                 join_timeout_s: float = Defaults.join_timeout_s, stop_grace_s: float = Defaults.job_stop_wait_s,
+                 max_requeues: int = 3):
         self.recipe = recipe
         self.gpus_per_node = gpus_per_node
         self.runs_dir = runs_dir
@@ -359,7 +356,7 @@ class LaunchJob:
         return {"rank": env.global_rank, "host": socket.gethostname(), "waited_s": round(_time.monotonic() - t0, 1)}
 
     def _run(self, env) -> dict:
-        from . import launcher
+        from . import run as runs
         from .probe import parse_report
 
         attempt = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
@@ -369,13 +366,13 @@ class LaunchJob:
         reporter = _PrintReporter()
         _say(f"job {env.job_id} attempt {attempt} (requeues so far: {self.requeues}); nodes {', '.join(env.hostnames)}")
         local = env.cluster != "slurm"
-        cluster = launcher.up(
+        run = runs.up(
             self.recipe, None, local=local, gpus_per_node=self.gpus_per_node, runs_dir=self.runs_dir, reporter=reporter,
             join_timeout_s=self.join_timeout_s, port_base=self.port_base, dashboard_port=self.dashboard_port,
             python=self.python, reuse=False,
         )
-        self._cluster = cluster
-        rd = cluster.run_dir
+        self._cluster = run
+        rd = run.run_dir
         self.run_dirs.append(str(rd.path))
         slurm_info = {"job_id": env.job_id, "attempt": attempt, "requeues": self.requeues, "max_requeues": self.max_requeues,
                       "previous_run_dirs": self.run_dirs[:-1], "folder": str(env.paths.folder)}
@@ -383,18 +380,18 @@ class LaunchJob:
         self._record(job_id=env.job_id, requeues=self.requeues, max_requeues=self.max_requeues, run_dirs=self.run_dirs,
                      state="running")
         try:
-            result = launcher.submit_and_follow(cluster, reporter=reporter, follow=True)
+            result = run.submit(follow=True)
             probe = None
-            if cluster.plan.trainer_kind == "probe" and (rd.path / "job.log").exists():
+            if run.plan.trainer_kind == "probe" and (rd.path / "job.log").exists():
                 probe = parse_report((rd.path / "job.log").read_text())
         finally:
             if self._cluster is not None:  # else checkpoint() already tore it down
                 self._cluster = None
-                cluster.down()
+                run.down()
         out = {
             "ok": result.ok, "status": result.status, "exit_code": result.exit_code, "message": result.message[:2000],
             "submission_id": result.submission_id, "run_dir": str(rd.path), "requeues": self.requeues,
-            "attempt": attempt, "job_id": env.job_id, "nodes": [n.name for n in cluster.plan.nodes],
+            "attempt": attempt, "job_id": env.job_id, "nodes": [n.name for n in run.plan.nodes],
             "seconds": round(result.duration_s, 1), "probe": probe,
         }
         rd.update(slurm=slurm_info | {"result": {k: out[k] for k in ("status", "exit_code")}})
@@ -418,7 +415,7 @@ class LaunchJob:
         state = None
         if c is not None:
             rd = c.run_dir
-            sid = (rd.manifest.get("submission_id") if rd else None) or c.plan.submission_id
+            sid = (rd.manifest.submission_id if rd else None) or c.plan.submission_id
             try:
                 client = jobs.client_for(c.plan, c.token)
                 _say(f"stopping trainer {sid} (up to {self.stop_grace_s:.0f} s for its checkpoint)")
@@ -427,8 +424,8 @@ class LaunchJob:
                 _say(f"could not stop the trainer through Ray: {e}")
             if rd:
                 rd.event("requeue", requeue=n, trainer=state, allowed=n <= self.max_requeues)
-                rd.update(state="requeued" if n <= self.max_requeues else "requeue-limit",
-                          slurm=rd.manifest.get("slurm", {}) | {"requeues": n, "requeued": n <= self.max_requeues})
+                rd.update(state=RunState.REQUEUED if n <= self.max_requeues else RunState.REQUEUE_LIMIT,
+                          slurm=(rd.manifest.slurm or {}) | {"requeues": n, "requeued": n <= self.max_requeues})
             try:
                 c.down()
             except Exception as e:

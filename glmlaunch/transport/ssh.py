@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from ..errors import TransportError
+from ..errors import TransportError, UsageError
+from ..options import Defaults
 from . import RemoteResult, Target, run_parallel
 
 log = logging.getLogger(__name__)
@@ -40,16 +41,16 @@ class SSHTransport:
         key: str | None = None,
         port: int | None = None,
         known_hosts: str | None = None,
-        connect_timeout: float = 10.0,
+        connect_timeout: float = Defaults.connect_timeout_s,
         max_parallel: int = 64,
     ):
         if connect_timeout <= 0:
-            raise TransportError(f"--connect-timeout {connect_timeout}: must be more than 0 seconds", hint="e.g. --connect-timeout 10")
+            raise UsageError(f"--connect-timeout {connect_timeout}: must be more than 0 seconds", hint="e.g. --connect-timeout 10")
         for flag, path in (("--ssh-key", key), ("--known-hosts", known_hosts)):
             if path and not os.path.isfile(os.path.expanduser(path)):
-                raise TransportError(f"{flag} {path}: file not found", hint=f"pass an existing file to {flag}")
+                raise UsageError(f"{flag} {path}: file not found", hint=f"pass an existing file to {flag}")
         if port is not None and not 1 <= port <= 65535:
-            raise TransportError(f"--ssh-port {port}: not a port", hint="e.g. --ssh-port 22")
+            raise UsageError(f"--ssh-port {port}: not a port", hint="e.g. --ssh-port 22")
         try:
             from fabric import Config
         except ImportError:
@@ -59,14 +60,14 @@ class SSHTransport:
         try:
             if ssh_config:
                 if not os.path.exists(ssh_config):
-                    raise TransportError(f"--ssh-config {ssh_config}: file not found", hint="pass an existing ssh_config file")
+                    raise UsageError(f"--ssh-config {ssh_config}: file not found", hint="pass an existing ssh_config file")
                 self._config = Config(runtime_ssh_path=ssh_config)
             else:
                 self._config = Config()
-        except TransportError:
+        except UsageError:
             raise
         except Exception as e:  # paramiko chokes on Match/Include (paramiko#2522, #1609)
-            raise TransportError(
+            raise UsageError(
                 f"cannot read the SSH configuration ({ssh_config or '~/.ssh/config'}): {e}",
                 hint="pass --ssh-config FILE with a config paramiko can read (no Match/Include lines)",
             ) from None

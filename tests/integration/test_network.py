@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from glmlaunch.errors import HostfileError
-from glmlaunch.launcher import SSHOptions, launch
+from glmlaunch.options import SSHOptions
+from glmlaunch.run import launch
 
 
 @pytest.fixture

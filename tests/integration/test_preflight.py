@@ -11,12 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from glmlaunch import checks
 from glmlaunch.cluster import RayCluster
 from glmlaunch.errors import CheckFailed
 from glmlaunch.hosts import read_hostfile
-from glmlaunch.launcher import SSHOptions, make_transport
+from glmlaunch.options import SSHOptions
 from glmlaunch.plan import PortPlan, build_plan
 from glmlaunch.recipe import load_recipe
+from glmlaunch.resolve import resolve
+from glmlaunch.run import make_transport
 
 ON_HOST = Path(__file__).resolve().parents[1] / "harness" / "on_host.sh"
 PORTS = PortPlan(base=8379, dashboard=9365)  # away from the other integration tests' clusters
@@ -33,7 +36,8 @@ def _cluster(testcluster, hostfile, overrides):
     recipe = load_recipe("local-probe", overrides)
     alloc = read_hostfile(hostfile)
     plan = build_plan(recipe, alloc, ports=PORTS, python=sys.executable)
-    assert not plan.errors, plan.errors
+    found = checks.run(resolve(recipe, alloc), plan)
+    assert not found.errors, found.errors
     ssh = SSHOptions(ssh_config=str(testcluster.ssh_config), key=str(testcluster.ssh_key),
                      known_hosts=str(testcluster.known_hosts), connect_timeout=5)
     return RayCluster(plan, make_transport(alloc, ssh), recipe=recipe)
@@ -102,7 +106,7 @@ def test_save_dir_not_shared(testcluster, hostfile):
     # host, but the head cannot see the others' sentinels
     recipe = load_recipe("glm45-355b-a32b-gspo", ["cluster.nodes=3", "run.base_dir=/tmp/ray/glm", "cluster.hardware=cpu"])
     alloc = read_hostfile(hostfile)
-    plan = build_plan(recipe, alloc, ports=PORTS, python=sys.executable, check=False)
+    plan = build_plan(recipe, alloc, ports=PORTS, python=sys.executable)
     ssh = SSHOptions(ssh_config=str(testcluster.ssh_config), key=str(testcluster.ssh_key),
                      known_hosts=str(testcluster.known_hosts), connect_timeout=5)
     c = RayCluster(plan, make_transport(alloc, ssh), recipe=recipe)

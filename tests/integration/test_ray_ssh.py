@@ -10,7 +10,6 @@ environment through ``RAY_AUTH_TOKEN_PATH``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -26,10 +25,10 @@ from pathlib import Path
 import pytest
 
 from glmlaunch import jobs
-from glmlaunch.cluster import RayCluster
 from glmlaunch.errors import CheckFailed, ClusterError, GlmlaunchError, TransportError
-from glmlaunch.launcher import SSHOptions, launch, submit_and_follow, transport_from_manifest, up
+from glmlaunch.options import SSHOptions
 from glmlaunch.probe import PREFIX
+from glmlaunch.run import Run, launch, up
 from glmlaunch.runs import RunDir
 
 VENV_BIN = Path(sys.executable).parent
@@ -70,8 +69,8 @@ def leftovers(tc, rd: RunDir) -> dict[str, list[dict]]:
     """Processes of this run still alive on any host: members of a recorded ``ray start``
     session, or anything whose command line or environment names the run's state directory."""
     rd = RunDir.open(rd.path)  # re-read the manifest
-    marker = rd.manifest["state_dir"]
-    sids = {h: rec.get("pid") for h, rec in rd.manifest.get("nodes", {}).items()}
+    marker = rd.manifest.state_dir
+    sids = {h: rec.get("pid") for h, rec in rd.manifest.model_dump().get("nodes", {}).items()}
     out = {}
     for h in tc.hosts:
         procs = tc.processes(tc.index(h), marker)
@@ -99,8 +98,8 @@ def runs(tmp_path, testcluster):
             rd = RunDir.open(p)
         except GlmlaunchError:
             continue
-        if rd.manifest.get("state") not in ("created", "down"):
-            RayCluster.from_run(rd, transport_from_manifest(rd.manifest)).down()
+        if rd.manifest.state not in ("created", "down"):
+            Run.open(rd.path).down()
 
 
 def probe_nodes(job_log: str) -> list[dict]:
@@ -136,7 +135,7 @@ def test_launch_probe_on_three_hosts(testcluster, tmp_path, runs):
     # the run directory
     for f in ("plan.json", "commands.sh", "manifest.json", "job.log"):
         assert (res.run_dir / f).is_file(), f
-    m = rd.manifest
+    m = rd.manifest.model_dump()
     assert m["state"] == "down"
     assert m["job"]["status"] == "SUCCEEDED" and m["job"]["exit_code"] == 0
     assert sorted(m["nodes"]) == ["h1", "h2", "h3"] and all(v["pid"] is None for v in m["nodes"].values())
@@ -183,7 +182,7 @@ def test_cli_launch_failing_probe_exits_with_the_trainers_status(testcluster, tm
     assert "probe FAILED" in p.stdout and "Unable to find address for: nope0" in p.stdout
     assert "FAILED (exit code 1" in p.stderr
     rd = _only_run(runs)
-    assert rd.manifest["state"] == "down" and rd.manifest["job"]["exit_code"] == 1
+    assert rd.manifest.state == "down" and rd.manifest.job.exit_code == 1
     assert_no_leftovers(testcluster, rd)
 
 
@@ -193,7 +192,7 @@ def test_cli_launch_missing_probe_path_is_refused_before_start(testcluster, tmp_
     for h in testcluster.hosts:
         assert f"{h}: /nonexistent is missing" in p.stdout + p.stderr
     rd = _only_run(runs)
-    assert not rd.manifest.get("nodes") or all(not v.get("pid") for v in rd.manifest["nodes"].values())
+    assert not rd.manifest.nodes or all(not v.get("pid") for v in rd.manifest.model_dump()["nodes"].values())
     assert_no_leftovers(testcluster, rd)
 
 
@@ -222,7 +221,7 @@ def test_cli_launch_interrupted_cleans_up(testcluster, tmp_path, runs, sig, when
     took = time.monotonic() - t0
     assert rc == 130, log.read_text()[-3000:]
     rd = _only_run(runs)
-    assert rd.manifest["state"] == "down", log.read_text()[-3000:]
+    assert rd.manifest.state == "down", log.read_text()[-3000:]
     assert_no_leftovers(testcluster, rd)
     print(f"{sig} after '{when}': clean exit in {took:.1f} s")
 
@@ -269,7 +268,7 @@ def test_unreachable_host_fails_fast_and_starts_nothing(testcluster, tmp_path, r
     assert ("refused" if how == "killed" else "3 s") in e.failures["h3"], e.failures
     assert took < 3 + 10, f"up() took {took:.1f} s with a 3 s connect timeout"
     rd = _only_run(runs)
-    assert rd.manifest["state"] == "created" and not rd.manifest.get("nodes")
+    assert rd.manifest.state == "created" and not rd.manifest.nodes
     assert_no_leftovers(testcluster, rd)
     print(f"sshd {how}: up() failed after {took:.1f} s")
 
@@ -303,9 +302,9 @@ def test_worker_ray_start_fails_rolls_back(testcluster, tmp_path, runs, when):
     assert "h3" in str(e) and "simulated failure" in str(e), str(e)  # the node's log lines are shown
     assert took < 60, f"the failure took {took:.0f} s to be noticed"
     rd = _only_run(runs)
-    assert rd.manifest["state"] == "down", rd.manifest["state"]
-    assert rd.manifest["nodes"]["h1"]["pid"] is None and rd.manifest["nodes"]["h2"]["pid"] is None
-    assert "failed" in [ev["event"] for ev in rd.manifest["events"]]
+    assert rd.manifest.state == "down", rd.manifest.state
+    assert rd.manifest.nodes["h1"].pid is None and rd.manifest.nodes["h2"].pid is None
+    assert "failed" in [ev["event"] for ev in rd.manifest.model_dump()["events"]]
     assert_no_leftovers(testcluster, rd)  # head and h2 rolled back
     print(f"worker failure ({when}) noticed and rolled back in {took:.1f} s")
 
@@ -334,7 +333,7 @@ def test_busy_gcs_port_on_head_is_refused_and_left_alone(testcluster, tmp_path, 
         assert any("h1" in m and "6379" in m and f"pid {pid}" in m for m in errors), errors
         assert not any("h2" in m or "h3" in m for m in errors), errors
         rd = _only_run(runs)
-        assert rd.manifest["state"] == "created" and not rd.manifest.get("nodes")
+        assert rd.manifest.state == "created" and not rd.manifest.nodes
         assert_no_leftovers(testcluster, rd)
         # the stranger is untouched
         assert testcluster.pid_alive(1, pid)
@@ -351,12 +350,12 @@ def _follow_a_long_job(c):
     """Submit a job that runs until it is stopped and follow it on a thread (watchdog every 2 s);
     return once its first line is in job.log. ``box`` gets the result or the error, and the time
     following ended."""
-    c.plan = dataclasses.replace(c.plan, argv=["bash", "-c", "echo job-started; exec sleep 600"])
+    c.plan = c.plan.model_copy(update=dict(argv=["bash", "-c", "echo job-started; exec sleep 600"]))
     box: dict = {}
 
     def follow():
         try:
-            box["result"] = submit_and_follow(c, watchdog_s=2)
+            box["result"] = c.submit(watchdog_s=2)
         except BaseException as e:  # noqa: BLE001 (handed to the test thread)
             box["error"] = e
         box["t"] = time.monotonic()
@@ -379,14 +378,14 @@ def test_node_killed_after_joining(testcluster, tmp_path, runs):
         th, box = _follow_a_long_job(c)
 
         # SIGKILL h3's raylet (inside h3, found in h3's recorded ray start session)
-        sid = rd.manifest["nodes"]["h3"]["pid"]
+        sid = rd.manifest.nodes["h3"].pid
         raylets = [p for p in testcluster.processes(3) if p["comm"] == "raylet" and p["sid"] == sid]
         assert len(raylets) == 1, testcluster.processes(3)
         testcluster.kill(3, raylets[0]["pid"])
         t_kill = time.monotonic()
 
         th.join(120)
-        assert not th.is_alive(), "submit_and_follow did not notice the dead node in 120 s"
+        assert not th.is_alive(), "Run.submit did not notice the dead node in 120 s"
         err = box.get("error")
         assert isinstance(err, ClusterError), box
         assert set(err.missing) == {"h3"} and "h3" in str(err)
@@ -404,7 +403,7 @@ def test_node_killed_after_joining(testcluster, tmp_path, runs):
     finally:
         c.down()
     assert_no_leftovers(testcluster, rd)
-    assert RunDir.open(rd.path).manifest["state"] == "down"
+    assert RunDir.open(rd.path).manifest.state == "down"
 
 
 def test_head_crash_while_following_names_the_head(testcluster, tmp_path, runs):
@@ -416,13 +415,13 @@ def test_head_crash_while_following_names_the_head(testcluster, tmp_path, runs):
     rd = c.run_dir
     try:
         th, box = _follow_a_long_job(c)
-        sid = rd.manifest["nodes"]["h1"]["pid"]
+        sid = rd.manifest.nodes["h1"].pid
         victims = [p["pid"] for p in testcluster.processes(1) if p["sid"] == sid]
         assert victims
         testcluster.on_host(1, "kill", "-KILL", *map(str, victims), check=False)
         t_kill = time.monotonic()
         th.join(150)
-        assert not th.is_alive(), "submit_and_follow did not notice the dead head in 150 s"
+        assert not th.is_alive(), "Run.submit did not notice the dead head in 150 s"
         err = box.get("error")
         assert isinstance(err, ClusterError), repr(box)  # not a raw requests.ConnectionError
         assert set(err.missing) == {"h1"} and "h1" in str(err)
@@ -430,7 +429,7 @@ def test_head_crash_while_following_names_the_head(testcluster, tmp_path, runs):
         assert noticed < 90, noticed
         print(f"dead head noticed {noticed:.1f} s after the kill")
     finally:
-        c.stop_grace_s = 5  # h2's ray start, cut off from its GCS, does not end on SIGTERM: SIGKILL sooner
+        c.cluster.stop_grace_s = 5  # h2's ray start, cut off from its GCS, does not end on SIGTERM: SIGKILL sooner
         c.down()
     assert_no_leftovers(testcluster, rd)
 
@@ -456,7 +455,7 @@ def test_down_leaves_unrelated_processes_alive(testcluster, tmp_path, runs):
         dn = subprocess.run([str(GLMLAUNCH), "down", "--run", str(rd.path)], capture_output=True, text=True, timeout=120)
         assert dn.returncode == 0, dn.stdout + dn.stderr
         assert "is down (3 nodes)" in dn.stdout
-        res = RunDir.open(rd.path).manifest["events"][-1]["results"]
+        res = RunDir.open(rd.path).manifest.model_dump()["events"][-1]["results"]
         assert set(res) == {"h1", "h2", "h3"} and all(r["was_alive"] and not r["left"] for r in res.values()), res
         for pid in strangers:
             assert testcluster.pid_alive(2, pid), pid
@@ -512,7 +511,7 @@ class TestSharedCluster:
     def test_job_logs_followed_to_the_end_with_exit_status(self, shared):
         c = shared["cluster"]
         script = 'for i in $(seq 1 40); do echo "line-$i"; sleep 0.05; done; echo "hello from the job" >&2; exit 3'
-        plan = dataclasses.replace(c.plan, argv=["bash", "-c", script], submission_id=c.plan.submission_id + "-exit3")
+        plan = c.plan.model_copy(update=dict(argv=["bash", "-c", script], submission_id=c.plan.submission_id + "-exit3"))
         client = jobs.client_for(plan, c.token)
         sid = jobs.submit(plan, c.token, client=client)
         chunks: list[str] = []
@@ -529,14 +528,14 @@ class TestSharedCluster:
     def test_submit_and_follow_records_the_failed_job(self, shared):
         c = shared["cluster"]
         orig = c.plan
-        c.plan = dataclasses.replace(orig, argv=["bash", "-c", "echo recorded-line; exit 3"])
+        c.plan = orig.model_copy(update=dict(argv=["bash", "-c", "echo recorded-line; exit 3"]))
         try:
-            res = submit_and_follow(c)
+            res = c.submit()
         finally:
             c.plan = orig
         assert res.status == "FAILED" and res.exit_code == 3
         assert "recorded-line" in (c.run_dir.path / "job.log").read_text()
-        m = RunDir.open(c.run_dir.path).manifest
+        m = RunDir.open(c.run_dir.path).manifest.model_dump()
         assert m["job"]["status"] == "FAILED" and m["job"]["exit_code"] == 3
 
     def test_second_up_is_idempotent(self, testcluster, shared):
@@ -545,9 +544,9 @@ class TestSharedCluster:
         assert c2.reused is True
         assert c2.run_dir.path == c.run_dir.path
         assert c2.token == c.token
-        assert [n.pid for n in c2.nodes.values()] == [n.pid for n in c.nodes.values()]
+        assert [n.pid for n in c2.cluster.nodes.values()] == [n.pid for n in c.cluster.nodes.values()]
         assert len([p for p in shared["runs"].iterdir() if p.is_dir()]) == 1
-        head_sid = c.nodes["h1"].pid
+        head_sid = c.cluster.nodes["h1"].pid
         gcs = [p for p in testcluster.processes(1) if p["comm"] == "gcs_server" and p["sid"] == head_sid]
         assert len(gcs) == 1, gcs
         assert c2.status().ok
@@ -558,17 +557,17 @@ class TestSharedCluster:
         c = shared["cluster"]
         src = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('driver-up', flush=True); "
                "time.sleep(600)")
-        plan = dataclasses.replace(c.plan, argv=[sys.executable, "-c", src], submission_id=c.plan.submission_id + "-long")
+        plan = c.plan.model_copy(update=dict(argv=[sys.executable, "-c", src], submission_id=c.plan.submission_id + "-long"))
         client = jobs.client_for(plan, c.token)
         sid = jobs.submit(plan, c.token, client=client)
         deadline = time.monotonic() + 60
         while "driver-up" not in client.get_job_logs(sid):
             assert time.monotonic() < deadline, jobs._status(client, sid)
             time.sleep(0.5)
-        marker = c.run_dir.manifest["state_dir"]
+        marker = c.run_dir.manifest.state_dir
         drivers = [p for p in testcluster.processes(1, marker) if "driver-up" in p["args"]]
         # the entrypoint shell and the driver: both found by the run's marker in their environment
         assert drivers and all(p["marked"] for p in drivers), drivers
-        assert all(p["sid"] != c.nodes["h1"].pid for p in drivers), drivers  # outside the ray start session
+        assert all(p["sid"] != c.cluster.nodes["h1"].pid for p in drivers), drivers  # outside the ray start session
         c.down()
         assert_no_leftovers(testcluster, c.run_dir)

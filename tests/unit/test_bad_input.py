@@ -13,10 +13,11 @@ import shutil
 from dataclasses import dataclass, field
 
 import pytest
+from planning import checked_plan
 
 from glmlaunch.errors import CheckFailed, GlmlaunchError, HostfileError, RecipeError
 from glmlaunch.hosts import discover
-from glmlaunch.plan import PortPlan, build_plan
+from glmlaunch.plan import PortPlan
 from glmlaunch.recipe import load_recipe
 
 EIGHT = "".join(f"10.0.0.{i} slots=8\n" for i in range(1, 9))
@@ -278,7 +279,7 @@ def _run_lib(case: Case, hf, recipe):
     else:
         alloc = discover(str(hf), head=case.head, gpus_per_node=case.gpus_per_node, env={})
     r = load_recipe(recipe, list(case.sets))
-    plan = build_plan(r, alloc, run_id=case.run_id, ports=PortPlan(**case.ports), python="/opt/glm/bin/python3")
+    plan = checked_plan(r, alloc, run_id=case.run_id, ports=PortPlan(**case.ports), python="/opt/glm/bin/python3")
     if plan.errors:
         raise CheckFailed(plan.findings)
 

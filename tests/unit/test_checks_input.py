@@ -4,11 +4,11 @@ run ids, the wording of node / GPU count findings, and the plural forms of the b
 from __future__ import annotations
 
 import pytest
+from planning import check_all, checked_plan
 
-from glmlaunch.checks import check_all
 from glmlaunch.errors import RecipeError
 from glmlaunch.hosts import local_allocation, placeholder_allocation, read_hostfile
-from glmlaunch.plan import PortPlan, build_plan, new_run_id
+from glmlaunch.plan import PortPlan, new_run_id
 from glmlaunch.recipe import load_recipe
 from glmlaunch.render import render_bash
 
@@ -23,7 +23,7 @@ def _findings(plan, field):
 @pytest.mark.parametrize("key", ["MASTER_ADDR", "no_proxy", "NO_PROXY", "PYTHONPATH"])
 def test_env_vars_overriding_computed_values_warn(key):
     r = load_recipe(GSPO, [f"env.vars.{key}=10.9.9.9"])
-    plan = build_plan(r, placeholder_allocation(8), run_id="t", python=PY)
+    plan = checked_plan(r, placeholder_allocation(8), run_id="t", python=PY)
     (f,) = _findings(plan, f"env.vars.{key}")
     assert f.severity == "warning"
     assert "'10.9.9.9' overrides the value glmlaunch computed" in f.message
@@ -31,7 +31,7 @@ def test_env_vars_overriding_computed_values_warn(key):
 
 
 def test_env_vars_other_keys_do_not_warn():
-    plan = build_plan(load_recipe(GSPO, ["env.vars.FOO=1"]), placeholder_allocation(8), run_id="t", python=PY)
+    plan = checked_plan(load_recipe(GSPO, ["env.vars.FOO=1"]), placeholder_allocation(8), run_id="t", python=PY)
     assert not [f for f in plan.findings if f.field.startswith("env.vars")]
 
 
@@ -49,27 +49,27 @@ def test_env_vars_other_keys_do_not_warn():
     ],
 )
 def test_port_plan_checked(ports, field, message):
-    plan = build_plan(load_recipe(GSPO), placeholder_allocation(8), run_id="t", ports=PortPlan(**ports), python=PY)
+    plan = checked_plan(load_recipe(GSPO), placeholder_allocation(8), run_id="t", ports=PortPlan(**ports), python=PY)
     hits = [f for f in _findings(plan, field) if message in f.message]
     assert hits and hits[0].severity == "error", plan.findings
     assert "{" not in hits[0].message  # no raw dict
 
 
 def test_default_ports_pass():
-    plan = build_plan(load_recipe(GSPO), placeholder_allocation(8), run_id="t", python=PY)
+    plan = checked_plan(load_recipe(GSPO), placeholder_allocation(8), run_id="t", python=PY)
     assert not [f for f in plan.findings if f.field.startswith("ports")]
 
 
 @pytest.mark.parametrize("run_id", ["../../etc/x y", "-x", ".hidden", "a/b", "x" * 65, "a b"])
 def test_bad_run_ids(run_id):
     with pytest.raises(RecipeError, match="--run-id") as ei:
-        build_plan(load_recipe(GSPO), placeholder_allocation(8), run_id=run_id, python=PY)
+        checked_plan(load_recipe(GSPO), placeholder_allocation(8), run_id=run_id, python=PY)
     assert "--run-id exp-42" in ei.value.hint
 
 
 @pytest.mark.parametrize("run_id", ["golden", "exp-42", "a.b_c-1", "x" * 64, new_run_id()])
 def test_good_run_ids(run_id):
-    assert build_plan(load_recipe(GSPO), placeholder_allocation(8), run_id=run_id, python=PY).run_id == run_id
+    assert checked_plan(load_recipe(GSPO), placeholder_allocation(8), run_id=run_id, python=PY).run_id == run_id
 
 
 def test_gpus_unknown_local_names_nvidia_smi_not_a_hostfile():
@@ -92,9 +92,9 @@ def test_nodes_mismatch_wording(write_hostfile):
 
 def test_render_bash_plurals(write_hostfile):
     r = load_recipe("local-probe")
-    two = render_bash(build_plan(r, read_hostfile(write_hostfile("10.0.0.1 slots=1\n10.0.0.2 slots=1\n")), run_id="t", python=PY))
+    two = render_bash(checked_plan(r, read_hostfile(write_hostfile("10.0.0.1 slots=1\n10.0.0.2 slots=1\n")), run_id="t", python=PY))
     assert "# 2. 1 worker in parallel" in two and "until 2 nodes and 2 GPUs have joined" in two
-    one = render_bash(build_plan(r, read_hostfile(write_hostfile("10.0.0.1 slots=1\n")), run_id="t", python=PY))
+    one = render_bash(checked_plan(r, read_hostfile(write_hostfile("10.0.0.1 slots=1\n")), run_id="t", python=PY))
     assert "1 node x 1 GPU)" in one and "until 1 node and 1 GPU have joined" in one and "1 nodes" not in one
 
 
@@ -116,14 +116,14 @@ def test_render_bash_plurals(write_hostfile):
          "eps-clip-high-0"],
 )
 def test_number_ranges(sets, field, message, source):
-    plan = build_plan(load_recipe(GSPO, sets), placeholder_allocation(8), run_id="t", python=PY)
+    plan = checked_plan(load_recipe(GSPO, sets), placeholder_allocation(8), run_id="t", python=PY)
     (f,) = _findings(plan, field)
     assert f.severity == "error" and message in f.message and source in f.source
 
 
 def test_number_ranges_defaults_pass():
     for name in (GSPO, "glm45-355b-a32b-grpo", "glm45-air-p2p"):
-        plan = build_plan(load_recipe(name), placeholder_allocation(8), run_id="t", python=PY)
+        plan = checked_plan(load_recipe(name), placeholder_allocation(8), run_id="t", python=PY)
         fields = {f.field for f in plan.findings}
         assert not fields & {"optimizer.lr", "optimizer.weight_decay", "optimizer.adam_beta1", "optimizer.adam_beta2",
                              "sglang.mem_fraction_static", "algorithm.eps_clip_high"}

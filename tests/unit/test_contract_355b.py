@@ -13,9 +13,10 @@ import json
 from collections import defaultdict
 
 import pytest
+from planning import checked_plan
 
 from glmlaunch.hosts import read_hostfile
-from glmlaunch.plan import NCCL_RACK, build_plan
+from glmlaunch.plan import NCCL_RACK
 from glmlaunch.recipe import load_recipe
 from glmlaunch.render import render_bash, render_json
 
@@ -129,7 +130,7 @@ def seed_argv() -> list[str]:
 
 @pytest.fixture
 def plan(hostfile8):
-    return build_plan(load_recipe(RUN), read_hostfile(hostfile8), run_id="contract", python="/opt/glm/bin/python3")
+    return checked_plan(load_recipe(RUN), read_hostfile(hostfile8), run_id="contract", python="/opt/glm/bin/python3")
 
 
 def test_plan_has_no_errors(plan):
@@ -203,7 +204,7 @@ def test_runtime_env(plan):
 
 def test_interface_sets_ifname_keys(hostfile8):
     r = load_recipe(RUN, ["env.interface=ib0"])
-    env = build_plan(r, read_hostfile(hostfile8), run_id="c", python="/opt/glm/bin/python3").env_vars
+    env = checked_plan(r, read_hostfile(hostfile8), run_id="c", python="/opt/glm/bin/python3").env_vars
     assert {env[k] for k in ("GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")} == {"ib0"}
 
 
@@ -228,12 +229,12 @@ def test_wandb_key_never_rendered(hostfile8, monkeypatch, secret_env):
     secret = "wk-7f3a9c1e5b2d4f6a8c0e1b3d5f7a9c2e4b6d8f0a"
     monkeypatch.setenv(secret_env, secret)
     r = load_recipe(RUN, ["wandb.enabled=true", f"wandb.key_env={secret_env}"])
-    plan = build_plan(r, read_hostfile(hostfile8), run_id="w", python="/opt/glm/bin/python3")
+    plan = checked_plan(r, read_hostfile(hostfile8), run_id="w", python="/opt/glm/bin/python3")
     assert not plan.errors
     assert "--use-wandb" in plan.argv
     assert plan.secret_env == [secret_env] and secret_env not in plan.env_vars
     rendered_json, rendered_bash = render_json(plan), render_bash(plan)
-    for text in (rendered_json, rendered_bash, plan.entrypoint, " ".join(plan.submit_argv())):
+    for text in (rendered_json, rendered_bash, plan.entrypoint, " ".join(plan.submit)):
         assert secret not in text
     assert all(secret not in tok for tok in plan.argv)
     # the bash script reads the key from its own environment, by name
@@ -244,7 +245,7 @@ def test_wandb_key_never_rendered(hostfile8, monkeypatch, secret_env):
 def test_secret_vars_dropped_from_env(hostfile8, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_supersecret")
     r = load_recipe(RUN, ["env.secret_vars=['HF_TOKEN']", "env.vars.HF_TOKEN=hf_literal_in_recipe"])
-    plan = build_plan(r, read_hostfile(hostfile8), run_id="s", python="/opt/glm/bin/python3")
+    plan = checked_plan(r, read_hostfile(hostfile8), run_id="s", python="/opt/glm/bin/python3")
     assert "HF_TOKEN" not in plan.env_vars and plan.secret_env == ["HF_TOKEN"]
     for text in (render_json(plan), render_bash(plan)):
         assert "hf_supersecret" not in text and "hf_literal_in_recipe" not in text

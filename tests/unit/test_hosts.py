@@ -216,7 +216,7 @@ def test_with_gpus_per_node():
 def test_placeholder_allocation():
     a = placeholder_allocation(3, 4)
     assert [h.address for h in a.hosts] == ["node-0", "node-1", "node-2"]
-    assert a.gpus_per_node == 4 and a.extra["placeholder"]
+    assert a.gpus_per_node == 4 and a.placeholder
     with pytest.raises(HostfileError, match="--nodes 0: need at least 1 node"):
         placeholder_allocation(0, 8)
     assert placeholder_allocation(2, 0).gpus_per_node == 0  # CPU-only nodes
@@ -283,7 +283,7 @@ def test_from_slurm_hostlist_fallback(no_scontrol, fake_resolve, nodelist, names
     assert [h.name for h in a.hosts] == names
     assert [h.address for h in a.hosts] == [fake_resolve(n) for n in names]
     assert a.gpus_per_node == 8 and all(h.slots == 8 for h in a.hosts)
-    assert a.origin == "slurm:42" and a.extra["job_id"] == "42"
+    assert a.origin == "slurm:42" and a.job_id == "42"
     assert [h.source for h in a.hosts] == [f"slurm:42[{i}]" for i in range(len(names))]
 
 
@@ -371,8 +371,8 @@ def test_discover_gpus_disagree_with_slots(hostfile8):
 
 def test_discover_nodes_placeholder():
     a = discover(nodes=3, gpus_per_node=4, env={})
-    assert a.extra.get("placeholder") and a.num_nodes == 3 and a.gpus_per_node == 4
-    # no --gpus-per-node: the count is left to the recipe (plan.resolved_gpus_per_node)
+    assert a.placeholder and a.num_nodes == 3 and a.gpus_per_node == 4
+    # no --gpus-per-node: the count is left to the recipe (glmlaunch.resolve.gpus_per_node)
     a = discover(nodes=2, env={})
     assert a.gpus_per_node is None and all(h.slots is None for h in a.hosts)
     assert discover(nodes=2, gpus_per_node=0, env={}).gpus_per_node == 0

@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from planning import checked_plan
 
 import glmlaunch
 from glmlaunch.hosts import read_hostfile
-from glmlaunch.plan import build_plan
 from glmlaunch.recipe import list_templates, load_recipe
 from glmlaunch.render import render_bash, render_json
 
@@ -41,7 +41,7 @@ def _hostfile(tmp_path: Path, template: str) -> Path:
 
 
 def _plan(tmp_path: Path, template: str):
-    return build_plan(load_recipe(template), read_hostfile(_hostfile(tmp_path, template)), run_id="golden", python=PYTHON)
+    return checked_plan(load_recipe(template), read_hostfile(_hostfile(tmp_path, template)), run_id="golden", python=PYTHON)
 
 
 def _normalise(text: str, tmp_path: Path) -> str:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from planning import checked_plan
 
 from glmlaunch.errors import RecipeError
 from glmlaunch.hosts import placeholder_allocation
-from glmlaunch.plan import build_plan, checkpoint_paths, task_paths
 from glmlaunch.recipe import Recipe, list_templates, load_recipe, parse_override, template_path
+from glmlaunch.resolve import paths
 
 TEMPLATES = ["glm45-355b-a32b-grpo", "glm45-355b-a32b-gspo", "glm45-air-p2p", "local-probe"]
 
 
 def argv_of(recipe: Recipe, nodes: int = 8) -> list[str]:
-    return build_plan(recipe, placeholder_allocation(nodes, 8), run_id="t", python="/py/bin/python3").argv
+    return checked_plan(recipe, placeholder_allocation(nodes, 8), run_id="t", python="/py/bin/python3").argv
 
 
 def values(argv: list[str], flag: str) -> list[str]:
@@ -35,7 +36,7 @@ def test_every_template_loads_and_builds(name):
     r = load_recipe(name)
     assert r.run.name == name
     assert r.source == str(template_path(name))
-    plan = build_plan(r, placeholder_allocation(r.cluster.nodes or 3, 8), run_id="t", python="/py/bin/python3")
+    plan = checked_plan(r, placeholder_allocation(r.cluster.nodes or 3, 8), run_id="t", python="/py/bin/python3")
     assert plan.argv and not plan.errors, [str(f) for f in plan.errors]
 
 
@@ -184,14 +185,14 @@ def test_placeholders_expand():
             "eval.prompt_data={base_dir}/e.jsonl",
         ],
     )
-    cp = checkpoint_paths(r)
-    assert cp == {
+    cp = paths(r)
+    assert {k: cp[k] for k in ("hf_checkpoint", "ref_load", "save", "load")} == {
         "hf_checkpoint": "/mnt/fs/GLM-4.5-355B-A32B",
         "ref_load": "/mnt/fs/GLM-4.5-355B-A32B_torch_dist",
         "save": "/mnt/fs/out/glm45-355b-a32b-gspo",
         "load": "/mnt/fs/out/glm45-355b-a32b-gspo",
     }
-    tp = task_paths(r)
+    tp = paths(r)
     assert tp["prompt_data"] == "/opt/miles/data/p.jsonl" and tp["eval_data"] == "/mnt/fs/e.jsonl"
     argv = argv_of(r)
     assert not any("{" in t or "$" in t for t in argv)
@@ -200,25 +201,25 @@ def test_placeholders_expand():
 
 def test_model_dir_follows_model_type():
     r = load_recipe("glm45-air-p2p", ["checkpoint.hf_checkpoint={model_dir}"])
-    assert checkpoint_paths(r)["hf_checkpoint"] == "/root/shared_data/GLM-4.5-Air"
+    assert paths(r)["hf_checkpoint"] == "/root/shared_data/GLM-4.5-Air"
 
 
 def test_default_paths_without_template_paths():
     r = load_recipe({"run": {"name": "bare", "base_dir": "/b"}, "cluster": {}})
-    cp = checkpoint_paths(r)
+    cp = paths(r)
     assert cp["hf_checkpoint"] == "/b/GLM-4.5-355B-A32B" and cp["ref_load"] == "/b/GLM-4.5-355B-A32B_torch_dist"
     assert cp["save"] == cp["load"] == "/b/runs/bare/checkpoints"
-    assert task_paths(r)["eval_data"] == "/b/rl_data/aime-2024/aime-2024.jsonl"
+    assert paths(r)["eval_data"] == "/b/rl_data/aime-2024/aime-2024.jsonl"
 
 
 def test_explicit_load():
     r = load_recipe("glm45-355b-a32b-gspo", ["checkpoint.load={base_dir}/elsewhere"])
-    assert checkpoint_paths(r)["load"] == "/root/shared_data/elsewhere"
+    assert paths(r)["load"] == "/root/shared_data/elsewhere"
 
 
 def test_probe_paths_and_setup_expand():
     r = load_recipe("local-probe", ["trainer.probe_paths=['{base_dir}/a', '/abs']", "cluster.setup=['cd {base_dir}']"])
-    plan = build_plan(r, placeholder_allocation(1, 8), run_id="t", python="/py/bin/python3")
+    plan = checked_plan(r, placeholder_allocation(1, 8), run_id="t", python="/py/bin/python3")
     assert values(plan.argv, "--path")[:1] == ["/tmp/a"] and plan.argv[-2:] == ["--path", "/abs"]
     assert plan.setup == ["cd /tmp"]
 
@@ -226,7 +227,7 @@ def test_probe_paths_and_setup_expand():
 def test_unknown_placeholder():
     r = load_recipe("glm45-355b-a32b-gspo", ["checkpoint.save={base_dir}/{nope}"])
     with pytest.raises(RecipeError, match=r"cannot expand '\{base_dir\}/\{nope\}': unknown placeholder 'nope'"):
-        checkpoint_paths(r)
+        paths(r)
 
 
 # ----------------------------------------------------------------------------- template modes
@@ -237,7 +238,7 @@ def _plan(template: str, sets: list[str], nodes: int = 8, gpus: int | None = 8):
 
     hosts = tuple(Host(f"10.0.0.{i}", f"10.0.0.{i}", gpus) for i in range(1, nodes + 1))
     alloc = Allocation(hosts=hosts, gpus_per_node=gpus, origin="test")
-    return build_plan(load_recipe(template, sets), alloc, run_id="t", python="/py/bin/python3")
+    return checked_plan(load_recipe(template, sets), alloc, run_id="t", python="/py/bin/python3")
 
 
 def test_grpo_small_layout_up_to_4_nodes():

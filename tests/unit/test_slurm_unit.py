@@ -22,7 +22,14 @@ import pytest
 
 from glmlaunch import hosts as hosts_mod
 from glmlaunch import nodeops
-from glmlaunch.errors import CheckFailed, GlmlaunchError, HostfileError, RecipeError, TransportError
+from glmlaunch.errors import (
+    CheckFailed,
+    GlmlaunchError,
+    HostfileError,
+    RecipeError,
+    TransportError,
+    UsageError,
+)
 from glmlaunch.hosts import _expand_nodelist, _slurm_gpus, from_slurm, parse_gres
 from glmlaunch.transport import Target
 
@@ -61,7 +68,7 @@ def test_from_slurm_fake_env(no_scontrol, fake_resolve, nodelist, names):
     a = from_slurm(env)
     assert [h.name for h in a.hosts] == names
     assert [h.address for h in a.hosts] == [fake_resolve(n) for n in names]
-    assert (a.gpus_per_node, a.origin, a.extra["job_id"]) == (8, "slurm:77", "77")
+    assert (a.gpus_per_node, a.origin, a.job_id) == (8, "slurm:77", "77")
 
 
 def test_from_slurm_cartesian_with_resolver(no_scontrol):
@@ -239,16 +246,16 @@ def outside_slurm(monkeypatch, tmp_path):
 
 def test_no_allocation_library(outside_slurm):
     """A multi-node recipe with no hostfile, outside Slurm: refused before anything starts."""
-    from glmlaunch.launcher import prepare
+    from glmlaunch.run import up
 
-    with pytest.raises(HostfileError, match="hostfile not found, and this is not a Slurm allocation") as ei:
-        prepare("glm45-355b-a32b-gspo", env={})
+    with pytest.raises(UsageError, match="the nodes are placeholders .*no hostfile given.*not a Slurm allocation") as ei:
+        up("glm45-355b-a32b-gspo", env={})
     assert "run inside salloc/sbatch" in ei.value.hint
 
 
 def test_no_allocation_cli(outside_slurm, cli):
     r = cli("launch", "glm45-355b-a32b-gspo", "--no-deep-check")
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert "this is not a Slurm allocation" in r.output and "run inside salloc/sbatch" in r.output
     assert not (Path("runs")).exists()  # no run directory: nothing started
 
@@ -267,25 +274,26 @@ def _slurm_env(gpus="4", **extra):
 
 def test_gpu_mismatch_inside_allocation(no_scontrol, outside_slurm):
     """The recipe says 8 GPUs per node, the allocation has 4: CheckFailed naming both."""
-    from glmlaunch.launcher import prepare
+    from glmlaunch.run import plan_launch
 
     with pytest.raises(CheckFailed) as ei:
-        prepare("local-probe", overrides=["cluster.gpus_per_node=8"], env=_slurm_env("4"))
+        plan_launch("local-probe", overrides=["cluster.gpus_per_node=8"], env=_slurm_env("4")).findings.raise_for_errors()
     assert "cluster.gpus_per_node: slurm:42 says slots=4 but the recipe says 8" in str(ei.value)
 
 
 def test_gpu_option_mismatch_inside_allocation(no_scontrol, outside_slurm):
-    from glmlaunch.launcher import prepare
+    from glmlaunch.run import plan_launch
 
     with pytest.raises(HostfileError, match="slurm:42 says 4 GPUs per node but --gpus-per-node 8"):
-        prepare("local-probe", gpus_per_node=8, env=_slurm_env("4"))
+        plan_launch("local-probe", gpus_per_node=8, env=_slurm_env("4"))
 
 
 def test_allocation_picks_srun_transport(no_scontrol, outside_slurm, monkeypatch):
-    from glmlaunch.launcher import make_transport, prepare
+    from glmlaunch.run import make_transport, plan_launch
     from glmlaunch.transport.srun import SrunTransport
 
-    _, alloc, plan = prepare("local-probe", env=_slurm_env("8"))
+    p = plan_launch("local-probe", env=_slurm_env("8"))
+    alloc, plan = p.alloc, p.plan
     assert alloc.origin == "slurm:42" and [n.name for n in plan.nodes] == ["node01", "node02"] and plan.gpus_per_node == 8
     monkeypatch.setattr(shutil, "which", lambda cmd, *a, **k: f"/usr/bin/{cmd}")
     t = make_transport(alloc)

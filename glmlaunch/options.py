@@ -1,0 +1,38 @@
+"""Every default timeout, port and grace period in one place, and the SSH options.
+
+Layers take their defaults from :class:`Defaults` instead of restating numbers, so that the
+runtime env's job-stop grace, the wait in :func:`glmlaunch.jobs.stop_job` and the CLI's option
+defaults cannot disagree. Times are seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class Defaults:
+    """The defaults (seconds unless named otherwise)."""
+
+    port_base = 6379  # Ray's GCS; Ray's pinned ports are port_base .. port_base+9
+    dashboard_port = 8265  # dashboard and job API
+    connect_timeout_s = 10.0  # one SSH connection (TCP, banner, auth)
+    command_timeout_s = 120.0  # one node operation (preflight, start, stop ...)
+    join_timeout_s = 300.0  # until every node and GPU has joined
+    node_stop_grace_s = 20.0  # SIGTERM to a node's Ray session, then SIGKILL of that session
+    job_stop_grace_s = 120  # Ray's RAY_JOB_STOP_WAIT_TIME_S: SIGTERM to the trainer, then SIGKILL
+    job_stop_wait_s = 150.0  # how long stop_job waits for the job to be terminal (> job_stop_grace_s)
+    watchdog_s = 10.0  # how often a followed job's nodes are checked
+    job_api_unreachable_s = 30.0  # the job API may not answer this long before the head counts as gone
+
+
+@dataclass
+class SSHOptions:
+    """How to reach the nodes over SSH; unset fields come from ``~/.ssh/config`` (or
+    ``ssh_config``). ``connect_timeout`` in seconds."""
+
+    ssh_config: str | None = None
+    user: str | None = None
+    key: str | None = None
+    port: int | None = None
+    known_hosts: str | None = None
+    connect_timeout: float = Defaults.connect_timeout_s

@@ -1,0 +1,644 @@
+"""The library's handle on a run, and the three ways in.
+
+- :func:`plan_launch`: load the recipe, find the nodes (one policy, :func:`glmlaunch.hosts.discover`),
+  resolve, build the plan and run every check (:func:`glmlaunch.checks.run`). Touches no node
+  (except to read addresses for ``network``/``interface``, and the read-only preflight when asked).
+- :class:`Run`: one run's plan, run directory and cluster. ``up``, ``submit``, ``status``,
+  ``logs``, ``down``, the same from a notebook as from the CLI; :meth:`Run.open` gives the handle
+  of a run started earlier, from any shell.
+- :func:`up` and :func:`launch`: plan, check and bring a run up (``launch``: and submit, follow,
+  take down).
+
+Safe in a notebook: nothing here prints or exits; errors are exceptions, progress goes to a
+:class:`~glmlaunch.progress.Reporter`, and Ctrl-C stops the job (with its grace period) and the
+cluster before it propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import checks, jobs
+from .cluster import ClusterStatus, RayCluster
+from .errors import ClusterError, Finding, Findings, GlmlaunchError, JobError, UsageError
+from .hosts import Allocation, AllocationKind, discover
+from .options import Defaults, SSHOptions
+from .plan import LaunchPlan, PortPlan, build_plan
+from .progress import NullReporter, Reporter
+from .recipe import Recipe, load_recipe
+from .render import render_bash, render_json
+from .resolve import Resolved, resolve
+from .runs import HostRecord, JobRecord, RunDir, RunState, TransportRecord
+from .transport import Transport
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RECIPE = "local-probe"
+
+
+# ----------------------------------------------------------------------------- transports
+
+
+def make_transport(alloc: Allocation, ssh: SSHOptions | None = None) -> Transport:
+    """The transport of an allocation's kind: local subprocesses for this machine, ``srun`` job
+    steps inside Slurm, SSH (Fabric) for a hostfile. Raises :class:`UsageError` for placeholder
+    nodes (nothing can run on them)."""
+    if alloc.kind is AllocationKind.PLACEHOLDER:
+        raise UsageError(f"nothing to start on: the nodes are placeholders ({alloc.origin}), and this is not a "
+                         "Slurm allocation; placeholders can be rendered and checked, not started",
+                         "pass --hostfile PATH, run inside salloc/sbatch, or use --local for a one-machine run")
+    if alloc.kind is AllocationKind.LOCAL:
+        from .transport.local import LocalTransport
+
+        return LocalTransport()
+    if alloc.kind is AllocationKind.SLURM:
+        from .transport.srun import SrunTransport
+
+        return SrunTransport(job_id=alloc.job_id)
+    from .transport.ssh import SSHTransport
+
+    s = ssh or SSHOptions()
+    return SSHTransport(ssh_config=s.ssh_config, user=s.user, key=s.key, port=s.port, known_hosts=s.known_hosts,
+                        connect_timeout=s.connect_timeout)
+
+
+def transport_record(t: Transport, alloc: Allocation, ssh: SSHOptions | None) -> TransportRecord:
+    s = ssh or SSHOptions()
+    return TransportRecord(kind=t.kind, ssh_config=s.ssh_config, user=s.user, key=s.key, port=s.port,
+                           known_hosts=s.known_hosts, connect_timeout=s.connect_timeout, job_id=alloc.job_id)
+
+
+def transport_from_record(t: TransportRecord) -> Transport:
+    """Rebuild the transport a run was started with (``manifest.json``'s ``transport``)."""
+    if t.kind == "local":
+        from .transport.local import LocalTransport
+
+        return LocalTransport()
+    if t.kind == "srun":
+        from .transport.srun import SrunTransport
+
+        return SrunTransport(job_id=t.job_id)
+    from .transport.ssh import SSHTransport
+
+    return SSHTransport(ssh_config=t.ssh_config, user=t.user, key=t.key, port=t.port, known_hosts=t.known_hosts,
+                        connect_timeout=t.connect_timeout)
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+@dataclass
+class Planned:
+    """What :func:`plan_launch` decided: the recipe, the nodes, the resolved values, the plan and
+    every finding (errors first)."""
+
+    recipe: Recipe
+    alloc: Allocation
+    resolved: Resolved
+    plan: LaunchPlan
+    findings: Findings
+
+
+def plan_launch(
+    recipe: str | Path | dict | Recipe = DEFAULT_RECIPE,
+    hostfile: str | None = None,
+    *,
+    overrides: list[str] | None = None,
+    local: bool = False,
+    nodes: int | None = None,
+    head: str | None = None,
+    gpus_per_node: int | None = None,
+    port_base: int | None = None,
+    dashboard_port: int | None = None,
+    python: str | None = None,
+    run_id: str | None = None,
+    deep: bool = False,
+    preflight: bool = False,
+    env: dict | None = None,
+    network: str | None = None,
+    interface: str | None = None,
+    ssh: SSHOptions | None = None,
+    transport: Transport | None = None,
+    reporter: Reporter | None = None,
+    origin: str | None = None,
+    startable: bool = False,
+) -> Planned:
+    """Load the recipe, find the nodes, resolve, build the plan and run the checks: the same
+    steps, in the same order, for ``render``, ``check``, ``up``, ``launch``, ``launch --dry-run``
+    and :func:`glmlaunch.slurm.submit`, so the same inputs give the same plan.
+
+    Nodes (:func:`glmlaunch.hosts.discover`): ``local``, ``hostfile``, ``nodes`` placeholders,
+    the Slurm allocation, ``/root/mpi_rack_hostfile``, else the recipe's node count (this machine
+    for one node or the probe, placeholders for more). ``network`` (CIDR) / ``interface`` pick
+    each node's address in one round over the nodes. ``deep`` adds megatron-core, SGLang and HF
+    config checks; ``preflight`` the read-only round on every real node. ``startable``: refuse
+    placeholder nodes at once (:class:`~glmlaunch.errors.UsageError`), before any check. Never raises for a
+    finding: see ``findings`` (and :meth:`~glmlaunch.errors.Findings.raise_for_errors`). Raises
+    :class:`~glmlaunch.errors.UsageError`/``HostfileError``/``RecipeError`` for bad input.
+    """
+    r = load_recipe(recipe, overrides)
+    if interface and not r.env.interface:
+        r.env.interface = interface  # GLOO/TP/NCCL_SOCKET_IFNAME follow the chosen interface
+    fallback = 1 if r.trainer.kind == "probe" else (r.cluster.nodes or 1)
+    alloc = discover(hostfile, nodes=nodes, gpus_per_node=gpus_per_node, head=head, local=local, env=env,
+                     fallback_nodes=fallback, origin=origin)
+    if startable and alloc.placeholder:
+        make_transport(alloc)  # raises: nothing can start on placeholders
+    if (network or interface) and not alloc.placeholder:
+        from .network import select_addresses
+
+        alloc = select_addresses(alloc, transport or make_transport(alloc, ssh), python=python or sys.executable,
+                                 network=network, interface=interface, setup=[r.expand(x) for x in r.cluster.setup])
+    res = resolve(r, alloc)
+    ports = PortPlan(base=Defaults.port_base if port_base is None else port_base,
+                     dashboard=Defaults.dashboard_port if dashboard_port is None else dashboard_port)
+    plan = build_plan(r, alloc, resolved=res, run_id=run_id, ports=ports, python=python)
+
+    def node_round() -> list[Finding]:
+        c = RayCluster(plan, transport or make_transport(alloc, ssh), recipe=r, reporter=reporter)
+        try:
+            return c.inspect()
+        finally:
+            c.transport.close()
+
+    found = checks.run(res, plan, deep=deep, nodes=node_round if preflight else None)
+    return Planned(r, alloc, res, plan, found)
+
+
+def _refuse(p: Planned) -> None:
+    errors = p.findings.errors
+    only_ports = errors and all(f.field.startswith("ports") for f in errors)
+    p.findings.raise_for_errors("move Ray's ports with --port-base / --dashboard-port" if only_ports else None)
+
+
+# ----------------------------------------------------------------------------- the handle
+
+
+@dataclass
+class JobState:
+    """One job of a run as :meth:`Run.status` sees it: Ray's status (or the recorded one when the
+    cluster is gone) and the exit code where known."""
+
+    submission_id: str
+    status: str
+    exit_code: int | None = None
+
+
+@dataclass
+class RunStatus:
+    """:meth:`Run.status`: the run's state, the cluster's nodes (``None`` when it is down) and
+    every job it submitted."""
+
+    run_id: str
+    state: RunState
+    cluster: ClusterStatus | None
+    jobs: list[JobState] = field(default_factory=list)
+
+
+class Run:
+    """One run: its plan, its run directory (``runs/<run-id>/``) and its Ray cluster.
+
+    ``Run(plan, transport, ...)`` is a run not started yet (:func:`up` makes one); :meth:`open`
+    gives the handle of a run started earlier. Use as a context manager to take the run down on
+    exit. Raises the errors of :mod:`glmlaunch.errors`; never prints.
+    """
+
+    def __init__(
+        self,
+        plan: LaunchPlan,
+        transport: Transport,
+        run_dir: RunDir | None = None,
+        *,
+        recipe: Recipe | None = None,
+        reporter: Reporter | None = None,
+        token: str | None = None,
+        join_timeout_s: float = Defaults.join_timeout_s,
+        cluster: RayCluster | None = None,
+    ):
+        self.plan = plan
+        self.run_dir = run_dir
+        self.reporter = reporter or NullReporter()
+        self.cluster = cluster or RayCluster(plan, transport, run_dir=run_dir, reporter=self.reporter,
+                                             join_timeout_s=join_timeout_s, recipe=recipe, token=token)
+        self.reused = False
+
+    # ------------------------------------------------------------------ what it is
+
+    @property
+    def run_id(self) -> str:
+        return self.plan.run_id
+
+    @property
+    def path(self) -> Path | None:
+        return self.run_dir.path if self.run_dir else None
+
+    @property
+    def state(self) -> RunState:
+        return self.run_dir.manifest.state if self.run_dir else RunState.CREATED
+
+    @property
+    def token(self) -> str | None:
+        return self.cluster.token
+
+    @property
+    def transport(self) -> Transport:
+        return self.cluster.transport
+
+    @property
+    def preflight_findings(self) -> list[Finding]:
+        return self.cluster.preflight_findings
+
+    @classmethod
+    def open(cls, ref: str | os.PathLike | None = None, runs_dir: str | os.PathLike | None = None,
+             reporter: Reporter | None = None) -> Run:
+        """The handle of a run started earlier (by id or path; default: the current run)."""
+        rd = RunDir.open(ref, runs_dir)
+        c = RayCluster.from_run(rd, transport_from_record(rd.manifest.transport), reporter=reporter)
+        return cls(c.plan, c.transport, rd, reporter=reporter, cluster=c)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def up(self, runs_dir: str | os.PathLike | None = None, recipe: Recipe | None = None,
+           ssh: SSHOptions | None = None, alloc: Allocation | None = None) -> ClusterStatus:
+        """Create the run directory (plan, commands, manifest, token), then start the cluster and
+        return once every node and GPU has joined. A failed start is rolled back (nothing left
+        running) and does not become the current run. Raises :class:`ClusterError` /
+        :class:`~glmlaunch.errors.TransportError` / :class:`~glmlaunch.errors.CheckFailed`."""
+        plan = self.plan
+        if self.run_dir is None:
+            rd = RunDir.create(plan.run_id, runs_dir, current=False)
+            rd.write("plan.json", render_json(plan))
+            rd.write("commands.sh", render_bash(plan))
+            rd.update(
+                recipe=plan.recipe, recipe_source=plan.recipe_source, submission_id=plan.submission_id,
+                hosts=[HostRecord(name=n.name, address=n.address, gpus=n.gpus) for n in plan.nodes],
+                ports=plan.ports.named, dashboard_url=plan.dashboard_url, state_dir=plan.state_dir,
+                transport=transport_record(self.transport, alloc, ssh) if alloc else TransportRecord(kind=self.transport.kind),
+            )
+            self.run_dir = self.cluster.run_dir = rd
+        rd = self.run_dir
+        self.cluster.token = self.cluster.token or secrets.token_hex(32)
+        fd = os.open(rd.path / "auth_token", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.cluster.token + "\n")
+        t0 = time.monotonic()
+        try:
+            status = self.cluster.up()
+        except GlmlaunchError as e:
+            e.hint = f"{e.hint + '; ' if e.hint else ''}what each host printed is in {rd.path}/hosts/"
+            raise
+        rd.make_current()
+        rd.event("up", seconds=round(time.monotonic() - t0, 2))
+        return status
+
+    def _client(self):
+        return jobs.client_for(self.plan, self.token)
+
+    def submit(self, *, follow: bool = True, stop: threading.Event | None = None,
+               watchdog_s: float = Defaults.watchdog_s) -> jobs.JobResult | None:
+        """Submit the plan's trainer and (with ``follow``) stream its log to the reporter and
+        ``job.log`` until it ends; returns its :class:`~glmlaunch.jobs.JobResult` (``None``
+        without ``follow``). A second trainer while one runs is refused (:class:`JobError`); a
+        node that dies stops the job (:class:`ClusterError` naming it); Ctrl-C stops the job with
+        its grace period before propagating."""
+        plan, rd = self.plan, self.run_dir
+        if rd is not None and not rd.manifest.state.cluster_up:
+            raise ClusterError(f"run {plan.run_id} is not up (state: {rd.manifest.state})",
+                               hint="start it with `glmlaunch up`, or launch everything with `glmlaunch launch`")
+        client = self._client()
+        done = list(rd.manifest.submissions) if rd else []
+        live = [s for s in done if jobs.job_status(client, s) not in jobs.TERMINAL]
+        if live:  # two trainers on one cluster would share GPUs and one checkpoint directory
+            raise JobError(f"job {live[-1]} is still running on this cluster",
+                           "follow it with `glmlaunch logs --follow`, or stop it with `glmlaunch down`, then submit again")
+        sid = plan.submission_id if not done else f"{plan.submission_id}-{len(done) + 1}"  # a kept cluster's next job
+        self.reporter.step(f"submitting {plan.trainer_kind} job {sid}")
+        sid = jobs.submit(plan, self.token, client=client, submission_id=sid)
+        if rd:
+            rd.update(state=RunState.RUNNING, submission_id=sid, submissions=[*done, sid])
+            rd.event("submitted", submission_id=sid)
+        self.reporter.done("submit", True, sid)
+        if not follow:
+            return None
+        logf = open(rd.path / "job.log", "a") if rd else None
+
+        def on_text(text: str) -> None:
+            if logf:
+                logf.write(text)
+                logf.flush()
+            self.reporter.log_line(text)
+
+        try:
+            result = jobs.follow(client, sid, on_text, check=_watchdog(self.cluster, watchdog_s), stop=stop)
+        except (ClusterError, OSError) as e:  # a node died / the head's job API is gone (requests' errors are OSErrors)
+            _stop_quietly(client, sid)
+            if isinstance(e, ClusterError):
+                raise
+            head = plan.head.name
+            raise ClusterError(f"the head node {head} stopped answering while job {sid} was running "
+                               f"({plan.dashboard_url}: {e})", missing={head: "the Ray job API does not answer"},
+                               hint="look at the head node and its Ray logs (glmlaunch status), then launch again "
+                                    "(training resumes from the last checkpoint)") from None
+        except BaseException:
+            self.reporter.step("stopping the job (grace period for a checkpoint)")
+            _stop_quietly(client, sid)
+            raise
+        finally:
+            if logf:
+                logf.close()
+        if rd:
+            rd.update(state=RunState.FINISHED, job=JobRecord(status=result.status, exit_code=result.exit_code,
+                                                              message=result.message[:2000], seconds=round(result.duration_s, 1)))
+        return result
+
+    def status(self) -> RunStatus:
+        """The run's state, its nodes as Ray sees them (when the run is up) and every job's
+        status (Ray's, or the recorded one when the cluster is gone)."""
+        state = self.state
+        cluster = self.cluster.status() if state.cluster_up else None
+        subs = list(self.run_dir.manifest.submissions) if self.run_dir else []
+        client = None
+        if subs and cluster is not None:
+            try:
+                client = self._client()
+            except GlmlaunchError:
+                client = None
+        last = self.run_dir.manifest.job if self.run_dir else None
+        out = []
+        for sid in subs:
+            st = jobs.job_status(client, sid) if client is not None else "UNKNOWN"
+            code = None
+            if sid == subs[-1] and last is not None:
+                code = last.exit_code
+                if st == "UNKNOWN":
+                    st = last.status
+            elif st == "UNKNOWN" and sid == subs[-1]:
+                st = "not known (the cluster is down)"
+            out.append(JobState(sid, st, code))
+        return RunStatus(self.run_id, state, cluster, out)
+
+    def logs(self, *, follow: bool = False, on_text=None) -> str:
+        """The log of the run's last job: from Ray while the cluster is up (with ``follow``,
+        streamed to ``on_text`` until the job ends), else the copy kept in the run directory.
+        Raises :class:`JobError` when there is no job or no log to show."""
+        rd = self.run_dir
+        sid = (rd.manifest.submissions or [None])[-1] if rd else None
+        if not sid:
+            raise JobError(f"run {self.run_id} has no job yet",
+                           "glmlaunch submit" if self.state.cluster_up else "glmlaunch up, then glmlaunch submit (or glmlaunch launch)")
+        saved = [p for p in (rd.path / f"{sid}.log", rd.path / "job.log") if p.exists()]
+        try:
+            if not self.state.cluster_up:
+                raise JobError(f"run {self.run_id} is {self.state}")
+            client = self._client()
+            if follow:
+                parts: list[str] = []
+
+                def deliver(t: str) -> None:
+                    parts.append(t)
+                    if on_text:
+                        on_text(t)
+
+                jobs.follow(client, sid, deliver)
+                return "".join(parts)
+            text = client.get_job_logs(sid)
+            if on_text:
+                on_text(text)
+            return text
+        except Exception as e:  # the cluster is gone: show what was kept
+            if not saved:
+                raise JobError(f"cannot read the log of job {sid}: {str(e)[:300]}",
+                               "the cluster is not up and no copy of the log was kept in the run directory") from None
+            log.info("the cluster does not answer (%s); showing %s", str(e)[:200], saved[0])
+            text = saved[0].read_text()
+            if on_text:
+                on_text(text)
+            return text
+
+    def down(self, purge: bool = False, grace_s: float = Defaults.job_stop_wait_s) -> dict[str, dict]:
+        """Stop every live job of the run with its grace period (SIGTERM: the trainer saves a
+        checkpoint; up to ``grace_s`` seconds), keep each job's log in the run directory, then
+        stop exactly the Ray processes this run started. With ``purge`` each node's state
+        directory goes too. Returns host -> what was stopped. Idempotent."""
+        rd = self.run_dir
+        subs = list(rd.manifest.submissions) if rd else []
+        if subs and self.state.cluster_up:
+            try:
+                client = self._client()
+                for sid in subs:
+                    if jobs.job_status(client, sid) not in jobs.TERMINAL:
+                        self.reporter.step(f"stopping job {sid} (grace period for a checkpoint)")
+                        jobs.stop_job(client, sid, grace_s=grace_s)
+                        if rd:
+                            rd.event("job stopped", submission_id=sid)
+                    try:  # keep the job's log: the cluster (and Ray's copy) is about to go
+                        rd.write(f"{sid}.log", client.get_job_logs(sid))
+                    except Exception:
+                        pass
+            except Exception as e:
+                log.warning("could not stop the job through Ray (%s); stopping the cluster", str(e)[:200])
+                self.reporter.done("stopping the job through Ray", False, str(e)[:200])
+        try:
+            return self.cluster.down(purge=purge)
+        finally:
+            self.cluster.transport.close()
+
+    def __enter__(self) -> Run:
+        if not self.cluster.is_up:
+            self.up()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+
+def _stop_quietly(client, sid: str) -> None:
+    try:
+        jobs.stop_job(client, sid)
+    except Exception as e:  # the error that stopped us matters more
+        log.warning("could not stop job %s: %s", sid, e)
+
+
+def _watchdog(cluster: RayCluster, every_s: float = Defaults.watchdog_s):
+    """A ``check`` for :func:`jobs.follow`: raises :class:`ClusterError` naming any node that is no
+    longer alive (saves GPU-hours instead of letting the trainer hang)."""
+    last = [time.monotonic()]
+
+    def check() -> None:
+        if time.monotonic() - last[0] < every_s:
+            return
+        last[0] = time.monotonic()
+        ended = getattr(cluster.transport, "ended_steps", None)  # srun: a node's Slurm step is gone
+        gone = ended() if ended else {}
+        if gone:
+            raise ClusterError(f"{len(gone)} node(s) lost their Ray step while the job was running: "
+                               + "; ".join(f"{h}: {why}" for h, why in gone.items()), missing=gone,
+                               hint="the job was stopped; look at the node (sacct -j JOB, its slurmd log), then launch again "
+                                    "(training resumes from the last checkpoint)")
+        try:
+            st = cluster.status()
+        except GlmlaunchError:
+            return
+        dead = {h: "left the cluster (Ray reports it dead)" for h, v in st.nodes.items() if not v["alive"]}
+        if dead and not st.problems:
+            raise ClusterError(f"{len(dead)} node(s) died while the job was running: {', '.join(dead)}", missing=dead,
+                               hint="the job was stopped; look at the node, then launch again (training resumes from the last checkpoint)")
+
+    return check
+
+
+# ----------------------------------------------------------------------------- up / launch
+
+
+def _current(p: Planned, reporter: Reporter) -> Run | None:
+    """The current run if its cluster is up on the same hosts, for the same recipe, with the same
+    ports, Python and GPUs per node (``up`` is idempotent); else ``None``. The handle carries the
+    new plan's trainer argv and runtime env (overrides apply to the next job)."""
+    try:
+        run = Run.open(reporter=reporter)
+    except GlmlaunchError:
+        return None
+    m, plan = run.run_dir.manifest, p.plan
+    if not m.state.cluster_up or m.recipe != p.recipe.run.name:
+        return None
+    if [h.address for h in m.hosts] != [h.address for h in p.alloc.hosts] or m.ports != plan.ports.named:
+        return None
+    if run.plan.python != plan.python or run.plan.gpus_per_node != plan.gpus_per_node:
+        return None
+    try:
+        if not run.cluster.status().ok:
+            return None
+    except GlmlaunchError:
+        return None
+    differs = [k for k, a, b in (("trainer argv", run.plan.argv, plan.argv), ("runtime env", run.plan.env_vars, plan.env_vars),
+                                 ("secrets", run.plan.secret_env, plan.secret_env)) if a != b]
+    if differs:
+        raise ClusterError(
+            f"run {run.run_id} is already up on these nodes with another plan ({', '.join(differs)} differ)",
+            hint="`glmlaunch down` first to start with the new settings, or move this cluster with --port-base",
+        )
+    return run
+
+
+def up(
+    recipe: str | Path | dict | Recipe = DEFAULT_RECIPE,
+    hostfile: str | None = None,
+    *,
+    overrides: list[str] | None = None,
+    local: bool = False,
+    head: str | None = None,
+    gpus_per_node: int | None = None,
+    ssh: SSHOptions | None = None,
+    transport: Transport | None = None,
+    runs_dir: str | None = None,
+    reporter: Reporter | None = None,
+    join_timeout_s: float = Defaults.join_timeout_s,
+    port_base: int | None = None,
+    dashboard_port: int | None = None,
+    python: str | None = None,
+    deep: bool = False,
+    reuse: bool = True,
+    env: dict | None = None,
+    network: str | None = None,
+    interface: str | None = None,
+) -> Run:
+    """Check, then start a Ray cluster for ``recipe`` on the nodes and return its :class:`Run`
+    once every node and GPU has joined. With ``reuse``, an identical cluster already up from the
+    current run is returned instead of starting a second one. Raises :class:`CheckFailed`
+    (nothing started), :class:`ClusterError` / :class:`TransportError` (rolled back: nothing left
+    running), :class:`UsageError` for bad input."""
+    reporter = reporter or NullReporter()
+    p = plan_launch(recipe, hostfile, overrides=overrides, local=local, head=head, gpus_per_node=gpus_per_node,
+                    port_base=port_base, dashboard_port=dashboard_port, python=python, deep=deep, env=env,
+                    network=network, interface=interface, ssh=ssh, transport=transport, reporter=reporter,
+                    startable=transport is None)
+    _refuse(p)
+    t = transport or make_transport(p.alloc, ssh)
+    if reuse:
+        existing = _current(p, reporter)
+        if existing is not None:
+            reporter.done("cluster already up", True, str(existing.path or ""))
+            existing.reused = True
+            return existing
+    run = Run(p.plan, t, recipe=p.recipe, reporter=reporter, join_timeout_s=join_timeout_s)
+    run.up(runs_dir, recipe=p.recipe, ssh=ssh, alloc=p.alloc)
+    return run
+
+
+@dataclass
+class LaunchResult:
+    """What :func:`launch` returns: the plan, the run directory, the job's result, the probe's
+    parsed report (for the probe) and the findings shown before the start."""
+
+    plan: LaunchPlan
+    run_dir: Path | None
+    job: jobs.JobResult | None = None
+    probe: dict | None = None
+    findings: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.job is not None and self.job.ok
+
+
+def launch(
+    recipe: str | Path | dict | Recipe = DEFAULT_RECIPE,
+    hostfile: str | None = None,
+    *,
+    keep: bool = False,
+    follow: bool = True,
+    dry_run: bool = False,
+    deep: bool = True,
+    reporter: Reporter | None = None,
+    **up_kwargs,
+) -> LaunchResult:
+    """Checks, up, submit, follow, down: the whole main job in one call.
+
+    ``recipe``: a template name (default: the local probe), a path, a mapping or a
+    :class:`Recipe`; ``hostfile``: an MPI hostfile (default: ``/root/mpi_rack_hostfile``, or the
+    Slurm allocation, or this machine for the probe). With ``keep`` the cluster stays up after
+    the job; ``dry_run`` only builds and checks the plan (the same plan ``glmlaunch render``
+    prints). Other keyword arguments go to :func:`up`.
+
+    Returns a :class:`LaunchResult` (``result.ok`` tells whether the trainer succeeded). Raises
+    :class:`CheckFailed` before anything starts, :class:`ClusterError`/:class:`TransportError`
+    (rolled back), :class:`~glmlaunch.errors.JobError`, :class:`UsageError`.
+    """
+    import inspect
+
+    reporter = reporter or NullReporter()
+    unknown = set(up_kwargs) - set(inspect.signature(up).parameters)
+    if unknown:
+        raise TypeError(f"launch() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    if dry_run:
+        keys = set(inspect.signature(plan_launch).parameters) & set(up_kwargs)
+        p = plan_launch(recipe, hostfile, deep=deep, **{k: up_kwargs[k] for k in keys})
+        _refuse(p)
+        return LaunchResult(plan=p.plan, run_dir=None, findings=list(p.findings))
+    run = up(recipe, hostfile, deep=deep, reporter=reporter, **up_kwargs)
+    try:
+        result = run.submit(follow=follow)
+        probe = None
+        if result is not None and run.plan.trainer_kind == "probe" and run.path:
+            from .probe import parse_report
+
+            probe = parse_report((run.path / "job.log").read_text())
+        return LaunchResult(plan=run.plan, run_dir=run.path, job=result, probe=probe, findings=run.preflight_findings)
+    finally:
+        if not keep and not run.reused:
+            run.down()
+
+
+def open_run(run: str | None = None, runs_dir: str | None = None, reporter: Reporter | None = None) -> Run:
+    """The :class:`Run` of a run started earlier (by id or path; default: the current run)."""
+    return Run.open(run, runs_dir, reporter)
+
+
+__all__ = ["LaunchResult", "Planned", "Run", "RunStatus", "SSHOptions", "launch", "open_run", "plan_launch", "up"]
