@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 
 from .errors import Finding
-from .plan import LaunchPlan, checkpoint_paths, task_paths
+from .plan import LaunchPlan
 from .recipe import Recipe
+from .resolve import paths
 
 MIN_SHM_GIB = 1.0
 MIN_DISK_GIB = 2.0
@@ -32,8 +33,7 @@ def recipe_files(recipe: Recipe | None) -> tuple[list[str], list[str]]:
         return [], []
     if recipe.trainer.kind != "miles":
         return [recipe.expand(p) for p in recipe.trainer.probe_paths], []
-    cp = checkpoint_paths(recipe)
-    tp = task_paths(recipe)
+    cp = tp = paths(recipe)
     files = [f"{cp['hf_checkpoint']}/config.json", f"{cp['ref_load']}/latest_checkpointed_iteration.txt",
              tp["prompt_data"]]
     if recipe.eval.enabled:
