@@ -56,6 +56,7 @@ class NodeState:
     joined: bool = False
     gpus: float | None = None
     start_sent: bool = False  # a start was sent: if its answer never came (Ctrl-C), down() reads the pid file
+    token_sent: bool = False  # the run's token was (or may have been) written here: down() removes it
 
 
 @dataclass
@@ -118,6 +119,10 @@ class RayCluster:
     def started(self) -> bool:
         """Whether any node may hold a Ray process of this cluster (a rollback must look)."""
         return any(n.pid or n.start_sent for n in self.nodes.values())
+
+    def _touched(self, n: NodeState) -> bool:
+        """Whether node ``n`` may hold something of this run: a process or the token."""
+        return bool(n.pid or n.start_sent or n.token_sent)
 
     # ------------------------------------------------------------------ helpers
 
@@ -275,6 +280,7 @@ class RayCluster:
     def _write_token(self) -> None:
         bad = {}
         for n in self.plan.nodes:  # one small write per node: each has its own state dir
+            self.nodes[n.name].token_sent = True  # even a failed write may have left a file
             res = self.transport.put_text([self._targets[n.name]], f"{n.state_dir}/auth_token", self.token + "\n", mode=0o600)
             bad.update({t.name: r.reason() for t, r in res.items() if not r.ok})
         if bad:
@@ -451,7 +457,7 @@ class RayCluster:
             self.is_up = True
             return status
         except BaseException:
-            if self.started:
+            if any(self._touched(n) for n in self.nodes.values()):
                 try:
                     self.down()
                 except Exception as e:  # the original error matters more
@@ -483,7 +489,7 @@ class RayCluster:
         self.reporter.step("stopping Ray on every node", total=len(self.nodes))
         per_node = {}
         for n in self.nodes.values():
-            if n.pid or n.start_sent:
+            if self._touched(n):
                 sd = self._node_plan[n.name].state_dir
                 per_node[n.name] = {"pid": n.pid, "starttime": n.starttime, "grace_s": self.stop_grace_s,
                                     "pidfile": f"{sd}/ray.pid",
@@ -500,7 +506,7 @@ class RayCluster:
                 self.reporter.host("down", h, "ok" if parsed else "failed", "" if parsed else r.reason())
         for h in per_node:
             if "error" not in results.get(h, {}):
-                self.nodes[h].pid, self.nodes[h].start_sent = None, False
+                self.nodes[h].pid, self.nodes[h].start_sent, self.nodes[h].token_sent = None, False, False
         self.is_up = False
         self._record()
         if self.run_dir:

@@ -241,7 +241,8 @@ class Run:
 
     @property
     def state(self) -> RunState:
-        return self.run_dir.manifest.state if self.run_dir else RunState.CREATED
+        """The run's state as saved now (another handle may have moved it)."""
+        return self.run_dir.reload().state if self.run_dir else RunState.CREATED
 
     @property
     def token(self) -> str | None:
@@ -257,10 +258,11 @@ class Run:
 
     @classmethod
     def open(cls, ref: str | os.PathLike | None = None, runs_dir: str | os.PathLike | None = None,
-             reporter: Reporter | None = None) -> Run:
-        """The handle of a run started earlier (by id or path; default: the current run)."""
+             reporter: Reporter | None = None, transport: Transport | None = None) -> Run:
+        """The handle of a run started earlier (by id or path; default: the current run), reached
+        through ``transport`` (default: the one its manifest records)."""
         rd = RunDir.open(ref, runs_dir)
-        c = RayCluster.from_run(rd, transport_from_record(rd.manifest.transport), reporter=reporter)
+        c = RayCluster.from_run(rd, transport or transport_from_record(rd.manifest.transport), reporter=reporter)
         return cls(c.plan, c.transport, rd, reporter=reporter, cluster=c)
 
     # ------------------------------------------------------------------ lifecycle
@@ -497,12 +499,12 @@ def _watchdog(cluster: RayCluster, every_s: float = Defaults.watchdog_s):
 # ----------------------------------------------------------------------------- up / launch
 
 
-def _current(p: Planned, reporter: Reporter) -> Run | None:
+def _current(p: Planned, reporter: Reporter, transport: Transport | None = None) -> Run | None:
     """The current run if its cluster is up on the same hosts, for the same recipe, with the same
     ports, Python and GPUs per node (``up`` is idempotent); else ``None``. The handle carries the
     new plan's trainer argv and runtime env (overrides apply to the next job)."""
     try:
-        run = Run.open(reporter=reporter)
+        run = Run.open(reporter=reporter, transport=transport)
     except GlmlaunchError:
         return None
     m, plan = run.run_dir.manifest, p.plan
@@ -562,7 +564,7 @@ def up(
     _refuse(p)
     t = transport or make_transport(p.alloc, ssh)
     if reuse:
-        existing = _current(p, reporter)
+        existing = _current(p, reporter, transport)
         if existing is not None:
             reporter.done("cluster already up", True, str(existing.path or ""))
             existing.reused = True

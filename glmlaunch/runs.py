@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import GlmlaunchError
+from .errors import GlmlaunchError, UsageError
 from .options import Defaults
 
 
@@ -185,7 +185,7 @@ class RunDir:
         if ref is None:
             cur = _state_dir() / "current"
             if not cur.exists():
-                raise GlmlaunchError("no current run: nothing was launched from this account yet",
+                raise UsageError("no current run: nothing was launched from this account yet",
                                      "start one with `glmlaunch up` or `glmlaunch launch`, or pass --run PATH")
             p = Path(cur.read_text().strip())
         else:
@@ -198,7 +198,7 @@ class RunDir:
                 p = next((r / str(ref) for r in roots if (r / str(ref) / "manifest.json").exists()), roots[0] / str(ref))
         mf = p / "manifest.json"
         if not mf.exists():
-            raise GlmlaunchError(f"{p}: not a glmlaunch run directory (no manifest.json)", "pass --run RUN_ID or a run directory")
+            raise UsageError(f"{p}: not a glmlaunch run directory (no manifest.json)", "pass --run RUN_ID or a run directory")
         try:
             return cls(p, Manifest.model_validate_json(mf.read_text()))
         except ValidationError as e:
@@ -214,20 +214,36 @@ class RunDir:
 
     def save(self) -> None:
         with self._lock:
-            tmp = self.path / "manifest.json.tmp"
-            tmp.write_text(self.manifest.model_dump_json(indent=2) + "\n")
-            tmp.replace(self.path / "manifest.json")
+            self._save()
+
+    def _save(self) -> None:
+        tmp = self.path / f"manifest.json.{os.getpid()}.tmp"
+        tmp.write_text(self.manifest.model_dump_json(indent=2) + "\n")
+        tmp.replace(self.path / "manifest.json")
+
+    def reload(self) -> Manifest:
+        """Re-read ``manifest.json``: another handle of the same run (another shell, a notebook)
+        may have changed it."""
+        try:
+            self.manifest = Manifest.model_validate_json((self.path / "manifest.json").read_text())
+        except (OSError, ValidationError):
+            pass  # keep what this handle has
+        return self.manifest
 
     def event(self, what: str, **kw) -> None:
-        """Record a timestamped event in the manifest (and save it)."""
-        self.manifest.events.append(Event(t=round(time.time(), 3), event=what, **kw))
-        self.save()
+        """Record a timestamped event in the manifest (read, changed and saved in one step)."""
+        with self._lock:
+            self.reload()
+            self.manifest.events.append(Event(t=round(time.time(), 3), event=what, **kw))
+            self._save()
 
     def update(self, **kw) -> None:
-        """Set manifest fields (validated) and save."""
-        for k, v in kw.items():
-            setattr(self.manifest, k, v)
-        self.save()
+        """Set manifest fields (validated), on the manifest as saved now, and save."""
+        with self._lock:
+            self.reload()
+            for k, v in kw.items():
+                setattr(self.manifest, k, v)
+            self._save()
 
     def write(self, name: str, text: str) -> Path:
         p = self.path / name

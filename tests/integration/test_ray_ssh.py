@@ -373,7 +373,7 @@ def _follow_a_long_job(c):
 def test_node_killed_after_joining(testcluster, tmp_path, runs):
     c = up(RECIPE, _hostfile(tmp_path, testcluster), ssh=_ssh(testcluster), runs_dir=str(runs), join_timeout_s=120)
     try:
-        assert c.status().ok
+        assert c.cluster.status().ok
         rd = c.run_dir
         th, box = _follow_a_long_job(c)
 
@@ -392,7 +392,7 @@ def test_node_killed_after_joining(testcluster, tmp_path, runs):
         noticed = box["t"] - t_kill
         assert noticed < 90, noticed
 
-        st = c.status()
+        st = c.cluster.status()
         assert not st.ok
         assert st.nodes["h3"]["alive"] is False
         assert st.nodes["h1"]["alive"] and st.nodes["h2"]["alive"]
@@ -469,6 +469,38 @@ def test_down_leaves_unrelated_processes_alive(testcluster, tmp_path, runs):
                 break
             time.sleep(0.1)
         assert not testcluster.pid_alive(2, pid)
+
+
+# ----------------------------------------------------------------------------- 8. Run.down() from Python
+
+
+def test_run_down_gives_the_trainer_its_grace_period(testcluster, tmp_path, runs):
+    """`Run.open(...).down()` from a notebook stops a running trainer the way `glmlaunch down`
+    does: SIGTERM first, time to exit (it would save a checkpoint), and only then Ray stops."""
+    run = up(RECIPE, _hostfile(tmp_path, testcluster), ssh=_ssh(testcluster), runs_dir=str(runs), join_timeout_s=120)
+    marker = tmp_path / "trainer.txt"  # under /tmp: every test host sees the same file
+    script = (f"trap 'echo sigterm $(date +%s.%N) >> {marker}; sleep 3; echo exited $(date +%s.%N) >> {marker}; exit 0' "
+              f"TERM; echo started >> {marker}; while true; do sleep 0.2; done")
+    try:
+        run.plan = run.plan.model_copy(update=dict(argv=["bash", "-c", script]))
+        run.submit(follow=False)
+        deadline = time.monotonic() + 60
+        while "started" not in (marker.read_text() if marker.exists() else ""):
+            assert time.monotonic() < deadline, "the job did not start in 60 s"
+            time.sleep(0.5)
+        again = Run.open(run.path)  # a handle from "another shell", as a notebook would get it
+        again.down()
+    finally:
+        run.down()
+    words = marker.read_text().split()
+    assert words[0] == "started" and "sigterm" in words and "exited" in words, words
+    exited = float(words[words.index("exited") + 1])
+    events = RunDir.open(run.path).manifest.events
+    stopped = next(ev.t for ev in events if ev.event == "job stopped")
+    ray_down = next(ev.t for ev in events if ev.event == "down")
+    assert exited <= stopped <= ray_down, (exited, stopped, ray_down)
+    assert (run.path / f"{run.run_dir.manifest.submission_id}.log").exists()  # the job's log was kept
+    assert_no_leftovers(testcluster, run.run_dir)
 
 
 # ----------------------------------------------------------------------------- shared cluster
@@ -549,7 +581,7 @@ class TestSharedCluster:
         head_sid = c.cluster.nodes["h1"].pid
         gcs = [p for p in testcluster.processes(1) if p["comm"] == "gcs_server" and p["sid"] == head_sid]
         assert len(gcs) == 1, gcs
-        assert c2.status().ok
+        assert c2.cluster.status().ok
 
     def test_down_while_a_job_runs_leaves_nothing(self, testcluster, shared):
         # last in the class: the job's driver runs in a session of its own (Ray's job supervisor
