@@ -1,5 +1,5 @@
 """A wheel carries what the launcher reads at run time: every recipe template (``glmlaunch/templates``;
-the checkout's top-level ``templates/`` is a symlink to it).
+the checkout's top-level ``templates/`` is a symlink to it) and the bash script's template.
 
 The wheel is built from a copy of the checkout (without build outputs), with no build isolation,
 so that nothing is fetched and no ``build/`` or ``*.egg-info`` is left in the source tree.
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import glmlaunch
+from glmlaunch.render import BASH_TEMPLATE
 
 REPO = Path(glmlaunch.__file__).resolve().parents[1]
 PACKAGE_TEMPLATES = REPO / "glmlaunch" / "templates"
@@ -58,3 +59,13 @@ def test_wheel_carries_every_template(wheel):
         assert member in names, member
         assert wheel.read(member) == p.read_bytes(), member
     assert not [n for n in names if n.startswith("templates/")], "a top-level templates/ in the wheel"
+
+
+def test_wheel_carries_the_bash_template(wheel):
+    member = f"glmlaunch/templates/{BASH_TEMPLATE}"
+    assert wheel.read(member) == (PACKAGE_TEMPLATES / BASH_TEMPLATE).read_bytes()
+
+
+def test_wheel_requires_jinja2(wheel):
+    (meta,) = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
+    assert "Requires-Dist: jinja2>=3" in wheel.read(meta).decode().splitlines()
