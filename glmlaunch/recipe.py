@@ -27,7 +27,14 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from .errors import RecipeError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE_DIRS = (REPO_ROOT / "templates", Path(__file__).resolve().parent / "templates")
+# The templates ship inside the package (``glmlaunch/templates/``, in every wheel). In a checkout
+# the top-level ``templates/`` is a symlink to that directory and is looked in first, so that a
+# recipe's source reads ``<repo>/templates/<name>.toml``; it counts only when it is that symlink
+# (an installed package's parent is site-packages, whose ``templates/`` belongs to someone else).
+PACKAGE_TEMPLATES = Path(__file__).resolve().parent / "templates"
+TEMPLATE_DIRS = tuple(
+    d for d in (REPO_ROOT / "templates",) if d.is_dir() and d.resolve() == PACKAGE_TEMPLATES
+) + (PACKAGE_TEMPLATES,)
 
 
 def _num_text(v: Any) -> str:
@@ -384,6 +391,7 @@ def template_path(name: str) -> Path:
 
 
 def list_templates() -> list[str]:
+    """The template names, sorted, each once (the checkout's ``templates/`` is the package's)."""
     names: set[str] = set()
     for d in TEMPLATE_DIRS:
         if d.is_dir():
