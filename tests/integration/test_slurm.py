@@ -143,7 +143,7 @@ def test_bad_input_inside_allocation(slurm, tmp_path):
     text = out.read_text()
     job_id = r.stdout.split()[-1]
     assert "rc1=1" in text and f"cluster.gpus_per_node: slurm:{job_id} says slots=4 but the recipe says 8" in text
-    assert "rc2=1" in text and f"slurm:{job_id} says 4 GPUs per node but --gpus-per-node 8" in text
+    assert "rc2=2" in text and f"slurm:{job_id} says 4 GPUs per node but --gpus-per-node 8" in text
     time.sleep(1.5)
     assert [s[1] for s in _steps(job_id) if s[0] != job_id] == ["batch"]  # no srun step: nothing started
     assert not (tmp_path / "runs").exists()
