@@ -391,8 +391,8 @@ class Run:
         streamed to ``on_text`` until the job ends), else the copy kept in the run directory.
         Raises :class:`JobError` when there is no job or no log to show."""
         rd = self.run_dir
-        sid = (rd.manifest.submissions or [None])[-1] if rd else None
-        if not sid:
+        sid = rd.manifest.submissions[-1] if rd and rd.manifest.submissions else None
+        if rd is None or sid is None:
             raise JobError(f"run {self.run_id} has no job yet",
                            "glmlaunch submit" if self.state.cluster_up else "glmlaunch up, then glmlaunch submit (or glmlaunch launch)")
         saved = [p for p in (rd.path / f"{sid}.log", rd.path / "job.log") if p.exists()]
@@ -441,7 +441,8 @@ class Run:
                         if rd:
                             rd.event("job stopped", submission_id=sid)
                     try:  # keep the job's log: the cluster (and Ray's copy) is about to go
-                        rd.write(f"{sid}.log", client.get_job_logs(sid))
+                        if rd:
+                            rd.write(f"{sid}.log", client.get_job_logs(sid))
                     except Exception:
                         pass
             except Exception as e:
@@ -507,6 +508,7 @@ def _current(p: Planned, reporter: Reporter, transport: Transport | None = None)
         run = Run.open(reporter=reporter, transport=transport)
     except GlmlaunchError:
         return None
+    assert run.run_dir is not None  # an opened run has its directory
     m, plan = run.run_dir.manifest, p.plan
     if not m.state.cluster_up or m.recipe != p.recipe.run.name:
         return None
