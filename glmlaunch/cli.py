@@ -17,6 +17,7 @@ from rich.table import Table
 
 from .errors import CheckFailed, Finding, GlmlaunchError, UsageError
 from .options import Defaults
+from .progress import Reporter
 
 app = typer.Typer(
     add_completion=False,
@@ -190,12 +191,12 @@ def render(
         err.print(f"[{'red' if n else 'yellow'}]{n} error(s), {len(p.findings) - n} warning(s): run `glmlaunch check` for details[/]")
 
 
-class RichReporter:
+class RichReporter(Reporter):
     """Progress for people: a line per step and per host, and the trainer's log as it comes."""
 
     def __init__(self, console: Console | None = None):
         self.c = console or err
-        self.t0 = {}
+        self.t0: dict[str, float] = {}
 
     def step(self, name, total=None):
         import time
@@ -319,6 +320,7 @@ def launch(
     except GlmlaunchError as e:
         _fail(e)
     job = res.job
+    assert job is not None  # launch() followed the job to its end
     color = "green" if res.ok else "red"
     code = "" if job.exit_code is None else f"exit code {job.exit_code}, "
     err.print(f"[{color}]job {job.submission_id}: {job.status}[/] ({code}{job.duration_s:.0f} s)"

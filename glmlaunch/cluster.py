@@ -271,7 +271,7 @@ class RayCluster:
             return [Finding("checkpoint.save", f"could not verify that {d} is shared: {r.reason()}", "", "", "warning")]
         out = []
         for h, path in others.items():
-            if parsed.get("shared", {}).get(path) != self.token[:16]:
+            if parsed.get("shared", {}).get(path) != (self.token or "")[:16]:
                 out.append(Finding("checkpoint.save",
                                    f"{d} is not shared: the head does not see what {h} wrote there",
                                    "--save on a filesystem every node shares", "miles docs: BASE_DIR 'accessible by all machines'"))
@@ -279,6 +279,7 @@ class RayCluster:
 
     def _write_token(self) -> None:
         bad = {}
+        assert self.token, "preflight() sets the token"
         for n in self.plan.nodes:  # one small write per node: each has its own state dir
             self.nodes[n.name].token_sent = True  # even a failed write may have left a file
             res = self.transport.put_text([self._targets[n.name]], f"{n.state_dir}/auth_token", self.token + "\n", mode=0o600)
@@ -375,15 +376,16 @@ class RayCluster:
                 ray_nodes = self.ray_nodes()
             except (urllib.error.URLError, OSError, ValueError) as e:
                 ray_nodes, status.problems = [], [f"state API: {e}"]
-            alive = {}
+            alive: dict[str, dict] = {}
             for rn in ray_nodes:
                 if rn.get("state") == "ALIVE":
-                    alive[rn.get("node_ip")] = rn
+                    alive[str(rn.get("node_ip"))] = rn
             wrong = {}
             for addr, n in want.items():
-                rn = alive.get(addr)
-                if rn is None:
+                joined = alive.get(addr)
+                if joined is None:
                     continue
+                rn = joined
                 gpus = float(rn.get("resources_total", {}).get("GPU", 0))
                 self.nodes[n.name].gpus = gpus
                 if gpus != g:

@@ -20,7 +20,8 @@ Every error says what is wrong and what to do next.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 
 
 class GlmlaunchError(Exception):
@@ -102,7 +103,7 @@ class Finding:
     rule: str = ""
     source: str = ""
     severity: str = "error"
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
+    extra: dict = dataclasses.field(default_factory=dict, compare=False, hash=False)
 
     def __str__(self) -> str:
         s = f"{self.field}: {self.message}"

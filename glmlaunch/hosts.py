@@ -116,9 +116,10 @@ def resolve(name: str) -> str | None:
         infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
     except OSError:
         return None
-    v4 = [i[4][0] for i in infos if i[0] == socket.AF_INET]
-    v6 = [i[4][0] for i in infos if i[0] == socket.AF_INET6]
-    return (v4 or v6 or [None])[0]
+    v4 = [str(i[4][0]) for i in infos if i[0] == socket.AF_INET]
+    v6 = [str(i[4][0]) for i in infos if i[0] == socket.AF_INET6]
+    found = v4 or v6
+    return found[0] if found else None
 
 
 def _parse_line(text: str, where: str) -> tuple[str, int | None, str | None, int | None]:

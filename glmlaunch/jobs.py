@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
@@ -63,16 +63,16 @@ def client_for(plan: LaunchPlan, token: str | None):
                        "check that the cluster is up (glmlaunch status)") from None
 
 
-def job_runtime_env(plan: LaunchPlan, environ: dict | None = None) -> dict:
+def job_runtime_env(plan: LaunchPlan, environ: Mapping[str, str] | None = None) -> dict:
     """The runtime env sent with the job: the plan's env vars plus the secrets, read now from the
     launcher's environment. Raises :class:`JobError` naming a secret that is not set."""
-    environ = os.environ if environ is None else environ
+    src: Mapping[str, str] = os.environ if environ is None else environ
     env = dict(plan.env_vars)
     for k in plan.secret_env:
-        if not environ.get(k):
+        if not src.get(k):
             raise JobError(f"the recipe needs the secret {k}, which is not set in this environment",
                            f"export {k}=... before launching (it is passed to the job, never to argv or logs)")
-        env[k] = environ[k]
+        env[k] = src[k]
     return {"env_vars": env}
 
 

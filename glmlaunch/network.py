@@ -53,6 +53,7 @@ def select_addresses(
             cands = by_if.get(interface, [])
             what = f"interface {interface}"
         else:
+            assert net is not None
             cands = [a for addrs in by_if.values() for a in addrs if ipaddress.ip_address(a) in net]
             what = f"network {network}"
         cands = list(dict.fromkeys(cands))

@@ -93,7 +93,7 @@ def op_start(a):
 
 
 DETACH = "GLMLAUNCH_DETACH"
-_ASKED = []
+_ASKED: list = []
 
 
 def _hold(p, rec, grace):

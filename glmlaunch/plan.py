@@ -402,7 +402,7 @@ def runtime_env(recipe: Recipe, alloc: Allocation, python: str) -> tuple[dict[st
 
 def ray_start_commands(
     alloc: Allocation, gpus: int, ports: PortPlan, state_dir: str, ray_bin: str, head_ip: str
-) -> list[tuple[list[str], dict[str, str]]]:
+) -> list[tuple[list[str], dict[str, str], str]]:
     """``ray start`` argv, env and the node's own state directory, for each node (head first).
 
     Head: ``--head --node-ip-address`` on the cluster network, every port pinned, the dashboard

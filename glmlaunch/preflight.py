@@ -122,7 +122,7 @@ def analyze(plan: LaunchPlan, recipe: Recipe | None, answers: dict[str, dict], s
         for p, free in (i.get("free_gib") or {}).items():
             if p != "/dev/shm" and free is not None and free < MIN_DISK_GIB:
                 add("nodes", f"{h}: only {free} GiB free under {p} (Ray logs and spill)", "warning", "disk space")
-        if i.get("interface") is False:
+        if i.get("interface") is False and recipe is not None:
             add("env.interface", f"{h}: network interface '{recipe.env.interface}' does not exist",
                 rule="GLOO/NCCL_SOCKET_IFNAME exists on every node", src="contract (a)2")
         t = i.get("time", sent_at)  # the node answered between sent_at and received_at

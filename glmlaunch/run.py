@@ -46,37 +46,22 @@ DEFAULT_RECIPE = "local-probe"
 # ----------------------------------------------------------------------------- transports
 
 
-def make_transport(alloc: Allocation, ssh: SSHOptions | None = None) -> Transport:
-    """The transport of an allocation's kind: local subprocesses for this machine, ``srun`` job
-    steps inside Slurm, SSH (Fabric) for a hostfile. Raises :class:`UsageError` for placeholder
-    nodes (nothing can run on them)."""
+def transport_record(alloc: Allocation, ssh: SSHOptions | None = None) -> TransportRecord:
+    """How to reach an allocation's nodes, as ``manifest.json`` keeps it: local subprocesses for
+    this machine, ``srun`` job steps inside Slurm, SSH (Fabric) with ``ssh`` for a hostfile.
+    Raises :class:`UsageError` for placeholder nodes (nothing can run on them)."""
     if alloc.kind is AllocationKind.PLACEHOLDER:
         raise UsageError(f"nothing to start on: the nodes are placeholders ({alloc.origin}), and this is not a "
                          "Slurm allocation; placeholders can be rendered and checked, not started",
                          "pass --hostfile PATH, run inside salloc/sbatch, or use --local for a one-machine run")
-    if alloc.kind is AllocationKind.LOCAL:
-        from .transport.local import LocalTransport
-
-        return LocalTransport()
-    if alloc.kind is AllocationKind.SLURM:
-        from .transport.srun import SrunTransport
-
-        return SrunTransport(job_id=alloc.job_id)
-    from .transport.ssh import SSHTransport
-
+    kind = {AllocationKind.LOCAL: "local", AllocationKind.SLURM: "srun"}.get(alloc.kind, "ssh")
     s = ssh or SSHOptions()
-    return SSHTransport(ssh_config=s.ssh_config, user=s.user, key=s.key, port=s.port, known_hosts=s.known_hosts,
-                        connect_timeout=s.connect_timeout)
-
-
-def transport_record(t: Transport, alloc: Allocation, ssh: SSHOptions | None) -> TransportRecord:
-    s = ssh or SSHOptions()
-    return TransportRecord(kind=t.kind, ssh_config=s.ssh_config, user=s.user, key=s.key, port=s.port,
+    return TransportRecord(kind=kind, ssh_config=s.ssh_config, user=s.user, key=s.key, port=s.port,
                            known_hosts=s.known_hosts, connect_timeout=s.connect_timeout, job_id=alloc.job_id)
 
 
 def transport_from_record(t: TransportRecord) -> Transport:
-    """Rebuild the transport a run was started with (``manifest.json``'s ``transport``)."""
+    """The transport a record describes (a new run's, or a run started earlier)."""
     if t.kind == "local":
         from .transport.local import LocalTransport
 
@@ -89,6 +74,11 @@ def transport_from_record(t: TransportRecord) -> Transport:
 
     return SSHTransport(ssh_config=t.ssh_config, user=t.user, key=t.key, port=t.port, known_hosts=t.known_hosts,
                         connect_timeout=t.connect_timeout)
+
+
+def make_transport(alloc: Allocation, ssh: SSHOptions | None = None) -> Transport:
+    """The transport of an allocation's kind (:func:`transport_record`)."""
+    return transport_from_record(transport_record(alloc, ssh))
 
 
 # ----------------------------------------------------------------------------- planning
@@ -282,7 +272,7 @@ class Run:
                 recipe=plan.recipe, recipe_source=plan.recipe_source, submission_id=plan.submission_id,
                 hosts=[HostRecord(name=n.name, address=n.address, gpus=n.gpus) for n in plan.nodes],
                 ports=plan.ports.named, dashboard_url=plan.dashboard_url, state_dir=plan.state_dir,
-                transport=transport_record(self.transport, alloc, ssh) if alloc else TransportRecord(kind=self.transport.kind),
+                transport=transport_record(alloc, ssh) if alloc else TransportRecord(kind=self.transport.kind),
             )
             self.run_dir = self.cluster.run_dir = rd
         rd = self.run_dir
@@ -391,8 +381,8 @@ class Run:
         streamed to ``on_text`` until the job ends), else the copy kept in the run directory.
         Raises :class:`JobError` when there is no job or no log to show."""
         rd = self.run_dir
-        sid = (rd.manifest.submissions or [None])[-1] if rd else None
-        if not sid:
+        sid = rd.manifest.submissions[-1] if rd and rd.manifest.submissions else None
+        if rd is None or sid is None:
             raise JobError(f"run {self.run_id} has no job yet",
                            "glmlaunch submit" if self.state.cluster_up else "glmlaunch up, then glmlaunch submit (or glmlaunch launch)")
         saved = [p for p in (rd.path / f"{sid}.log", rd.path / "job.log") if p.exists()]
@@ -441,7 +431,8 @@ class Run:
                         if rd:
                             rd.event("job stopped", submission_id=sid)
                     try:  # keep the job's log: the cluster (and Ray's copy) is about to go
-                        rd.write(f"{sid}.log", client.get_job_logs(sid))
+                        if rd:
+                            rd.write(f"{sid}.log", client.get_job_logs(sid))
                     except Exception:
                         pass
             except Exception as e:
@@ -507,6 +498,7 @@ def _current(p: Planned, reporter: Reporter, transport: Transport | None = None)
         run = Run.open(reporter=reporter, transport=transport)
     except GlmlaunchError:
         return None
+    assert run.run_dir is not None  # an opened run has its directory
     m, plan = run.run_dir.manifest, p.plan
     if not m.state.cluster_up or m.recipe != p.recipe.run.name:
         return None

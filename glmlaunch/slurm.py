@@ -45,11 +45,16 @@ import socket
 import sys
 import time as _time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import GlmlaunchError, UsageError
 from .options import Defaults
+from .progress import Reporter
 from .recipe import Recipe, load_recipe
 from .runs import RunState
+
+if TYPE_CHECKING:
+    from .run import Run
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +240,7 @@ def submit(
         python=python, join_timeout_s=join_timeout_s, stop_grace_s=stop_grace_s, max_requeues=max_requeues,
     )
     job_name = name or f"glmlaunch-{r.run.name}"
+    ex: submitit.Executor
     if cluster == "local":
         ex = submitit.LocalExecutor(folder=folder, max_num_timeout=max_requeues)
         ex.update_parameters(timeout_min=timeout_min, tasks_per_node=1, signal_delay_s=signal_delay_s,
@@ -266,7 +272,7 @@ def _say(text: str) -> None:
     print(f"[glmlaunch {_time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-class _PrintReporter:
+class _PrintReporter(Reporter):
     """Progress as plain lines on the task's stdout (submitit's ``<job>_0_log.out``)."""
 
     def step(self, name, total=None):
@@ -308,7 +314,7 @@ class LaunchJob:
         self.max_requeues = max_requeues
         self.requeues = 0
         self.run_dirs: list[str] = []
-        self._cluster = None
+        self._cluster: Run | None = None
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -373,6 +379,7 @@ class LaunchJob:
         )
         self._cluster = run
         rd = run.run_dir
+        assert rd is not None  # up() made the run directory
         self.run_dirs.append(str(rd.path))
         slurm_info = {"job_id": env.job_id, "attempt": attempt, "requeues": self.requeues, "max_requeues": self.max_requeues,
                       "previous_run_dirs": self.run_dirs[:-1], "folder": str(env.paths.folder)}
@@ -388,6 +395,7 @@ class LaunchJob:
             if self._cluster is not None:  # else checkpoint() already tore it down
                 self._cluster = None
                 run.down()
+        assert result is not None  # followed to its end
         out = {
             "ok": result.ok, "status": result.status, "exit_code": result.exit_code, "message": result.message[:2000],
             "submission_id": result.submission_id, "run_dir": str(rd.path), "requeues": self.requeues,

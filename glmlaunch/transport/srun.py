@@ -104,7 +104,7 @@ class SrunTransport:
     def argv(self, t: Target, command: str) -> list[str]:
         """The srun command line that runs ``command`` on ``t``'s node."""
         return [
-            self.srun, f"--jobid={self.job_id}", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={t.name}",
+            str(self.srun), f"--jobid={self.job_id}", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={t.name}",
             "--kill-on-bad-exit=1", "--job-name=glmlaunch", *self.extra_args, "bash", "-c", command,
         ]
 
@@ -118,7 +118,7 @@ class SrunTransport:
                                      stdout=out_f, stderr=err_f, env=_clean_env(), start_new_session=True)
         except OSError as e:
             return RemoteResult(t.name, None, error=f"{t.name}: cannot run srun: {e.strerror or e}")
-        if stdin_text is not None:
+        if stdin_text is not None and p.stdin is not None:
             try:
                 p.stdin.write(stdin_text.encode())
                 p.stdin.close()

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from ..errors import TransportError, UsageError
 from ..options import Defaults
@@ -76,7 +77,7 @@ class SSHTransport:
         self.known_hosts = known_hosts
         self.connect_timeout = connect_timeout
         self.max_parallel = max_parallel
-        self._conns: dict[Target, object] = {}
+        self._conns: dict[Target, Any] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ connections

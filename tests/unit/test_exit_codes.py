@@ -88,3 +88,25 @@ def test_render_equals_launch_dry_run_without_hostfile(cli, monkeypatch, tmp_pat
     render, dry = cli("render", *args), cli("launch", *args, "--dry-run", "--no-deep-check")
     assert render.exit_code == dry.exit_code == 0, (render.output, dry.output)
     assert "8 nodes x 8 GPUs" in render.stdout and "8 nodes x 8 GPUs" in dry.stdout
+
+
+def test_library_logs_go_to_the_state_dir_not_the_terminal(tmp_path, capsys):
+    """paramiko's tracebacks for an unreachable host (logged at ERROR) and Ray's job SDK stay off
+    the terminal; glmlaunch's own warnings do not."""
+    import logging
+
+    from glmlaunch.cli import _setup_logging
+
+    root = logging.getLogger()
+    before = list(root.handlers), root.level
+    try:
+        _setup_logging()
+        logging.getLogger("paramiko.transport").error("Exception (client): Error reading SSH protocol banner\nTraceback ...")
+        logging.getLogger("glmlaunch.run").warning("could not stop the job")
+    finally:
+        for h in root.handlers[len(before[0]):]:
+            h.close()
+        root.handlers[:], root.level = before
+    err = capsys.readouterr().err
+    assert "could not stop the job" in err and "paramiko" not in err and "Traceback" not in err
+    assert "Error reading SSH protocol banner" in (tmp_path / "state" / "glmlaunch.log").read_text()
