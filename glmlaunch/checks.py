@@ -3,7 +3,7 @@
 
 Every hand-written rule lives here, once (``docs/rules.md`` lists them all). Each names the recipe
 field, the numbers, and its source: an upstream ``path:line (project@version)`` (:func:`cite`) or,
-for glmlaunch's own rules, ``docs/rules.md#anchor`` (:func:`own`). An *error* is a rule the cited
+for glmlaunch's own rules, ``docs/rules.md#<anchor>`` (:func:`own`). An *error* is a rule the cited
 line enforces (the trainer refuses, fails or hangs); a *warning* is something the trainer accepts
 but that is unwise. :func:`run` returns every finding: these rules, then (when they pass) the deep
 checks, which only run megatron-core's and SGLang's own validators (:mod:`glmlaunch.deepcheck`),
