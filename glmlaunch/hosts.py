@@ -7,7 +7,7 @@ format         example                           who writes it
 =============  ================================  ==========================================
 OpenMPI        ``node1 slots=8 max_slots=8``     mpirun
 DeepSpeed      ``node1 slots=8``                 deepspeed ``_parse_hostfile``
-slime / miles  ``10.0.0.1 slot=8``               miles (``ip slot=8``; only column 1 read)
+slime / miles  ``10.0.0.1 slot=8``               docs/models/deepseek/deepseek.md:66 (miles@31f1ca961a94); only column 1 read
 MPICH / Hydra  ``node1:8``                       mpiexec, Intel MPI
 bare           ``node1``                         anything else
 =============  ================================  ==========================================

@@ -390,7 +390,7 @@ def _optimizer_kwargs(a: _Args, torch: Any) -> dict[str, Any]:
     for key in ("main_grads_dtype", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype"):
         text = a.str("--" + key.replace("_", "-"))
         if text is not None:
-            if text not in _DTYPES:  # argparse choices, megatron/training/arguments.py:2956-2968
+            if text not in _DTYPES:  # the choices of megatron/training/arguments.py:2956-2968 (Megatron-LM@2e64d788b)
                 raise _BadValue("--" + key.replace("_", "-"), text, f"one of {sorted(_DTYPES)}")
             kw[key] = getattr(torch, _DTYPES[text])
     return kw
