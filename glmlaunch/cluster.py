@@ -227,7 +227,7 @@ class RayCluster:
                 what = "; free them or move Ray's ports with --port-base/--dashboard-port"
             findings.insert(0, Finding("ports", f"{h}: {len(ports)} planned port(s) in use: {owners}{what}",
                                        "planned ports free",
-                                       "glmlaunch port plan (contract §6.2: a busy 6379 joins a stranger's cluster)"))
+                                       "docs/rules.md#preflight"))
         findings += self._shared_check(answers)
         _, writable = pf.recipe_files(self.recipe)
         if writable:  # leave --save as it was: remove each node's sentinel
@@ -253,8 +253,8 @@ class RayCluster:
         except CheckFailed as e:
             return e.findings
         except TransportError as e:
-            return [Finding(h, why, "node reachable", "glmlaunch preflight") for h, why in e.failures.items()] or [
-                Finding("nodes", e.message, "node reachable", "glmlaunch preflight")]
+            return [Finding(h, why, "node reachable", "docs/rules.md#preflight") for h, why in e.failures.items()] or [
+                Finding("nodes", e.message, "node reachable", "docs/rules.md#preflight")]
 
     def _shared_check(self, answers: dict[str, dict]) -> list[Finding]:
         """Is ``--save`` one filesystem? Every node wrote a sentinel; the head reads the others'."""
@@ -268,13 +268,14 @@ class RayCluster:
         res = self._nodeop("inspect", {self.plan.head.name: {"shared_read": list(others.values())}}, timeout=60)
         parsed, r = res[self.plan.head.name]
         if parsed is None:
-            return [Finding("checkpoint.save", f"could not verify that {d} is shared: {r.reason()}", "", "", "warning")]
+            return [Finding("checkpoint.save", f"could not verify that {d} is shared: {r.reason()}",
+                            "", "docs/rules.md#preflight", "warning")]
         out = []
         for h, path in others.items():
             if parsed.get("shared", {}).get(path) != (self.token or "")[:16]:
                 out.append(Finding("checkpoint.save",
                                    f"{d} is not shared: the head does not see what {h} wrote there",
-                                   "--save on a filesystem every node shares", "miles docs: BASE_DIR 'accessible by all machines'"))
+                                   "--save on a filesystem every node shares", "docs/rules.md#preflight"))
         return out
 
     def _write_token(self) -> None:

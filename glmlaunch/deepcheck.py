@@ -1,5 +1,6 @@
-"""Deep checks of a launch plan: the trainer's own rules run through megatron-core and SGLang,
-and the checkpoint's ``config.json`` compared with the model args.
+"""Deep checks of a launch plan: megatron-core's and SGLang's own validators run on the trainer's
+argv, and the checkpoint's ``config.json`` compared with the model args. The hand-written rules
+are in :mod:`glmlaunch.checks`, once; nothing here repeats them.
 
 These import heavy packages lazily (megatron-core ~3 s, SGLang in a subprocess), so they run only
 for ``glmlaunch check --deep`` and ``launch`` (unless ``--no-deep-check``). The per-node preflight
@@ -62,18 +63,6 @@ FLAG_FIELDS = {
 }
 
 
-def merge_findings(shallow: list[Finding], deep: list[Finding]) -> list[Finding]:
-    """Shallow findings plus the deep ones that say something new: a deep error on a field that
-    already has a shallow error, or a deep warning on a field that already has a shallow warning,
-    is the same problem found twice, and is dropped."""
-    flagged = {p for f in shallow if f.severity == "error" for p in f.field.split("/")}
-    warned = {f.field for f in shallow if f.severity == "warning"}
-    extra = [f for f in deep
-             if not (f.severity == "error" and f.field.split("/")[0] in flagged)
-             and not (f.severity == "warning" and f.field in warned)]
-    return sorted([*shallow, *extra], key=lambda f: f.severity != "error")
-
-
 def deep_check(recipe: Recipe, plan: LaunchPlan, *, sglang: bool = True) -> list[Finding]:
     """Run the deep checks of ``plan`` (miles trainer only). Returns findings (never raises).
 
@@ -97,7 +86,8 @@ def deep_check(recipe: Recipe, plan: LaunchPlan, *, sglang: bool = True) -> list
         out.append(Finding("checkpoint.hf_checkpoint",
                            f"{cfg} is not readable from this machine; the config.json comparison was skipped "
                            "(the per-node preflight checks the file on every node)",
-                           "HF config vs model args", "miles arguments.py:3680-3701", "warning"))
+                           "HF config vs model args", "miles/utils/arguments.py:3656-3707 (miles@31f1ca961a94)",
+                           "warning"))
     if sglang:
         try:
             from .deep.sglang import check_sglang

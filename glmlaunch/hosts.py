@@ -7,7 +7,7 @@ format         example                           who writes it
 =============  ================================  ==========================================
 OpenMPI        ``node1 slots=8 max_slots=8``     mpirun
 DeepSpeed      ``node1 slots=8``                 deepspeed ``_parse_hostfile``
-slime / miles  ``10.0.0.1 slot=8``               miles docs (``ip slot=8``; only column 1 read)
+slime / miles  ``10.0.0.1 slot=8``               docs/models/deepseek/deepseek.md:66 (miles@31f1ca961a94); only column 1 read
 MPICH / Hydra  ``node1:8``                       mpiexec, Intel MPI
 bare           ``node1``                         anything else
 =============  ================================  ==========================================
@@ -15,7 +15,7 @@ bare           ``node1``                         anything else
 A host may carry ``user@`` in front and ``ssh_port=N`` / ``ssh_user=NAME`` after it. ``slots``
 is the GPU count of the node. A node's *address* is the IP the cluster uses for it (Ray's
 ``--node-ip-address``); names are resolved once, here, so that the head is identified by its
-resolved IP, never by comparing strings (the seed script's bug, trainer contract §1.2).
+resolved IP, never by comparing strings (the seed script compared strings: docs/rules.md#no-loopback).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Model architectures: the Megatron model args of each model glmlaunch knows.
 
-The token lists equal miles' ``scripts/models/glm4.5-355B-A32B.py`` and
-``scripts/models/glm4.5-106B-A12B.py`` (trainer contract §1.5), with one difference: they are
+The token lists equal scripts/models/glm4.5-355B-A32B.py:1-41 and
+scripts/models/glm4.5-106B-A12B.py:1-39 (miles@31f1ca961a94), with one difference: they are
 token lists, so ``--moe-layer-freq [0]*3+[1]*89`` is one token and never globbed by a shell.
 The numeric fields (layers, heads, experts ...) are kept beside the tokens so that checks do not
 have to parse argv.
@@ -78,12 +78,12 @@ def _glm45(
 
 
 MODELS: dict[str, ModelSpec] = {
-    # miles scripts/models/glm4.5-355B-A32B.py:1-41
+    # scripts/models/glm4.5-355B-A32B.py:1-41 (miles@31f1ca961a94)
     "glm4.5-355B-A32B": _glm45(
         "glm4.5-355B-A32B", "zai-org/GLM-4.5", "GLM-4.5-355B-A32B", qk_layernorm=True, num_layers=92,
         n_dense=3, hidden=5120, ffn=12288, moe_ffn=1536, experts=160, topk_scaling="2.5",
     ),
-    # miles scripts/models/glm4.5-106B-A12B.py:1-39 (GLM-4.5-Air)
+    # scripts/models/glm4.5-106B-A12B.py:1-39 (miles@31f1ca961a94) (GLM-4.5-Air)
     "glm4.5-106B-A12B": _glm45(
         "glm4.5-106B-A12B", "zai-org/GLM-4.5-Air", "GLM-4.5-Air", qk_layernorm=False, num_layers=46,
         n_dense=1, hidden=4096, ffn=10944, moe_ffn=1408, experts=128, topk_scaling=None,
@@ -105,7 +105,8 @@ def get_model(type_: str) -> ModelSpec:
         ) from None
 
 
-# GPUs per node of each accelerator (miles command_utils.py NUM_GPUS_OF_HARDWARE) and which are
-# Blackwell (GENERATION_HARDWARE; B200/B300 added, H200 is Hopper).
+# GPUs per node of each accelerator and which are Blackwell: NUM_GPUS_OF_HARDWARE and
+# GENERATION_HARDWARE, miles/utils/external_utils/command_utils.py:367-382 (miles@31f1ca961a94)
+# (B200/B300 added as Blackwell, H200 as Hopper).
 HARDWARE_GPUS = {"H100": 8, "H200": 8, "B200": 8, "B300": 8, "GB200": 4, "GB300": 4}
 BLACKWELL = {"B200", "B300", "GB200", "GB300"}

@@ -26,8 +26,11 @@ from .options import Defaults
 from .recipe import Recipe
 from .resolve import Resolved, resolve
 
-# Ranges the trainer uses at runtime (trainer contract §4 "Ports"): Ray's worker ports must
-# stay out of them.
+# Ranges the trainer picks ports from at runtime (miles@31f1ca961a94: the router and its Prometheus
+# port miles/ray/rollout/router_manager.py:29-48, the engines miles/ray/rollout/addr_allocator.py:24,
+# the Megatron rendezvous miles/ray/train_actor.py:64, checkpoint conversion
+# miles/utils/external_utils/command_utils.py:58): Ray's worker ports must stay out of them
+# (docs/rules.md#ports-clear).
 TRAINER_PORT_RANGES = {
     "miles router": (3000, 4000),
     "router Prometheus": (4000, 5000),
@@ -36,8 +39,8 @@ TRAINER_PORT_RANGES = {
     "checkpoint conversion torchrun": (23456, 23456),
 }
 
-# miles run_glm45_355b_a32b_8node.py _cluster_env_vars: the rack's NCCL/IB settings. The
-# OMPI_MCA_* keys of the seed are left out: nothing in the run uses MPI (contract §1.3).
+# The rack's NCCL/IB settings: scripts/run_glm45_355b_a32b_8node.py:64-80 (miles@31f1ca961a94). The
+# OMPI_MCA_* keys there are left out: nothing in the run uses MPI.
 NCCL_RACK = {
     "NCCL_CUMEM_ENABLE": "0",
     "NVTE_BWD_LAYERNORM_SM_MARGIN": "20",
@@ -214,8 +217,8 @@ def _opt(flag: str, value) -> list[str]:
 
 
 def trainer_argv(res: Resolved, notes: list[str] | None = None) -> list[str]:
-    """The miles ``train.py`` argv as tokens, in the seed's group order (contract §1.4 and the
-    8-node golden file): cluster, model, checkpoint, rollout, eval, perf, algorithm, optimizer,
+    """The miles ``train.py`` argv as tokens, in the seed's group order (the 8-node golden
+    file, tests/golden/glm45-355b-a32b-gspo.json): cluster, model, checkpoint, rollout, eval, perf, algorithm, optimizer,
     W&B, SGLang, misc. Each flag appears once; overrides of the model args are recorded in
     ``notes``.
     """
@@ -249,7 +252,8 @@ def trainer_argv(res: Resolved, notes: list[str] | None = None) -> list[str]:
             )
     argv += margs
 
-    # checkpoint: --load is the run's own directory, so a restart resumes (contract §4 row 17)
+    # checkpoint: --load is the run's own directory, so a restart resumes
+    # (miles/utils/arguments.py:3046-3057 (miles@31f1ca961a94))
     argv += ["--hf-checkpoint", cp["hf_checkpoint"], "--ref-load", cp["ref_load"]]
     if cp["load"]:
         argv += ["--load", cp["load"]]
@@ -369,7 +373,7 @@ def probe_argv(res: Resolved, python: str) -> list[str]:
 def runtime_env(recipe: Recipe, alloc: Allocation, python: str) -> tuple[dict[str, str], list[str]]:
     """The job's runtime env (flat, concrete strings) and the names of secret variables.
 
-    Precedence: defaults < NCCL preset < interface < ``env.vars`` (contract "Implications" (a)2).
+    Precedence: defaults < NCCL preset < interface < ``env.vars`` (docs/rules.md#computed-env).
     ``no_proxy`` lists every node; ``MASTER_ADDR`` is the head's address. Secrets (W&B key,
     ``env.secret_vars``) are named only: their values are read at submit time.
     """
@@ -435,8 +439,9 @@ def ray_start_commands(
             "DASHBOARD_METRIC_PORT": str(n["dashboard_metrics"]),
         }
         if h.is_loopback and alloc.num_nodes == 1:
-            # keep 127.0.0.1 instead of Ray's rewrite to the machine's IP (deps.md §3); this
-            # setting forbids workers, so only for a one-node cluster
+            # keep 127.0.0.1 instead of Ray's rewrite to the machine's IP
+            # (ray/_private/services.py:811-819 (ray@2.60.0)); this setting forbids workers, so
+            # only for a one-node cluster
             env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         argv = [ray_bin, "start"]
         if i == 0:

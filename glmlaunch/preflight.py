@@ -25,9 +25,10 @@ def recipe_files(recipe: Recipe | None) -> tuple[list[str], list[str]]:
     """(files every node must read, directories every node must write) for the recipe.
 
     Sources: ``--hf-checkpoint``'s config.json is read by the driver and every engine; the
-    ``--ref-load`` tracker is the initial ``--load`` on every training node (miles
-    arguments.py:3035-3057); prompt/eval data are read by the RolloutManager, on any node
-    (trainer contract §4 row 32); ``--save`` is written by every training rank.
+    ``--ref-load`` tracker is the initial ``--load`` on every training node
+    (miles/utils/arguments.py:3046-3057 (miles@31f1ca961a94)); prompt/eval data are read by the
+    RolloutManager, on any node; ``--save`` is written by every training rank
+    (docs/rules.md#preflight).
     """
     if recipe is None:
         return [], []
@@ -68,7 +69,7 @@ def analyze(plan: LaunchPlan, recipe: Recipe | None, answers: dict[str, dict], s
 
     received_at = received_at or time.time()
     out: list[Finding] = []
-    add = lambda field, msg, sev="error", rule="", src="glmlaunch preflight": out.append(  # noqa: E731
+    add = lambda field, msg, sev="error", rule="", src="docs/rules.md#preflight": out.append(  # noqa: E731
         Finding(field, msg, rule, src, sev))
     insp = {h: a["inspect"] for h, a in answers.items()}
 
@@ -78,14 +79,13 @@ def analyze(plan: LaunchPlan, recipe: Recipe | None, answers: dict[str, dict], s
         if key == "ray" and any(v is None for v in vals.values()):
             missing = [h for h, v in vals.items() if v is None]
             add("nodes", f"Ray is not installed for {plan.python} on {', '.join(missing)}",
-                rule="Ray on every node", src="ray start")
+                rule="Ray on every node")
         distinct = {v for v in vals.values() if v is not None}
         if len(distinct) > 1:
             by = ", ".join(f"{h}={v}" for h, v in sorted(vals.items()))
             sev = "error" if key in ("python", "ray") else "warning"
             add("nodes", f"{what} versions differ across nodes: {by}", sev,
-                f"same {what} everywhere", "Ray on-prem troubleshooting: 'Unable to connect to GCS ... different Ray version'"
-                if key == "ray" else "glmlaunch preflight")
+                f"same {what} everywhere")
     repos: dict[str, dict[str, str | None]] = {}
     for h, i in insp.items():
         for p, commit in (i.get("repos") or {}).items():
@@ -99,7 +99,7 @@ def analyze(plan: LaunchPlan, recipe: Recipe | None, answers: dict[str, dict], s
         for h, i in insp.items():
             if i.get("gpus", 0) != plan.gpus_per_node:
                 add("cluster.gpus_per_node", f"{h}: nvidia-smi shows {i.get('gpus', 0)} GPUs, the plan expects {plan.gpus_per_node}",
-                    rule="physical GPUs == GPUs per node", src="miles --num-gpus-per-node (slime PR #2012)")
+                    rule="physical GPUs == GPUs per node", src="docs/rules.md#gpus-per-node")
         models = {m for i in insp.values() for m in i.get("gpu_models", [])}
         if len(models) > 1:
             add("nodes", f"nodes have different GPU models: {sorted(models)}", rule="one GPU model")
@@ -108,11 +108,10 @@ def analyze(plan: LaunchPlan, recipe: Recipe | None, answers: dict[str, dict], s
             add("nodes", f"{h}: a process already uses a GPU: {gp} (not touched)", "warning", "idle GPUs")
         for s in i.get("strays", []):
             add("nodes", f"{h}: {s['comm']} (pid {s['pid']}) is already running: {s['cmd']} (not touched)", "warning",
-                "no leftover Ray/SGLang", "contract §6.16 (stale agents)")
+                "no leftover Ray/SGLang")
         for f, state in (i.get("files") or {}).items():
             if state != "readable":
-                add("files", f"{h}: {f} is {state}", rule="recipe files readable on every node",
-                    src="trainer contract §4 row 17/32")
+                add("files", f"{h}: {f} is {state}", rule="recipe files readable on every node")
         for d, state in (i.get("writable") or {}).items():
             if state != "ok":
                 add("checkpoint.save", f"{h}: {d} is {state}", rule="--save writable on every node")
@@ -124,7 +123,7 @@ def analyze(plan: LaunchPlan, recipe: Recipe | None, answers: dict[str, dict], s
                 add("nodes", f"{h}: only {free} GiB free under {p} (Ray logs and spill)", "warning", "disk space")
         if i.get("interface") is False and recipe is not None:
             add("env.interface", f"{h}: network interface '{recipe.env.interface}' does not exist",
-                rule="GLOO/NCCL_SOCKET_IFNAME exists on every node", src="contract (a)2")
+                rule="GLOO/NCCL_SOCKET_IFNAME exists on every node")
         t = i.get("time", sent_at)  # the node answered between sent_at and received_at
         skew = max(0.0, sent_at - t, t - received_at)
         if skew > MAX_SKEW_S:

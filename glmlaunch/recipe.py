@@ -4,7 +4,7 @@ A recipe is a TOML (or YAML) file under ``templates/`` plus dotted overrides
 (``--set parallelism.tp=4``). Unknown keys and wrong types are errors that name the key.
 Paths may use ``{base_dir}``, ``{run_name}``, ``{model_dir}`` and ``{miles_dir}``; they are
 expanded here, once, so that nothing reaches a node as an unset shell variable (the seed's
-``$BASE_DIR`` bug, trainer contract §1.2 and §6.21).
+``$BASE_DIR`` bug, docs/rules.md#no-variables).
 
 Numbers that the trainer receives as text (``eps_clip = "1e-4"``, ``kl_coef = "0.00"``) are kept
 as the text written, so the rendered flags equal the seed's flag for flag.
@@ -142,7 +142,7 @@ class ModelSection(_Section):
 
 class CheckpointSection(_Section):
     """``load`` defaults to ``save`` (the run's own checkpoints), so a restart resumes; the trainer
-    falls back to ``ref_load`` only while ``save`` has no checkpoint yet (miles arguments.py:3035)."""
+    falls back to ``ref_load`` only while ``save`` has no checkpoint yet (miles/utils/arguments.py:3046-3057 (miles@31f1ca961a94))."""
 
     hf_checkpoint: str = "{model_dir}"
     hf_checkpoint_fp8: str = "{model_dir}-FP8"
@@ -272,7 +272,7 @@ class SglangSection(_Section):
 
 class WeightTransferSection(_Section):
     """How weights reach the rollout engines. ``colocate`` uses CUDA IPC; ``p2p`` and
-    ``broadcast`` need separate rollout nodes (miles arguments.py:3263-3295)."""
+    ``broadcast`` need separate rollout nodes (miles/utils/arguments.py:3263-3277 (miles@31f1ca961a94))."""
 
     mode: Literal["colocate", "p2p", "broadcast", "disk-delta"] = "colocate"
     buffer_size: int | None = Field(default=None, ge=1)

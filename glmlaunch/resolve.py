@@ -138,7 +138,7 @@ def resolve(recipe: Recipe, alloc: Allocation) -> Resolved:
     """Compute :class:`Resolved` for ``recipe`` on ``alloc``. Pure: touches no node.
 
     Actor nodes: every node when ``cluster.actor_nodes`` is unset. Rollout GPUs: every actor GPU
-    when colocated (miles forces it, ``miles/utils/arguments.py:3296``), else
+    when colocated (miles forces it, miles/utils/arguments.py:3312-3317 (miles@31f1ca961a94)), else
     ``cluster.rollout_gpus``. Raises :class:`~glmlaunch.errors.RecipeError` for a path with an
     unknown placeholder.
     """

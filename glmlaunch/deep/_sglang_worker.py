@@ -1,37 +1,29 @@
-"""Subprocess half of the deep SGLang check: resolve one rollout engine's ``ServerArgs``.
+"""Subprocess half of the deep SGLang check: one rollout engine's ``ServerArgs`` resolved by SGLang.
 
-Run by :func:`glmlaunch.deep.sglang.check_sglang` with the interpreter that has SGLang (it
-loads this file by path, so that interpreter needs only SGLang and the standard library; it
-also runs as ``python -m glmlaunch.deep._sglang_worker``). Reads one JSON request on stdin,
-writes one JSON answer on stdout. Everything SGLang prints goes to stderr.
+Run by :func:`glmlaunch.deep.sglang.check_sglang` with the interpreter that has SGLang (it loads
+this file by path, so that interpreter needs only SGLang and the standard library). Reads one
+JSON request on stdin, writes one JSON answer on stdout; everything SGLang prints goes to stderr.
 
-Request::
+Request: ``{"kwargs": {ServerArgs field: value}, "sglang_tokens": ["--sglang-x", "v", ...],
+"flags": {ServerArgs field: the flag that set it}, "flag_fields": {flag: recipe field}}``
+(built by :func:`glmlaunch.deep.sglang.engine_kwargs`).
 
-    {"kwargs": {ServerArgs field: value},      # built by glmlaunch.deep.sglang.engine_kwargs
-     "sglang_tokens": ["--sglang-x", "v", ...],  # every --sglang-* ServerArgs flag of the argv
-     "resolved_keys": [field, ...]}
+Answer: ``{"available": bool, "import_error": str, "sglang_version": str, "findings": [{"field",
+"message", "rule", "source", "severity", "extra"}], "timings": {...}}``. The findings are SGLang's
+own verdict: ``--sglang-*`` flags its parser (which miles reuses) refuses, what ``ServerArgs(...)``,
+``resolve_once()`` and ``check_server_args()`` raise (a bare ``assert`` shown as its statement),
+the deprecated dp-attention spelling, and values SGLang changes while resolving. Each source is
+the SGLang line (at the installed version) or the miles line that applies.
 
-Answer::
-
-    {"available": bool, "import_error": str, "sglang_version": "0.5.23",
-     "has_attn_dp_size": bool, "has_enable_dp_attention": bool,
-     "notes": [{"kind": ..., ...}],            # flag parsing, renames (see below)
-     "errors": [{"stage", "type", "message", "assert_source", "fields"}],
-     "resolved": {field: value}, "timings": {"import_s", "resolve_s"}}
-
-``stage`` is ``"construct"`` (``ServerArgs(**kw)``), ``"resolve"`` (``resolve_once()``) or
-``"check"`` (``check_server_args()``). ``assert_source`` is the failing ``assert`` statement
-when SGLang raised a bare ``AssertionError``. ``fields`` lists the ServerArgs fields named in
-the message or the statement.
-
-Stubs (deps.md §6): ``triton`` (top-level import in ``sglang/srt/utils/common.py``) and
-``torchvision`` (``sglang.srt.configs`` -> ``internvl_utils``) are replaced by SGLang's own macOS
-stub modules, each only when the real package is absent.
+Stubs: ``triton`` (a top-level import of ``sglang/srt/utils/common.py``) and ``torchvision``
+(``sglang.srt.configs`` -> ``internvl_utils``) are replaced by SGLang's own macOS stub modules
+(``sglang/_platform_stubs.py``), each only when the real package is absent.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import os
 import platform
@@ -41,25 +33,36 @@ import time
 import traceback
 from typing import Any
 
-# miles/backends/sglang_utils/arguments.py (add_sglang_arguments): ServerArgs flags miles does
-# not expose as --sglang-*, because it sets them itself per engine.
+MILES = "miles@31f1ca961a94"
+GPUS_PER_ENGINE = "--rollout-num-gpus-per-engine"
+# ServerArgs fields miles sets itself per engine, not --sglang-* flags
+# (miles/backends/sglang_utils/arguments.py:39-59 (miles@31f1ca961a94)).
 MILES_SKIPPED = (
-    "model_path",
-    "config",
-    "trust_remote_code",
-    "random_seed",
-    "enable_memory_saver",
-    "tp_size",
-    "port",
-    "nnodes",
-    "node_rank",
-    "dist_init_addr",
-    "gpu_id_step",
-    "base_gpu_id",
-    "nccl_port",
-    "skip_server_warmup",
-    "enable_return_routed_experts",
+    "model_path", "config", "trust_remote_code", "random_seed", "enable_memory_saver", "port", "nnodes",
+    "node_rank", "dist_init_addr", "gpu_id_step", "base_gpu_id", "nccl_port", "skip_server_warmup",
+    "enable_return_routed_experts", "enable_return_indexer_topk",
 )
+# ServerArgs fields miles derives from other trainer flags, and those flags.
+DERIVED_FLAGS = {
+    "tp_size": GPUS_PER_ENGINE, "nnodes": GPUS_PER_ENGINE, "node_rank": GPUS_PER_ENGINE,
+    "base_gpu_id": GPUS_PER_ENGINE, "enable_memory_saver": "--colocate", "random_seed": "--seed",
+    "enable_return_routed_experts": "--use-rollout-routing-replay", "dtype": "--fp16",
+}
+# Message phrases that name no field literally -> the flag they are about.
+PHRASE_FLAGS = (
+    ("speculative", "--sglang-speculative-algorithm"), ("eagle", "--sglang-speculative-algorithm"),
+    ("dp-lm-head", "--sglang-enable-dp-lm-head"), ("data-parallel", "--sglang-dp-size"),
+    ("attention dp", "--sglang-dp-size"), ("number of nodes", GPUS_PER_ENGINE), ("expert", "--sglang-ep-size"),
+    ("cuda graph", "--sglang-cuda-graph-bs"), ("kv cache", "--sglang-kv-cache-dtype"),
+    ("attention backend", "--sglang-attention-backend"),
+)
+# Values compared before and after resolution (a silent change is a warning).
+WATCHED = (
+    "ep_size", "moe_dense_tp_size", "mem_fraction_static", "speculative_algorithm", "speculative_num_steps",
+    "speculative_eagle_topk", "speculative_num_draft_tokens", "kv_cache_dtype", "attention_backend",
+    "enable_dp_lm_head",
+)
+VERSION = "unknown"
 
 
 def _find_spec(name: str) -> Any:
@@ -284,20 +287,6 @@ def _assert_source(exc: BaseException) -> str:
     return f"{text} ({where})" if text else where
 
 
-def _error(stage: str, exc: BaseException, fields: list[str]) -> dict:
-    msg = str(exc)
-    src = _assert_source(exc) if isinstance(exc, AssertionError) else ""
-    if isinstance(exc, SystemExit):
-        msg = f"SystemExit({exc.code})"
-    return {
-        "stage": stage,
-        "type": type(exc).__name__,
-        "message": msg,
-        "assert_source": src,
-        "fields": _fields_named(f"{msg} {src}", fields),
-    }
-
-
 def _jsonable(v: Any) -> Any:
     try:
         json.dumps(v)
@@ -310,102 +299,190 @@ def _jsonable(v: Any) -> Any:
         return str(v)
 
 
+def _where(path: str, line: int | None) -> str:
+    """``sglang/...py:LINE (sglang@VERSION)`` for a file of the installed SGLang."""
+    path = path.replace(os.sep, "/")
+    i = path.rfind("/sglang/")
+    return f"{path[i + 1:] if i >= 0 else os.path.basename(path)}:{line} (sglang@{VERSION})"
+
+
+def _defined_at(obj: Any) -> str:
+    """Where ``obj`` (a function or class of SGLang) is defined."""
+    try:
+        return _where(inspect.getsourcefile(obj) or "", inspect.getsourcelines(obj)[1])
+    except (OSError, TypeError):
+        return f"sglang@{VERSION}"
+
+
+def _raised_at(exc: BaseException) -> str:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/sglang/" in f.filename.replace(os.sep, "/")]
+    return _where(frames[-1].filename, frames[-1].lineno) if frames else f"sglang@{VERSION}"
+
+
+class _Out:
+    """The findings of one answer, naming recipe fields through the request's maps."""
+
+    def __init__(self, req: dict):
+        self.flags: dict[str, str] = dict(req.get("flags") or {})
+        self.fields: dict[str, str] = dict(req.get("flag_fields") or {})
+        self.findings: list[dict] = []
+
+    def name(self, flag: str) -> str:
+        return self.fields.get(flag, flag) if flag else "sglang"
+
+    def add(self, flag: str, message: str, rule: str, source: str, severity: str = "error", **extra: Any) -> None:
+        self.findings.append({"field": self.name(flag), "message": message, "rule": rule, "source": source,
+                              "severity": severity, "extra": extra})
+
+    def flag_of(self, fields: list[str], text: str) -> str:
+        """The flag an SGLang message is about: the first field named that the argv sets
+        directly, else a known phrase, else the flag a derived field comes from, else the engine size."""
+        derived = []
+        for f in fields:
+            flag = self.flags.get(f) or (self.flags.get("dp_size") if f == "attn_dp_size" else None)
+            if flag is None:
+                continue
+            if flag == GPUS_PER_ENGINE or f in DERIVED_FLAGS:
+                derived.append(flag)
+            else:
+                return flag
+        low = text.lower()
+        return next((flag for phrase, flag in PHRASE_FLAGS if phrase in low), derived[0] if derived else GPUS_PER_ENGINE)
+
+
+def _verdict(out: _Out, ServerArgs: Any, kw: dict, fields: list[str]) -> None:
+    """Construct, resolve and check ``ServerArgs(**kw)``; its exceptions and silent changes."""
+    stage, call = "construct", "ServerArgs(...)"
+    try:
+        sa = ServerArgs(**kw)
+        stage, call = "resolve", "ServerArgs.resolve_once"
+        if hasattr(sa, "resolve_once"):
+            sa.resolve_once()
+        stage, call = "check", "ServerArgs.check_server_args"
+        if hasattr(sa, "check_server_args"):
+            sa.check_server_args()
+    except (Exception, SystemExit) as exc:
+        msg = f"SystemExit({exc.code})" if isinstance(exc, SystemExit) else str(exc)
+        src = _assert_source(exc) if isinstance(exc, AssertionError) else ""
+        named = _fields_named(f"{msg} {src}", fields)
+        flag = out.flag_of(named, f"{msg} {src}")
+        if src:
+            msg = f"{msg} [{src}]" if msg else src
+        values = ", ".join(f"{f}={json.dumps(_jsonable(kw[f]))}" for f in named if f in kw)
+        involved = [out.name(fl) for fl in (out.flags.get(f) for f in named) if fl]
+        out.add(flag, f"SGLang {VERSION} rejects the rollout engine config: {type(exc).__name__}: {msg}"
+                + (f" (engine values: {values})" if values else ""), f"{call} succeeds", _raised_at(exc),
+                fields=list(dict.fromkeys([out.name(flag), *involved])), exception=type(exc).__name__, stage=stage)
+        return
+    try:
+        resolved = sa.resolved_dict() if hasattr(sa, "resolved_dict") else {f: getattr(sa, f) for f in fields}
+    except Exception:
+        resolved = {f: getattr(sa, f, None) for f in fields}
+    for key in WATCHED:
+        before, after = _jsonable(kw.get(key)), _jsonable(resolved.get(key))
+        if key in kw and key in resolved and before != after and key in out.flags:
+            out.add(out.flags[key], f"SGLang {VERSION} changes {key} from {before!r} to {after!r} while resolving",
+                    f"{key} is kept as given", _defined_at(ServerArgs.resolve_once), "warning")
+
+
 def run(req: dict) -> dict:
-    out: dict[str, Any] = {
-        "available": False,
-        "import_error": "",
-        "sglang_version": "",
-        "notes": [],
-        "errors": [],
-        "resolved": {},
-        "timings": {},
-    }
+    global VERSION
+    ans: dict[str, Any] = {"available": False, "import_error": "", "sglang_version": "", "findings": [], "timings": {}}
     if _find_spec("sglang") is None:
-        out["import_error"] = f"no module named 'sglang' in {sys.executable}"
-        return out
-    out["sglang_version"] = _sglang_version()
+        ans["import_error"] = f"no module named 'sglang' in {sys.executable}"
+        return ans
+    VERSION = ans["sglang_version"] = _sglang_version()
     t0 = time.monotonic()
     try:
-        out["stubs"] = install_stubs()
+        ans["stubs"] = install_stubs()
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from sglang.srt.server_args import ServerArgs
     except BaseException as exc:  # ImportError, or anything a broken install raises on import
-        out["import_error"] = (
-            f"sglang {out['sglang_version']} is installed but `from sglang.srt.server_args "
-            f"import ServerArgs` failed: {type(exc).__name__}: {exc}"
-        )
-        return out
-    out["available"] = True
-    out["timings"]["import_s"] = round(time.monotonic() - t0, 2)
-
+        ans["import_error"] = (f"sglang {VERSION} is installed but `from sglang.srt.server_args import ServerArgs` "
+                               f"failed: {type(exc).__name__}: {exc}")
+        return ans
+    ans["available"] = True
+    ans["timings"]["import_s"] = round(time.monotonic() - t0, 2)
+    out = _Out(req)
     fields = _field_names(ServerArgs)
     fset = set(fields)
-    out["has_attn_dp_size"] = "attn_dp_size" in fset
-    out["has_enable_dp_attention"] = "enable_dp_attention" in fset
     kw = dict(req.get("kwargs") or {})
+    parser_src = f"{_defined_at(ServerArgs.add_cli_args)}; miles/backends/sglang_utils/arguments.py:65-135 ({MILES})"
 
     parsed, notes, refused = _parse_tokens(ServerArgs, list(req.get("sglang_tokens") or []), fset)
-    out["notes"].extend(notes)
+    rejected = set()
+    for note in notes:
+        flag = note.get("flag", "")
+        if note["kind"] == "parser_unavailable":
+            out.add("", f"the --sglang-* flags were not parsed: {note['message']}", "SGLang's parser builds",
+                    parser_src, "warning")
+        elif note["kind"] == "flag_skipped_by_miles":
+            out.add(flag, f"miles sets this ServerArgs value itself and does not accept {flag} "
+                    f"(e.g. nnodes from {GPUS_PER_ENGINE}); remove it", "miles-owned ServerArgs fields are not "
+                    "--sglang-* flags", f"miles/backends/sglang_utils/arguments.py:39-59 ({MILES})", "warning")
+        else:
+            rejected.add(flag)
+            hint = "; did you mean " + " / ".join("--sglang-" + s.replace("_", "-") for s in note["similar"]) \
+                if note.get("similar") else ""
+            if "cuda-graph-bs" in flag and "decode" not in flag and "cuda_graph_bs_decode" in fset:
+                hint = "; this SGLang spells it --sglang-cuda-graph-bs-decode"
+            verb = "rejects" if note["kind"] == "flag_rejected" else "has no such flag:"
+            out.add(flag, f"SGLang {VERSION}'s argument parser (which miles reuses for --sglang-*) {verb} {flag}: "
+                    f"{note['message']}{hint}", "every --sglang-* flag is a ServerArgs flag of the installed SGLang",
+                    parser_src)
     for k in refused:
         kw.pop(k, None)
     for k, v in parsed.items():
         if k not in kw and k in fset:
             kw[k] = v
-
-    # Renamed / removed fields the trainer argv still uses.
-    if "cuda_graph_bs" in kw and "cuda_graph_bs" not in fset:
+    if "cuda_graph_bs" in kw and "cuda_graph_bs" not in fset:  # renamed in this SGLang
         bs = kw.pop("cuda_graph_bs")
         if "cuda_graph_bs_decode" in fset:
             kw["cuda_graph_bs_decode"] = bs
-        out["notes"].append(
-            {
-                "kind": "renamed",
-                "old": "cuda_graph_bs",
-                "new": "cuda_graph_bs_decode" if "cuda_graph_bs_decode" in fset else "",
-            }
-        )
+        flag = out.flags.get("cuda_graph_bs", "")
+        if flag and flag not in rejected:
+            new = "cuda_graph_bs_decode" if "cuda_graph_bs_decode" in fset else "?"
+            out.add(flag, f"SGLang {VERSION} has no cuda_graph_bs (now {new}); miles' parser rejects {flag}",
+                    "every --sglang-* flag is a ServerArgs flag of the installed SGLang", _defined_at(ServerArgs))
     # dp-attention: the deprecated spelling, rewritten the way SGLang's own
-    # handle_deprecated_dp_attention does (parallel_hook.py), so it also works once the old
-    # field is gone.
+    # handle_deprecated_dp_attention does, so that it also works once the old field is gone.
     if kw.get("enable_dp_attention") and "attn_dp_size" in fset:
         dp = int(kw.get("dp_size") or 1)
         if int(kw.get("attn_dp_size") or 1) == 1:
-            kw["attn_dp_size"] = dp
-            kw["dp_size"] = 1
+            kw["attn_dp_size"], kw["dp_size"] = dp, 1
         kw.pop("enable_dp_attention")
-        out["notes"].append(
-            {"kind": "dp_attention_rename", "dp_size": dp, "old_field_exists": "enable_dp_attention" in fset}
-        )
-    unknown = sorted(k for k in kw if k not in fset)
-    for k in unknown:
-        out["notes"].append({"kind": "field_unknown", "field": k, "value": _jsonable(kw.pop(k))})
-    out["kwargs"] = _jsonable(kw)
+        flag, both = "--sglang-enable-dp-attention", [out.name("--sglang-enable-dp-attention"), out.name("--sglang-dp-size")]
+        try:
+            from sglang.srt.arg_groups.parallel_hook import handle_deprecated_dp_attention as hook
 
+            src = _defined_at(hook)
+        except ImportError:
+            src = _defined_at(ServerArgs)
+        if "enable_dp_attention" in fset:
+            out.add(flag, f"SGLang {VERSION} renames dp-attention: the trainer passes `--sglang-dp-size {dp} "
+                    "--sglang-enable-dp-attention` (deprecated there, due for removal), which SGLang rewrites to "
+                    f"attn_dp_size={dp}, dp_size=1; the new spelling is `--sglang-attn-dp-size {dp}`",
+                    "enable_dp_attention + dp_size -> attn_dp_size", src, "warning", fields=both,
+                    spelling="--sglang-dp-size N --sglang-enable-dp-attention")
+        else:
+            out.add(flag, f"SGLang {VERSION} no longer has enable_dp_attention: `--sglang-enable-dp-attention` is not "
+                    f"a flag there; pass `--sglang-attn-dp-size {dp}` instead of `--sglang-dp-size {dp}`",
+                    "attn_dp_size replaces enable_dp_attention + dp_size", src, fields=both)
+    for k in sorted(k for k in kw if k not in fset):
+        kw.pop(k)
+        flag = out.flags.get(k, "")
+        if flag not in rejected:
+            out.add(flag, f"SGLang {VERSION}'s ServerArgs has no field {k}; miles drops it with a log line",
+                    "ServerArgs field exists",
+                    f"{_defined_at(ServerArgs)}; miles/backends/sglang_utils/sglang_engine.py:805-817 ({MILES})", "warning")
     t1 = time.monotonic()
-    stage = "construct"
-    try:
-        sa = ServerArgs(**kw)
-        stage = "resolve"
-        if hasattr(sa, "resolve_once"):
-            sa.resolve_once()
-        stage = "check"
-        if hasattr(sa, "check_server_args"):
-            sa.check_server_args()
-    except (Exception, SystemExit) as exc:
-        out["errors"].append(_error(stage, exc, fields))
-        out["timings"]["resolve_s"] = round(time.monotonic() - t1, 2)
-        return out
-    out["timings"]["resolve_s"] = round(time.monotonic() - t1, 2)
-    try:
-        resolved = sa.resolved_dict() if hasattr(sa, "resolved_dict") else {f: getattr(sa, f) for f in fields}
-    except Exception:
-        resolved = {f: getattr(sa, f, None) for f in fields}
-    keys = req.get("resolved_keys") or list(kw)
-    out["resolved"] = {k: _jsonable(resolved[k]) for k in keys if k in resolved}
-    return out
+    _verdict(out, ServerArgs, kw, fields)
+    ans["timings"]["resolve_s"] = round(time.monotonic() - t1, 2)
+    ans["findings"] = out.findings
+    return ans
 
 
 def main() -> int:
@@ -415,14 +492,9 @@ def main() -> int:
     sys.stdout = sys.stderr
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        req = json.loads(sys.stdin.read() or "{}")
-        res = run(req)
+        res = run(json.loads(sys.stdin.read() or "{}"))
     except BaseException as exc:  # report, never die silently
-        res = {
-            "available": None,
-            "fatal": f"{type(exc).__name__}: {exc}",
-            "traceback": traceback.format_exc(),
-        }
+        res = {"available": None, "fatal": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     answer.write(json.dumps(res, default=str))
     answer.flush()
     return 0

@@ -1,8 +1,8 @@
 """Compare the HF checkpoint's ``config.json`` and tokenizer with the trainer argv, before launch.
 
 miles compares a few ``config.json`` fields with the Megatron model args in ``hf_validate_args``
-(radixark/miles ``miles/utils/arguments.py:3656-3707``, called at ``:2681`` when
-``--hf-checkpoint`` is set). It does so on the head, after ``ray job submit``; this module does
+(miles/utils/arguments.py:3656-3707 (miles@31f1ca961a94), called at :2681 when ``--hf-checkpoint``
+is set). It does so on the head, after ``ray job submit``; this module does
 the same comparison (plus the MoE / attention fields miles leaves out) on the launching machine.
 Files are read as plain JSON; neither ``transformers`` nor torch is imported.
 """
@@ -16,9 +16,9 @@ from typing import Any
 from glmlaunch.deep.megatron import parse_flags, parse_moe_layer_freq
 from glmlaunch.errors import Finding
 
-SRC_MILES = "miles arguments.py:3656-3707 (hf_validate_args)"
-SRC_EXTRA = "glmlaunch.deep.hfconfig (Glm4MoeConfig field vs Megatron arg; miles does not compare it)"
-SRC_TOK = "glmlaunch.deep.hfconfig (tokenizer.json / tokenizer_config.json)"
+SRC_MILES = "miles/utils/arguments.py:3656-3707 (miles@31f1ca961a94)"
+SRC_EXTRA = "docs/rules.md#hf-config-extra"
+SRC_TOK = "docs/rules.md#stop-tokens"
 
 _MISSING = object()
 
@@ -36,7 +36,8 @@ def _num(text: str | None) -> Any:
 
 
 class _Megatron:
-    """Effective Megatron-LM values of the model args (defaults from Megatron-LM arguments.py)."""
+    """Effective Megatron-LM values of the model args (defaults: megatron/training/arguments.py
+    (Megatron-LM@2e64d788b), lines below)."""
 
     def __init__(self, argv: list[str]):
         self.flags = parse_flags(argv)
@@ -51,12 +52,12 @@ class _Megatron:
     def ffn_hidden_size(self) -> Any:
         h = self.get("--hidden-size")
         ffn = self.get("--ffn-hidden-size")
-        if ffn is None and isinstance(h, int):  # Megatron-LM arguments.py:866-875
+        if ffn is None and isinstance(h, int):  # :866-875
             ffn = int((4 * h * 2 / 3) / 64) * 64 if self.has("--swiglu") else 4 * h
         return ffn
 
     def num_query_groups(self) -> Any:
-        # Megatron-LM arguments.py:1436-1439: without --group-query-attention, one group per head.
+        # :1436-1439: without --group-query-attention, one group per head.
         if self.has("--group-query-attention"):
             return self.get("--num-query-groups", 1)
         return self.get("--num-attention-heads")
@@ -65,7 +66,7 @@ class _Megatron:
         kv = self.get("--kv-channels")
         h, heads = self.get("--hidden-size"), self.get("--num-attention-heads")
         if kv is None and isinstance(h, int) and isinstance(heads, int) and heads:
-            kv = h // heads  # Megatron-LM arguments.py:877-879
+            kv = h // heads  # :877-879
         return kv
 
 
@@ -90,14 +91,15 @@ def check_hf_config(
 
     Rules (severity ``"error"`` unless noted), each HF key compared only when present:
 
-    * as miles' ``hf_validate_args`` (``miles/utils/arguments.py:3656-3707``), which would
+    * as miles' ``hf_validate_args`` (:data:`SRC_MILES`), which would
       refuse the job on the head: ``hidden_size``, ``num_attention_heads``,
       ``num_hidden_layers`` <-> ``--num-layers``, ``intermediate_size`` <-> ``--ffn-hidden-size``,
       ``moe_intermediate_size`` <-> ``--moe-ffn-hidden-size``, ``tie_word_embeddings`` <->
       not ``--untie-embeddings-and-output-weights``, ``rms_norm_eps`` <-> ``--norm-epsilon``
       (default 1e-5), ``rope_theta`` <-> ``--rotary-base`` (default 10000). ``text_config`` and
       ``rope_parameters.rope_theta`` are unwrapped as miles does;
-    * not compared by miles, but a mismatch means the model does not match the checkpoint:
+    * not compared by miles, but a mismatch means the model does not match the checkpoint
+      (:data:`SRC_EXTRA`):
       ``n_routed_experts`` <-> ``--num-experts``, ``num_experts_per_tok`` <-> ``--moe-router-topk``,
       ``num_key_value_heads`` <-> query groups, ``head_dim`` <-> ``--kv-channels``,
       ``first_k_dense_replace`` <-> leading dense layers of ``--moe-layer-freq``,
@@ -173,7 +175,7 @@ def check_hf_config(
     compare("intermediate_size", "--ffn-hidden-size", mg.ffn_hidden_size(), SRC_MILES)
     moe_ffn = mg.get("--moe-ffn-hidden-size")
     if moe_ffn is None and mg.get("--num-experts"):
-        moe_ffn = mg.ffn_hidden_size()  # Megatron-LM arguments.py:1080-1081
+        moe_ffn = mg.ffn_hidden_size()  # megatron/training/arguments.py:1080-1081 (Megatron-LM@2e64d788b)
     compare("moe_intermediate_size", "--moe-ffn-hidden-size", moe_ffn, SRC_MILES)
     if "tie_word_embeddings" in cfg:
         untie = mg.has("--untie-embeddings-and-output-weights")

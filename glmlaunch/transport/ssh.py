@@ -5,7 +5,8 @@ Settings come from ``~/.ssh/config`` (or ``ssh_config`` given here: HostName, Us
 IdentityFile, ProxyJump ...) and are overridden by ``user``/``key``/``port`` and by per-host
 ``ssh_user``/``ssh_port`` from the hostfile. Host keys are checked against the ssh_config's
 ``UserKnownHostsFile``, ``~/.ssh/known_hosts`` and ``known_hosts`` (Fabric itself accepts any
-key, anchors.md §5; we set paramiko's ``RejectPolicy`` unless ``StrictHostKeyChecking no``).
+key, fabric/connection.py:458 (fabric@3.2.3); we set paramiko's ``RejectPolicy`` unless
+``StrictHostKeyChecking no``).
 A failure names the host, the step and the remote stderr.
 """
 

@@ -3,7 +3,8 @@
 Two kinds of tests:
 
 * pure (no SGLang): the argv -> ServerArgs kwargs mapping, the built-in config.json, the rules
-  SGLang accepts although wrong, and the "skipped" / "worker failed" paths;
+  SGLang accepts although wrong (in :mod:`glmlaunch.checks`, asserted through
+  ``checks.shallow``), and the "skipped" / "worker failed" paths;
 * SGLang-running: ``check_sglang`` with ``GLMLAUNCH_SGLANG_PYTHON`` set to the validation venv
   that ``tests/harness/sglang_venv.sh`` builds (default ``<repo>/.venv-sglang``, or
   ``$GLT_SGLANG_VENV``). Skipped when that venv is missing, except under CI (``CI=true``),
@@ -19,22 +20,19 @@ from pathlib import Path
 
 import pytest
 
-from glmlaunch.deep.sglang import (
-    DIST_INIT_ADDR,
-    ENV_PYTHON,
-    check_sglang,
-    engine_kwargs,
-    engine_rule_findings,
-    model_config,
-)
+from glmlaunch import checks
+from glmlaunch.deep.sglang import DIST_INIT_ADDR, ENV_PYTHON, check_sglang, engine_kwargs, model_config
 from glmlaunch.deepcheck import FLAG_FIELDS
+from glmlaunch.hosts import placeholder_allocation
+from glmlaunch.recipe import load_recipe
+from glmlaunch.resolve import resolve
 
 REPO = Path(__file__).resolve().parents[2]
 
 # The recipe-field map glmlaunch.deepcheck passes.
 FIELDS = FLAG_FIELDS
 
-# trainer-contract §1.5 (GLM-4.5 355B model args) and §1.4 (cluster + SGLANG groups)
+# the GLM-4.5 355B model args (miles scripts/models/glm4.5-355B-A32B.py) and the seed's cluster + SGLang groups
 MODEL = (
     "--disable-bias-linear --qk-layernorm --group-query-attention --num-attention-heads 96 "
     "--num-query-groups 8 --kv-channels 128 --num-layers 92 --hidden-size 5120 --ffn-hidden-size 12288 "
@@ -145,49 +143,45 @@ def test_model_config_from_argv():
 
 
 # ---------------------------------------------------------------------------------------------
-# pure: the rules SGLang accepts although wrong
+# pure: the rules SGLang accepts although the engine fails later (glmlaunch.checks)
 
 
-def _rule_fields(argv, gpn=8, config=None):
-    return sorted((f.field, f.rule) for f in engine_rule_findings(argv, gpn, config, FIELDS))
+def _sglang_findings(*sets):
+    """checks.shallow's sglang.* findings for the 355B GSPO recipe on 8 x 8 GPUs with ``sets``."""
+    res = resolve(load_recipe("glm45-355b-a32b-gspo", list(sets)), placeholder_allocation(8))
+    return [f for f in checks.shallow(res) if f.field.startswith("sglang.")]
 
 
 def test_rules_355b_clean():
-    assert engine_rule_findings(argv355(), 8, None, FIELDS) == []
+    assert _sglang_findings() == []
 
 
 def test_rules_ep():
-    found = engine_rule_findings(argv355(sglang_ep_size="3"), 8, None, FIELDS)
-    assert {f.field for f in found} == {"sglang.ep_size"} and len(found) == 2  # ep ∉ {1, tp}; 160 % 3
-    assert all(f.severity == "error" and "accepts" in f.source for f in found)
-    # ep = 1 is fine; ep = 16 divides the experts but is neither 1 nor tp
-    assert engine_rule_findings(argv355(sglang_ep_size="1"), 8, None, FIELDS) == []
-    found = engine_rule_findings(argv355(sglang_ep_size="16"), 8, None, FIELDS)
-    assert [f.rule for f in found] == ["sglang ep_size in {1, tp_size}"]
-    # experts from the checkpoint's config.json, when given
-    found = engine_rule_findings(argv355(), 8, {"n_routed_experts": 100, "num_attention_heads": 96}, FIELDS)
-    assert [f.rule for f in found] == ["num_experts % sglang ep_size == 0"]
+    found = _sglang_findings("sglang.ep_size=3")  # 160 % 3 (SGLang's MoE layer asserts it), 32 % 3 (a warning)
+    assert {(f.field, f.severity) for f in found} == {("sglang.ep_size", "error"), ("sglang.ep_size", "warning")}
+    (err,) = [f for f in found if f.severity == "error"]
+    assert err.source == "sglang/srt/layers/moe/fused_moe_triton/layer.py:414 (sglang@0.5.23)"
+    # ep = 1 is fine; ep = 16 divides the experts and the engine's TP (SGLang's MoE TP is 32 // 16 = 2)
+    assert _sglang_findings("sglang.ep_size=1") == []
+    assert _sglang_findings("sglang.ep_size=16") == []
 
 
 def test_rules_eagle_nodes_heads_mem_dp():
-    found = engine_rule_findings(argv355(sglang_speculative_eagle_topk="4"), 8, None, FIELDS)
-    assert [f.field for f in found] == ["sglang.speculative_eagle_topk"]
+    (f,) = _sglang_findings("sglang.speculative_eagle_topk=4")
+    assert (f.field, f.severity, f.source) == ("sglang.speculative_eagle_topk", "warning", "docs/rules.md#eagle-topk")
     # 12 GPUs per engine on 8-GPU nodes: not a whole number of nodes (ep follows tp here)
-    a = argv355(rollout_num_gpus_per_engine="12", sglang_ep_size="12", sglang_dp_size="2")
-    rules = [f.rule for f in engine_rule_findings(a, 8, None, FIELDS)]
-    assert any("num_gpus_per_node" in r for r in rules)
-    a = argv355(rollout_num_gpus_per_engine="3", sglang_ep_size="3", sglang_dp_size="1")
-    assert any(f.field == "sglang.gpus_per_engine" for f in engine_rule_findings(a, 8, None, FIELDS))
-    # TP 64 without attention DP: 96 heads do not split over 64 ranks
-    a = argv355(rollout_num_gpus_per_engine="64", sglang_ep_size="64", sglang_dp_size="1")
-    a.remove("--sglang-enable-dp-attention")
-    assert any("heads" in f.message for f in engine_rule_findings(a, 8, None, FIELDS))
-    found = engine_rule_findings(argv355(sglang_mem_fraction_static="1.5"), 8, None, FIELDS)
-    assert [f.field for f in found] == ["sglang.mem_fraction_static"]
-    a = argv355()
-    a.remove("--sglang-enable-dp-attention")
-    found = engine_rule_findings(a, 8, None, FIELDS)
-    assert [f.field for f in found] == ["sglang.dp_size"] and "miles" in found[0].source
+    found = _sglang_findings("sglang.gpus_per_engine=12", "sglang.ep_size=12", "sglang.dp_size=2")
+    assert any("not a whole number of nodes" in f.message and "sglang_engine.py:711" in f.source for f in found)
+    found = _sglang_findings("sglang.gpus_per_engine=3", "sglang.ep_size=1", "sglang.dp_size=1")
+    assert any("do not tile a node" in f.message and f.severity == "error" for f in found)
+    # TP 64 without attention DP: 96 heads do not split over 64 ranks (SGLang's GLM-4.5 attention asserts it)
+    found = _sglang_findings("sglang.gpus_per_engine=64", "sglang.ep_size=32", "sglang.enable_dp_attention=false",
+                             "sglang.dp_size=1")
+    assert [f.source for f in found if "heads" in f.message] == ["sglang/srt/models/glm4_moe.py:236-247 (sglang@0.5.23)"]
+    (f,) = _sglang_findings("sglang.mem_fraction_static=1.5")
+    assert f.field == "sglang.mem_fraction_static" and f.severity == "error"
+    (f,) = _sglang_findings("sglang.enable_dp_attention=false")
+    assert f.field == "sglang.dp_size" and "(miles@" in f.source
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,7 +237,7 @@ def sgl(monkeypatch):
 
 
 def _sglang_errors(found):
-    return [f for f in errors(found) if f.source.startswith("sglang ServerArgs")]
+    return [f for f in errors(found) if f.source.startswith("sglang/")]
 
 
 def test_sglang_355b_engine_passes(sgl):
@@ -254,7 +248,7 @@ def test_sglang_355b_engine_passes(sgl):
     w = found[0]
     assert w.severity == "warning"
     assert "--sglang-enable-dp-attention" in w.message and "--sglang-attn-dp-size 4" in w.message
-    assert "sglang 0.5." in w.source
+    assert w.source.startswith("sglang/srt/arg_groups/parallel_hook.py:") and "(sglang@0.5." in w.source
 
 
 def test_sglang_dp3_fails_naming_dp_size(sgl):
@@ -262,7 +256,8 @@ def test_sglang_dp3_fails_naming_dp_size(sgl):
     assert len(found) == 1
     f = found[0]
     assert f.field == "sglang.dp_size"
-    assert "resolve_once" in f.source and "attn_dp_size" in f.message  # a bare assert, shown as its statement
+    assert "resolve_once" in f.rule and "attn_dp_size" in f.message  # a bare assert, shown as its statement
+    assert f.source.startswith("sglang/srt/arg_groups/") and f.source.endswith("(sglang@0.5.23)")
     assert set(f.extra["fields"]) == {"sglang.dp_size", "sglang.gpus_per_engine"}
 
 
@@ -275,14 +270,13 @@ def test_sglang_unknown_speculative_algorithm(sgl):
 def test_sglang_moe_dense_tp_size_4(sgl):
     found = _sglang_errors(check_sglang(argv355(sglang_moe_dense_tp_size="4"), 8, flag_fields=FIELDS))
     assert [f.field for f in found] == ["sglang.moe_dense_tp_size"]
-    assert "check_server_args" in found[0].source
+    assert "check_server_args" in found[0].rule
+    assert found[0].source.startswith("sglang/srt/arg_groups/validation_hook.py:")
 
 
-def test_sglang_ep3_only_our_rule(sgl):
-    found = check_sglang(argv355(sglang_ep_size="3"), 8, flag_fields=FIELDS)
-    assert _sglang_errors(found) == []  # SGLang itself accepts ep 3 with tp 32
-    errs = errors(found)
-    assert errs and {f.field for f in errs} == {"sglang.ep_size"}
+def test_sglang_accepts_ep3(sgl):
+    # SGLang's ServerArgs accepts ep 3 with tp 32; the model load would not (checks.py: test_rules_ep)
+    assert errors(check_sglang(argv355(sglang_ep_size="3"), 8, flag_fields=FIELDS)) == []
 
 
 def test_sglang_with_checkpoint_config_and_flag_spelling(sgl, tmp_path):
@@ -297,7 +291,7 @@ def test_sglang_with_checkpoint_config_and_flag_spelling(sgl, tmp_path):
     # the checkpoint folder works too; a flag this SGLang's parser (reused by miles) rejects
     found = check_sglang([*argv, "--sglang-cuda-graph-bs", "1", "2", "4"], 8, str(tmp_path), flag_fields=FIELDS)
     assert [f.field for f in errors(found)] == ["sglang.cuda_graph_bs"]  # the recipe field, through deepcheck.FLAG_FIELDS
-    assert "add_cli_args" in found[0].source
+    assert "sglang/srt/server_args.py:" in found[0].source and "miles/backends/sglang_utils/arguments.py" in found[0].source
 
 
 def test_sglang_reports_silent_change(sgl):
