@@ -78,6 +78,7 @@ def _load_platform_stubs() -> Any:
     loc = list(_find_spec("sglang").submodule_search_locations)[0]
     path = os.path.join(loc, "_platform_stubs.py")
     spec = importlib.util.spec_from_file_location("_glmlaunch_sglang_platform_stubs", path)
+    assert spec is not None and spec.loader is not None, path
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # @dataclass looks its module up in sys.modules
     spec.loader.exec_module(mod)
@@ -96,14 +97,16 @@ def install_stubs() -> list[str]:
         import torch
 
         # install_platform_stubs() acts only on Apple Silicon with MPS: pretend, then restore.
-        saved = (sys.platform, platform.machine, torch.backends.mps.is_available)
-        sys.platform = "darwin"
-        platform.machine = lambda: "arm64"
-        torch.backends.mps.is_available = lambda: True
+        patches = ((sys, "platform", "darwin"), (platform, "machine", lambda: "arm64"),
+                   (torch.backends.mps, "is_available", lambda: True))
+        saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+        for obj, name, value in patches:
+            setattr(obj, name, value)
         try:
             ps.install_platform_stubs()
         finally:
-            sys.platform, platform.machine, torch.backends.mps.is_available = saved
+            for obj, name, value in saved:
+                setattr(obj, name, value)
         installed.append("triton")
     if need_tv:
         # transformers caches these (lru_cache): ask first, so it keeps "no torchvision" and never
@@ -190,9 +193,9 @@ def _miles_parser(ServerArgs: Any) -> Any:
             kw = {**kw, "dest": f"sglang_{kw['dest']}"}
         return old(*new, **kw)
 
-    parser.add_argument = add
+    setattr(parser, "add_argument", add)  # noqa: B010 (a method replaced for one call)
     ServerArgs.add_cli_args(parser)
-    parser.add_argument = old
+    setattr(parser, "add_argument", old)  # noqa: B010
     return parser
 
 
@@ -276,9 +279,9 @@ def _assert_source(exc: BaseException) -> str:
     try:
         with open(frame.filename, encoding="utf-8") as fh:
             lines = fh.readlines()
-        i = frame.lineno - 1
+        i = (frame.lineno or 1) - 1
         stmt = lines[i].strip()
-        while stmt.count("(") > stmt.count(")") and i + 1 < len(lines) and i < frame.lineno + 8:
+        while stmt.count("(") > stmt.count(")") and i + 1 < len(lines) and i < (frame.lineno or 1) + 8:
             i += 1
             stmt += " " + lines[i].strip()
         text = stmt or text

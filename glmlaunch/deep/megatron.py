@@ -180,19 +180,19 @@ class _Args:
     def has(self, flag: str) -> bool:
         return flag in self.flags
 
-    def str(self, flag: str, default: Any = None) -> Any:
+    def text(self, flag: str, default: Any = None) -> Any:
         vals = self.flags.get(flag)
         return vals[0] if vals else default
 
-    def int(self, flag: str, default: Any = None) -> Any:
-        text = self.str(flag)
+    def integer(self, flag: str, default: Any = None) -> Any:
+        text = self.text(flag)
         try:
             return default if text is None else int(text)
         except ValueError:
             raise _BadValue(flag, text, "an integer") from None
 
-    def float(self, flag: str, default: Any = None) -> Any:
-        text = self.str(flag)
+    def number(self, flag: str, default: Any = None) -> Any:
+        text = self.text(flag)
         try:
             return default if text is None else float(text)
         except ValueError:
@@ -202,10 +202,10 @@ class _Args:
 def _sizes(a: _Args) -> dict[str, Any]:
     """Parallel sizes with Megatron-LM's defaults (megatron/training/arguments.py:410-411 and
     :618-619 (Megatron-LM@2e64d788b): ETP defaults to TP, a virtual size of 1 means none)."""
-    s = {k: a.int(f, 1) for k, f in _SIZE_FLAGS.items()}
+    s = {k: a.integer(f, 1) for k, f in _SIZE_FLAGS.items()}
     if not a.has(_SIZE_FLAGS["etp"]):
         s["etp"] = s["tp"]
-    vpp = next((a.int(f) for f in _VPP_FLAGS if a.has(f)), None)
+    vpp = next((a.integer(f) for f in _VPP_FLAGS if a.has(f)), None)
     s["vpp"] = None if vpp == 1 else vpp
     return s
 
@@ -250,8 +250,10 @@ def _raised_at(exc: BaseException) -> str:
     """Where megatron-core raised ``exc``: its innermost megatron-core frame."""
     frames = traceback.extract_tb(exc.__traceback__)
     core = [f for f in frames if "megatron/core/" in f.filename.replace(os.sep, "/")]
-    f = (core or frames or [None])[-1]
-    return _where(f.filename, f.lineno) if f else f"megatron-core@{_core_version()}"
+    found = core or frames
+    if not found:
+        return f"megatron-core@{_core_version()}"
+    return _where(found[-1].filename, found[-1].lineno)
 
 
 def _flag_for_message(msg: str) -> str:
@@ -303,20 +305,20 @@ def _transformer_kwargs(a: _Args, s: dict[str, Any], torch: Any) -> dict[str, An
     """TransformerConfig kwargs as Megatron-LM's core_transformer_config_from_args builds them
     (line numbers: megatron/training/arguments.py (Megatron-LM@2e64d788b))."""
     tp, pp = s["tp"], s["pp"]
-    hidden = a.int("--hidden-size")
-    heads = a.int("--num-attention-heads")
+    hidden = a.integer("--hidden-size")
+    heads = a.integer("--num-attention-heads")
     swiglu = a.has("--swiglu")
-    ffn = a.int("--ffn-hidden-size")
+    ffn = a.integer("--ffn-hidden-size")
     if ffn is None and hidden is not None:  # :866-875
         ffn = int((4 * hidden * 2 / 3) / 64) * 64 if swiglu else 4 * hidden
     bf16 = not a.has("--fp16")  # miles/backends/megatron_utils/arguments.py:22 (miles@31f1ca961a94)
     dtype = torch.bfloat16 if bf16 else torch.float16
     kw: dict[str, Any] = {
-        "num_layers": a.int("--num-layers"),
+        "num_layers": a.integer("--num-layers"),
         "hidden_size": hidden,
         "num_attention_heads": heads,
-        "num_query_groups": a.int("--num-query-groups", 1) if a.has("--group-query-attention") else None,  # :1436-1439
-        "kv_channels": a.int("--kv-channels"),
+        "num_query_groups": a.integer("--num-query-groups", 1) if a.has("--group-query-attention") else None,  # :1436-1439
+        "kv_channels": a.integer("--kv-channels"),
         "ffn_hidden_size": ffn,
         "tensor_model_parallel_size": tp,
         "pipeline_model_parallel_size": pp,
@@ -329,40 +331,40 @@ def _transformer_kwargs(a: _Args, s: dict[str, Any], torch: Any) -> dict[str, An
         "params_dtype": dtype,
         "bf16": bf16,
         "fp16": not bf16,
-        "num_layers_in_first_pipeline_stage": a.int("--decoder-first-pipeline-num-layers"),
-        "num_layers_in_last_pipeline_stage": a.int("--decoder-last-pipeline-num-layers"),
-        "recompute_granularity": a.str("--recompute-granularity"),
-        "recompute_method": a.str("--recompute-method"),
-        "recompute_num_layers": a.int("--recompute-num-layers"),
+        "num_layers_in_first_pipeline_stage": a.integer("--decoder-first-pipeline-num-layers"),
+        "num_layers_in_last_pipeline_stage": a.integer("--decoder-last-pipeline-num-layers"),
+        "recompute_granularity": a.text("--recompute-granularity"),
+        "recompute_method": a.text("--recompute-method"),
+        "recompute_num_layers": a.integer("--recompute-num-layers"),
         "add_bias_linear": not a.has("--disable-bias-linear"),
         "add_qkv_bias": a.has("--add-qkv-bias"),
         "qk_layernorm": a.has("--qk-layernorm"),
         "gated_linear_unit": swiglu,
-        "normalization": a.str("--normalization", "LayerNorm"),
-        "layernorm_epsilon": a.float("--norm-epsilon", 1e-5),
-        "attention_dropout": a.float("--attention-dropout", 0.1),
-        "hidden_dropout": a.float("--hidden-dropout", 0.1),
+        "normalization": a.text("--normalization", "LayerNorm"),
+        "layernorm_epsilon": a.number("--norm-epsilon", 1e-5),
+        "attention_dropout": a.number("--attention-dropout", 0.1),
+        "hidden_dropout": a.number("--hidden-dropout", 0.1),
     }
-    experts = a.int("--num-experts") or None  # :1078-1079: 0 means dense
+    experts = a.integer("--num-experts") or None  # :1078-1079: 0 means dense
     if experts is not None:
-        text = a.str("--moe-layer-freq")
+        text = a.text("--moe-layer-freq")
         try:
             freq = 1 if text is None else parse_moe_layer_freq(text)
         except ValueError:
             raise _BadValue("--moe-layer-freq", text, "an int or a list expression such as [0]*3+[1]*89") from None
         kw.update(
             num_moe_experts=experts,
-            moe_router_topk=a.int("--moe-router-topk", 2),
-            moe_ffn_hidden_size=a.int("--moe-ffn-hidden-size", ffn),  # :1080-1081
-            moe_shared_expert_intermediate_size=a.int("--moe-shared-expert-intermediate-size"),
+            moe_router_topk=a.integer("--moe-router-topk", 2),
+            moe_ffn_hidden_size=a.integer("--moe-ffn-hidden-size", ffn),  # :1080-1081
+            moe_shared_expert_intermediate_size=a.integer("--moe-shared-expert-intermediate-size"),
             moe_router_pre_softmax=a.has("--moe-router-pre-softmax"),
-            moe_router_score_function=a.str("--moe-router-score-function", "softmax"),
+            moe_router_score_function=a.text("--moe-router-score-function", "softmax"),
             moe_router_enable_expert_bias=a.has("--moe-router-enable-expert-bias"),
-            moe_router_topk_scaling_factor=a.float("--moe-router-topk-scaling-factor"),
-            moe_router_load_balancing_type=a.str("--moe-router-load-balancing-type", "aux_loss"),
-            moe_router_num_groups=a.int("--moe-router-num-groups"),
-            moe_router_group_topk=a.int("--moe-router-group-topk"),
-            moe_token_dispatcher_type=a.str("--moe-token-dispatcher-type", "allgather"),
+            moe_router_topk_scaling_factor=a.number("--moe-router-topk-scaling-factor"),
+            moe_router_load_balancing_type=a.text("--moe-router-load-balancing-type", "aux_loss"),
+            moe_router_num_groups=a.integer("--moe-router-num-groups"),
+            moe_router_group_topk=a.integer("--moe-router-group-topk"),
+            moe_token_dispatcher_type=a.text("--moe-token-dispatcher-type", "allgather"),
             moe_enable_deepep=a.has("--moe-enable-deepep"),
             moe_grouped_gemm=a.has("--moe-grouped-gemm"),
             moe_layer_freq=freq,
@@ -373,7 +375,7 @@ def _transformer_kwargs(a: _Args, s: dict[str, Any], torch: Any) -> dict[str, An
 
 def _optimizer_kwargs(a: _Args, torch: Any) -> dict[str, Any]:
     """OptimizerConfig kwargs as Megatron-LM / miles build them."""
-    optimizer = a.str("--optimizer", "adam")
+    optimizer = a.text("--optimizer", "adam")
     bf16 = not a.has("--fp16")
     offload = a.has("--optimizer-cpu-offload")
     kw: dict[str, Any] = {
@@ -385,10 +387,10 @@ def _optimizer_kwargs(a: _Args, torch: Any) -> dict[str, Any]:
         "optimizer_cpu_offload": offload,
         "overlap_cpu_optimizer_d2h_h2d": a.has("--overlap-cpu-optimizer-d2h-h2d"),
         # megatron/training/arguments.py:2156 (Megatron-LM@2e64d788b): default 1.0
-        "optimizer_offload_fraction": a.float("--optimizer-offload-fraction", 1.0) if offload else 0.0,
+        "optimizer_offload_fraction": a.number("--optimizer-offload-fraction", 1.0) if offload else 0.0,
     }
     for key in ("main_grads_dtype", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype"):
-        text = a.str("--" + key.replace("_", "-"))
+        text = a.text("--" + key.replace("_", "-"))
         if text is not None:
             if text not in _DTYPES:  # the choices of megatron/training/arguments.py:2956-2968 (Megatron-LM@2e64d788b)
                 raise _BadValue("--" + key.replace("_", "-"), text, f"one of {sorted(_DTYPES)}")

@@ -262,7 +262,7 @@ def model_config(argv: list[str], eagle: bool) -> dict[str, Any]:
         kv_heads = _GLM45["num_key_value_heads"]
     n_layers = geti("--num-layers", _GLM45["num_hidden_layers"])
     first_dense = _GLM45["first_k_dense_replace"] if "--num-layers" not in flags else 0
-    freq_text = (flags.get("--moe-layer-freq") or [None])[0]
+    freq_text = next(iter(flags.get("--moe-layer-freq") or []), None)
     if freq_text is not None:
         try:
             freq = parse_moe_layer_freq(freq_text)
