@@ -20,9 +20,24 @@ BIN = Path(sys.executable).parent
 CASES = {
     "python -c pass (floor)": [sys.executable, "-c", "pass"],
     "glmlaunch --help": [str(BIN / "glmlaunch"), "--help"],
-    "glmlaunch render 355B (64 GPUs)": [str(BIN / "glmlaunch"), "render", "glm45-355b-a32b-gspo", "--nodes", "8", "--format", "json"],
+    "glmlaunch render 355B (64 GPUs)": [
+        str(BIN / "glmlaunch"),
+        "render",
+        "glm45-355b-a32b-gspo",
+        "--nodes",
+        "8",
+        "--format",
+        "json",
+    ],
     "glmlaunch check 355B": [str(BIN / "glmlaunch"), "check", "glm45-355b-a32b-gspo", "--nodes", "8"],
-    "glmlaunch check 355B --deep": [str(BIN / "glmlaunch"), "check", "glm45-355b-a32b-gspo", "--nodes", "8", "--deep"],
+    "glmlaunch check 355B --deep": [
+        str(BIN / "glmlaunch"),
+        "check",
+        "glm45-355b-a32b-gspo",
+        "--nodes",
+        "8",
+        "--deep",
+    ],
 }
 
 
@@ -41,4 +56,6 @@ floor = results["python -c pass (floor)"]
 print(f"{'command':<36} {'median s':>9} {'x floor':>8}")
 for name, t in results.items():
     print(f"{name:<36} {t:9.3f} {t / floor:8.1f}")
-print(f"deep / shallow check: {results['glmlaunch check 355B --deep'] / results['glmlaunch check 355B']:.1f}x")
+print(
+    f"deep / shallow check: {results['glmlaunch check 355B --deep'] / results['glmlaunch check 355B']:.1f}x"
+)

@@ -33,7 +33,9 @@ def serial():
 
 
 def bg_wait():
-    subprocess.run(" ".join(f"ssh -F {cfg} {h} {CMD} >/dev/null &" for h in hosts) + " wait", shell=True, check=True)
+    subprocess.run(
+        " ".join(f"ssh -F {cfg} {h} {CMD} >/dev/null &" for h in hosts) + " wait", shell=True, check=True
+    )
 
 
 def fabric_fresh():
@@ -62,9 +64,15 @@ def med(fn):
     return statistics.median(ts)
 
 
-rows = {"seed-serial": med(serial), "seed-bg-wait": med(bg_wait), "glmlaunch": med(fabric_fresh),
-        "glmlaunch-reuse": med(fabric_reuse)}
+rows = {
+    "seed-serial": med(serial),
+    "seed-bg-wait": med(bg_wait),
+    "glmlaunch": med(fabric_fresh),
+    "glmlaunch-reuse": med(fabric_reuse),
+}
 reuse_t.close()
 print(f"{len(hosts)} hosts, command {CMD!r}, median of {R}")
 for k, v in rows.items():
-    print(f"{k:<16} {v:7.3f} s   {v / rows['seed-bg-wait']:5.2f}x seed-bg-wait   {v / rows['seed-serial']:5.2f}x seed-serial")
+    print(
+        f"{k:<16} {v:7.3f} s   {v / rows['seed-bg-wait']:5.2f}x seed-bg-wait   {v / rows['seed-serial']:5.2f}x seed-serial"
+    )

@@ -33,10 +33,34 @@ __version__ = "0.1.0"
 _LAZY = {"launch", "up", "Run", "plan_launch", "open_run", "RayCluster"}
 
 __all__ = [
-    "Allocation", "AllocationKind", "CheckFailed", "ClusterError", "Defaults", "Finding", "Findings", "GlmlaunchError",
-    "Host", "HostfileError", "JobError", "LaunchPlan", "PortPlan", "Recipe", "RecipeError", "Resolved", "SSHOptions",
-    "TransportError", "UsageError", "build_plan", "discover", "from_slurm", "load_recipe", "read_hostfile",
-    "render_bash", "render_json", "resolve", *sorted(_LAZY),
+    "Allocation",
+    "AllocationKind",
+    "CheckFailed",
+    "ClusterError",
+    "Defaults",
+    "Finding",
+    "Findings",
+    "GlmlaunchError",
+    "Host",
+    "HostfileError",
+    "JobError",
+    "LaunchPlan",
+    "PortPlan",
+    "Recipe",
+    "RecipeError",
+    "Resolved",
+    "SSHOptions",
+    "TransportError",
+    "UsageError",
+    "build_plan",
+    "discover",
+    "from_slurm",
+    "load_recipe",
+    "read_hostfile",
+    "render_bash",
+    "render_json",
+    "resolve",
+    *sorted(_LAZY),
 ]
 
 

@@ -41,39 +41,78 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="Print the version and exit")] = False) -> None:
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit")
+    ] = False,
+) -> None:
     """Launch miles GSPO/GRPO training of GLM-4.5 on a Ray cluster, from an MPI hostfile or a Slurm allocation."""
 
-SSHConfigOpt = Annotated[str | None, typer.Option("--ssh-config", help="ssh_config file (default ~/.ssh/config)")]
+
+SSHConfigOpt = Annotated[
+    str | None, typer.Option("--ssh-config", help="ssh_config file (default ~/.ssh/config)")
+]
 SSHUserOpt = Annotated[str | None, typer.Option("--ssh-user", help="SSH login user (overrides ssh_config)")]
 SSHKeyOpt = Annotated[str | None, typer.Option("--ssh-key", help="SSH private key file")]
 SSHPortOpt = Annotated[int | None, typer.Option("--ssh-port", help="SSH port")]
-KnownHostsOpt = Annotated[str | None, typer.Option("--known-hosts", help="extra known_hosts file (host keys are checked)")]
+KnownHostsOpt = Annotated[
+    str | None, typer.Option("--known-hosts", help="extra known_hosts file (host keys are checked)")
+]
 RecipeArg = Annotated[str, typer.Argument(help="Template name or recipe file")]
 ConnectTimeoutOpt = Annotated[float, typer.Option("--connect-timeout", help="SSH connect timeout, seconds")]
-RunsDirOpt = Annotated[str | None, typer.Option("--runs-dir", help="where run directories go (default ./runs or $GLMLAUNCH_RUNS_DIR)")]
-JoinTimeoutOpt = Annotated[float, typer.Option("--join-timeout", help="seconds to wait for every node and GPU to join")]
-PortBaseOpt = Annotated[int | None, typer.Option("--port-base", help="first of Ray's pinned ports (default 6379)")]
-DashPortOpt = Annotated[int | None, typer.Option("--dashboard-port", help="dashboard / job API port (default 8265)")]
-PythonOpt = Annotated[str | None, typer.Option("--python", help="Python on the nodes (default: this interpreter)")]
-NetworkOpt = Annotated[str | None, typer.Option("--network", help="pick each node's address in this CIDR (multi-NIC hosts)")]
-InterfaceOpt = Annotated[str | None, typer.Option("--interface", help="pick each node's address on this interface; also sets GLOO/NCCL_SOCKET_IFNAME")]
+RunsDirOpt = Annotated[
+    str | None,
+    typer.Option("--runs-dir", help="where run directories go (default ./runs or $GLMLAUNCH_RUNS_DIR)"),
+]
+JoinTimeoutOpt = Annotated[
+    float, typer.Option("--join-timeout", help="seconds to wait for every node and GPU to join")
+]
+PortBaseOpt = Annotated[
+    int | None, typer.Option("--port-base", help="first of Ray's pinned ports (default 6379)")
+]
+DashPortOpt = Annotated[
+    int | None, typer.Option("--dashboard-port", help="dashboard / job API port (default 8265)")
+]
+PythonOpt = Annotated[
+    str | None, typer.Option("--python", help="Python on the nodes (default: this interpreter)")
+]
+NetworkOpt = Annotated[
+    str | None, typer.Option("--network", help="pick each node's address in this CIDR (multi-NIC hosts)")
+]
+InterfaceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--interface", help="pick each node's address on this interface; also sets GLOO/NCCL_SOCKET_IFNAME"
+    ),
+]
 RunOpt = Annotated[str | None, typer.Option("--run", help="run id or directory (default: the current run)")]
 
-HostfileOpt = Annotated[str | None, typer.Option("--hostfile", "-H", help="MPI hostfile (default /root/mpi_rack_hostfile, or the Slurm allocation)")]
-NodesOpt = Annotated[int | None, typer.Option("--nodes", help="Render for N placeholder nodes instead of a hostfile")]
-GpusOpt = Annotated[int | None, typer.Option("--gpus-per-node", help="GPUs per node when the hostfile has no slots")]
+HostfileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--hostfile", "-H", help="MPI hostfile (default /root/mpi_rack_hostfile, or the Slurm allocation)"
+    ),
+]
+NodesOpt = Annotated[
+    int | None, typer.Option("--nodes", help="Render for N placeholder nodes instead of a hostfile")
+]
+GpusOpt = Annotated[
+    int | None, typer.Option("--gpus-per-node", help="GPUs per node when the hostfile has no slots")
+]
 HeadOpt = Annotated[str | None, typer.Option("--head", help="The head node (default: the first host)")]
 LocalOpt = Annotated[bool, typer.Option("--local", help="Run on this machine alone (loopback)")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a recipe field: --set parallelism.tp=4")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override a recipe field: --set parallelism.tp=4")
+]
 
 
 def _fail(e: GlmlaunchError) -> NoReturn:
     """One message (and the fix) for an error, then its exit code (:mod:`glmlaunch.errors`)."""
     if isinstance(e, CheckFailed):
         print_findings(e.findings)
-        err.print(f"[bold red]error:[/] {len([f for f in e.findings if f.severity == 'error'])} check(s) failed")
+        err.print(
+            f"[bold red]error:[/] {len([f for f in e.findings if f.severity == 'error'])} check(s) failed"
+        )
         if e.hint:
             err.print(f"[yellow]fix:[/] {_esc(e.hint)}", soft_wrap=True)
         raise typer.Exit(e.exit_code)
@@ -123,9 +162,19 @@ def hosts(hostfile: HostfileOpt = None, head: HeadOpt = None, gpus_per_node: Gpu
     for c in ("#", "role", "host", "address", "GPUs (slots)", "ssh", "line"):
         t.add_column(c)
     for i, h in enumerate(alloc.hosts):
-        ssh = f"{h.ssh_user or ''}{'@' if h.ssh_user else ''}{':' + str(h.ssh_port) if h.ssh_port else ''}" or "-"
-        t.add_row(str(i), "head" if i == 0 else "worker", _esc(h.name), _esc(h.address), str(h.slots or "-"), _esc(ssh),
-                  _esc(h.source))
+        ssh = (
+            f"{h.ssh_user or ''}{'@' if h.ssh_user else ''}{':' + str(h.ssh_port) if h.ssh_port else ''}"
+            or "-"
+        )
+        t.add_row(
+            str(i),
+            "head" if i == 0 else "worker",
+            _esc(h.name),
+            _esc(h.address),
+            str(h.slots or "-"),
+            _esc(ssh),
+            _esc(h.source),
+        )
     out.print(t)
 
 
@@ -138,26 +187,51 @@ def check(
     head: HeadOpt = None,
     local: LocalOpt = False,
     set_: SetOpt = None,
-    deep: Annotated[bool, typer.Option("--deep", help="Also run megatron-core / SGLang / HF config checks, and the "
-                                                      "read-only preflight on every node of a real hostfile")] = False,
-    ssh_config: SSHConfigOpt = None, ssh_user: SSHUserOpt = None, ssh_key: SSHKeyOpt = None,
-    ssh_port: SSHPortOpt = None, known_hosts: KnownHostsOpt = None, connect_timeout: ConnectTimeoutOpt = Defaults.connect_timeout_s,
+    deep: Annotated[
+        bool,
+        typer.Option(
+            "--deep",
+            help="Also run megatron-core / SGLang / HF config checks, and the "
+            "read-only preflight on every node of a real hostfile",
+        ),
+    ] = False,
+    ssh_config: SSHConfigOpt = None,
+    ssh_user: SSHUserOpt = None,
+    ssh_key: SSHKeyOpt = None,
+    ssh_port: SSHPortOpt = None,
+    known_hosts: KnownHostsOpt = None,
+    connect_timeout: ConnectTimeoutOpt = Defaults.connect_timeout_s,
 ) -> None:
     """Check a recipe against the nodes; print every failure (exit 1 if any, 2 for bad input)."""
     from .run import plan_launch
 
     try:
         with err.status("running checks (with --deep: megatron-core, SGLang, HF config, every node)..."):
-            p = plan_launch(recipe, hostfile, overrides=set_, nodes=nodes, gpus_per_node=gpus_per_node, head=head,
-                            local=local, deep=deep, preflight=deep,
-                            ssh=_ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout))
+            p = plan_launch(
+                recipe,
+                hostfile,
+                overrides=set_,
+                nodes=nodes,
+                gpus_per_node=gpus_per_node,
+                head=head,
+                local=local,
+                deep=deep,
+                preflight=deep,
+                ssh=_ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout),
+            )
     except GlmlaunchError as e:
         _fail(e)
     n = p.alloc.num_nodes
-    print_findings(p.findings, f"checks of {p.recipe.run.name} on {n} node{'s' if n != 1 else ''} x {p.plan.gpus_per_node} GPUs")
+    print_findings(
+        p.findings,
+        f"checks of {p.recipe.run.name} on {n} node{'s' if n != 1 else ''} x {p.plan.gpus_per_node} GPUs",
+    )
     if p.findings.errors:
-        err.print("[yellow]fix:[/] change the recipe fields named above (in the file or with --set KEY=VALUE), the "
-                  "hostfile, or the nodes, and run `glmlaunch check` again", soft_wrap=True)
+        err.print(
+            "[yellow]fix:[/] change the recipe fields named above (in the file or with --set KEY=VALUE), the "
+            "hostfile, or the nodes, and run `glmlaunch check` again",
+            soft_wrap=True,
+        )
         raise typer.Exit(1)
 
 
@@ -171,8 +245,12 @@ def render(
     local: LocalOpt = False,
     set_: SetOpt = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="bash or json")] = "bash",
-    run_id: Annotated[str | None, typer.Option("--run-id", help="Use this run id (default: a new one)")] = None,
-    port_base: PortBaseOpt = None, dashboard_port: DashPortOpt = None, python: PythonOpt = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="Use this run id (default: a new one)")
+    ] = None,
+    port_base: PortBaseOpt = None,
+    dashboard_port: DashPortOpt = None,
+    python: PythonOpt = None,
 ) -> None:
     """Print the launch plan: the exact commands (bash) or the plan as JSON."""
     from .render import render_bash, render_json
@@ -181,14 +259,27 @@ def render(
     try:
         if fmt not in ("bash", "json"):
             raise UsageError(f"--format {fmt}: unknown format", "use --format bash or --format json")
-        p = plan_launch(recipe, hostfile, overrides=set_, nodes=nodes, gpus_per_node=gpus_per_node, head=head,
-                        local=local, run_id=run_id, port_base=port_base, dashboard_port=dashboard_port, python=python)
+        p = plan_launch(
+            recipe,
+            hostfile,
+            overrides=set_,
+            nodes=nodes,
+            gpus_per_node=gpus_per_node,
+            head=head,
+            local=local,
+            run_id=run_id,
+            port_base=port_base,
+            dashboard_port=dashboard_port,
+            python=python,
+        )
     except GlmlaunchError as e:
         _fail(e)
     sys.stdout.write(render_json(p.plan) if fmt == "json" else render_bash(p.plan))
     if p.findings:
         n = len(p.findings.errors)
-        err.print(f"[{'red' if n else 'yellow'}]{n} error(s), {len(p.findings) - n} warning(s): run `glmlaunch check` for details[/]")
+        err.print(
+            f"[{'red' if n else 'yellow'}]{n} error(s), {len(p.findings) - n} warning(s): run `glmlaunch check` for details[/]"
+        )
 
 
 class RichReporter(Reporter):
@@ -220,8 +311,6 @@ class RichReporter(Reporter):
         sys.stdout.flush()
 
 
-
-
 def _quiet_ray() -> None:
     """Importing Ray sets up its loggers; then keep the job SDK's INFO lines ("WebSocket closed
     for job ...") out of the user's terminal."""
@@ -235,8 +324,14 @@ def _quiet_ray() -> None:
 def _ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout):
     from .options import SSHOptions
 
-    return SSHOptions(ssh_config=ssh_config, user=ssh_user, key=ssh_key, port=ssh_port, known_hosts=known_hosts,
-                      connect_timeout=connect_timeout)
+    return SSHOptions(
+        ssh_config=ssh_config,
+        user=ssh_user,
+        key=ssh_key,
+        port=ssh_port,
+        known_hosts=known_hosts,
+        connect_timeout=connect_timeout,
+    )
 
 
 def print_status(run) -> None:
@@ -258,55 +353,108 @@ def print_status(run) -> None:
         for p in st.cluster.problems:
             err.print(f"[yellow]note:[/] {_esc(p)}")
     for j in st.jobs:
-        out.print(f"job {j.submission_id}: {j.status}" + (f" (exit code {j.exit_code})" if j.exit_code is not None else ""))
+        out.print(
+            f"job {j.submission_id}: {j.status}"
+            + (f" (exit code {j.exit_code})" if j.exit_code is not None else "")
+        )
     out.print(f"run directory: {run.path or '-'}")
 
 
 @app.command()
 def up(
     recipe: RecipeArg = DEFAULT_RECIPE,
-    hostfile: HostfileOpt = None, head: HeadOpt = None, gpus_per_node: GpusOpt = None, local: LocalOpt = False,
-    set_: SetOpt = None, ssh_config: SSHConfigOpt = None, ssh_user: SSHUserOpt = None, ssh_key: SSHKeyOpt = None,
-    ssh_port: SSHPortOpt = None, known_hosts: KnownHostsOpt = None, connect_timeout: ConnectTimeoutOpt = Defaults.connect_timeout_s,
-    runs_dir: RunsDirOpt = None, join_timeout: JoinTimeoutOpt = Defaults.join_timeout_s, port_base: PortBaseOpt = None,
-    dashboard_port: DashPortOpt = None, python: PythonOpt = None, network: NetworkOpt = None,
+    hostfile: HostfileOpt = None,
+    head: HeadOpt = None,
+    gpus_per_node: GpusOpt = None,
+    local: LocalOpt = False,
+    set_: SetOpt = None,
+    ssh_config: SSHConfigOpt = None,
+    ssh_user: SSHUserOpt = None,
+    ssh_key: SSHKeyOpt = None,
+    ssh_port: SSHPortOpt = None,
+    known_hosts: KnownHostsOpt = None,
+    connect_timeout: ConnectTimeoutOpt = Defaults.connect_timeout_s,
+    runs_dir: RunsDirOpt = None,
+    join_timeout: JoinTimeoutOpt = Defaults.join_timeout_s,
+    port_base: PortBaseOpt = None,
+    dashboard_port: DashPortOpt = None,
+    python: PythonOpt = None,
+    network: NetworkOpt = None,
     interface: InterfaceOpt = None,
 ) -> None:
     """Start the Ray cluster (head, then every worker) and return once every node and GPU joined."""
     from . import run as runs
 
     try:
-        r = runs.up(recipe, hostfile, overrides=set_ or [], local=local, head=head, gpus_per_node=gpus_per_node,
-                    ssh=_ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout),
-                    runs_dir=runs_dir, reporter=RichReporter(), join_timeout_s=join_timeout, port_base=port_base,
-                    dashboard_port=dashboard_port, python=python, network=network, interface=interface)
+        r = runs.up(
+            recipe,
+            hostfile,
+            overrides=set_ or [],
+            local=local,
+            head=head,
+            gpus_per_node=gpus_per_node,
+            ssh=_ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout),
+            runs_dir=runs_dir,
+            reporter=RichReporter(),
+            join_timeout_s=join_timeout,
+            port_base=port_base,
+            dashboard_port=dashboard_port,
+            python=python,
+            network=network,
+            interface=interface,
+        )
         print_status(r)
     except GlmlaunchError as e:
         _fail(e)
-    out.print("next: [bold]glmlaunch submit[/] (the recipe's job), [bold]glmlaunch status[/], [bold]glmlaunch down[/]")
+    out.print(
+        "next: [bold]glmlaunch submit[/] (the recipe's job), [bold]glmlaunch status[/], [bold]glmlaunch down[/]"
+    )
 
 
 @app.command()
 def launch(
     recipe: RecipeArg = DEFAULT_RECIPE,
-    hostfile: HostfileOpt = None, head: HeadOpt = None, gpus_per_node: GpusOpt = None, local: LocalOpt = False,
-    set_: SetOpt = None, ssh_config: SSHConfigOpt = None, ssh_user: SSHUserOpt = None, ssh_key: SSHKeyOpt = None,
-    ssh_port: SSHPortOpt = None, known_hosts: KnownHostsOpt = None, connect_timeout: ConnectTimeoutOpt = Defaults.connect_timeout_s,
-    runs_dir: RunsDirOpt = None, join_timeout: JoinTimeoutOpt = Defaults.join_timeout_s, port_base: PortBaseOpt = None,
-    dashboard_port: DashPortOpt = None, python: PythonOpt = None, network: NetworkOpt = None,
+    hostfile: HostfileOpt = None,
+    head: HeadOpt = None,
+    gpus_per_node: GpusOpt = None,
+    local: LocalOpt = False,
+    set_: SetOpt = None,
+    ssh_config: SSHConfigOpt = None,
+    ssh_user: SSHUserOpt = None,
+    ssh_key: SSHKeyOpt = None,
+    ssh_port: SSHPortOpt = None,
+    known_hosts: KnownHostsOpt = None,
+    connect_timeout: ConnectTimeoutOpt = Defaults.connect_timeout_s,
+    runs_dir: RunsDirOpt = None,
+    join_timeout: JoinTimeoutOpt = Defaults.join_timeout_s,
+    port_base: PortBaseOpt = None,
+    dashboard_port: DashPortOpt = None,
+    python: PythonOpt = None,
+    network: NetworkOpt = None,
     interface: InterfaceOpt = None,
     keep: Annotated[bool, typer.Option("--keep", help="leave the cluster up after the job")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (bash) and stop")] = False,
-    no_deep_check: Annotated[bool, typer.Option("--no-deep-check", help="skip the megatron-core/SGLang checks")] = False,
+    no_deep_check: Annotated[
+        bool, typer.Option("--no-deep-check", help="skip the megatron-core/SGLang checks")
+    ] = False,
 ) -> None:
     """Check, start the cluster, submit the trainer, follow its log, tear down; exit with the
     trainer's status. Without arguments: the cluster probe on this machine."""
     from . import run as runs
     from .render import render_bash
 
-    kw = dict(overrides=set_ or [], local=local, head=head, gpus_per_node=gpus_per_node, port_base=port_base,
-              dashboard_port=dashboard_port, python=python, network=network, interface=interface,
-              ssh=_ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout))
+    kw = dict(
+        overrides=set_ or [],
+        local=local,
+        head=head,
+        gpus_per_node=gpus_per_node,
+        port_base=port_base,
+        dashboard_port=dashboard_port,
+        python=python,
+        network=network,
+        interface=interface,
+        ssh=_ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout),
+    )
     try:
         if dry_run:
             res = runs.launch(recipe, hostfile, dry_run=True, deep=not no_deep_check, **kw)
@@ -315,16 +463,27 @@ def launch(
                 print_findings(res.findings)
             return
         _quiet_ray()
-        res = runs.launch(recipe, hostfile, keep=keep, deep=not no_deep_check, reporter=RichReporter(),
-                          runs_dir=runs_dir, join_timeout_s=join_timeout, **kw)
+        res = runs.launch(
+            recipe,
+            hostfile,
+            keep=keep,
+            deep=not no_deep_check,
+            reporter=RichReporter(),
+            runs_dir=runs_dir,
+            join_timeout_s=join_timeout,
+            **kw,
+        )
     except GlmlaunchError as e:
         _fail(e)
     job = res.job
     assert job is not None  # launch() followed the job to its end
     color = "green" if res.ok else "red"
     code = "" if job.exit_code is None else f"exit code {job.exit_code}, "
-    err.print(f"[{color}]job {job.submission_id}: {job.status}[/] ({code}{job.duration_s:.0f} s)"
-              + (f"; run directory {res.run_dir}" if res.run_dir else ""), soft_wrap=True)
+    err.print(
+        f"[{color}]job {job.submission_id}: {job.status}[/] ({code}{job.duration_s:.0f} s)"
+        + (f"; run directory {res.run_dir}" if res.run_dir else ""),
+        soft_wrap=True,
+    )
     if keep:
         err.print("the cluster is still up: [bold]glmlaunch status[/], [bold]glmlaunch down[/]")
     if not res.ok:
@@ -359,7 +518,10 @@ def status(run: RunOpt = None) -> None:
 
 
 @app.command()
-def logs(run: RunOpt = None, follow: Annotated[bool, typer.Option("--follow", "-f", help="follow until the job ends")] = False) -> None:
+def logs(
+    run: RunOpt = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="follow until the job ends")] = False,
+) -> None:
     """Print the trainer's log (with --follow, until the job ends)."""
     from .run import Run
 
@@ -371,16 +533,21 @@ def logs(run: RunOpt = None, follow: Annotated[bool, typer.Option("--follow", "-
         _quiet_ray()
         r = Run.open(run)
         if not r.state.cluster_up:
-            err.print(f"[yellow]run {_esc(r.run_id)} is {r.state}: showing the log kept in its run directory[/]")
+            err.print(
+                f"[yellow]run {_esc(r.run_id)} is {r.state}: showing the log kept in its run directory[/]"
+            )
         r.logs(follow=follow, on_text=show)
     except GlmlaunchError as e:
         _fail(e)
 
 
 @app.command()
-def down(run: RunOpt = None,
-         purge: Annotated[bool, typer.Option("--purge", help="also remove each node's state dir (Ray's logs of this run)")] = False,
-         ) -> None:
+def down(
+    run: RunOpt = None,
+    purge: Annotated[
+        bool, typer.Option("--purge", help="also remove each node's state dir (Ray's logs of this run)")
+    ] = False,
+) -> None:
     """Stop the run's job (with its grace period) and exactly the Ray processes this run started."""
     from .run import Run
 

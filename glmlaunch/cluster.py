@@ -108,9 +108,7 @@ class RayCluster:
         self.command_timeout_s = command_timeout_s
         self.stop_grace_s = stop_grace_s
         self.token = token
-        self.nodes: dict[str, NodeState] = {
-            n.name: NodeState(n.name, n.address, n.role) for n in plan.nodes
-        }
+        self.nodes: dict[str, NodeState] = {n.name: NodeState(n.name, n.address, n.role) for n in plan.nodes}
         self._targets = {n.name: target_of(n) for n in plan.nodes}
         self._node_plan = {n.name: n for n in plan.nodes}
         self.is_up = False
@@ -133,7 +131,9 @@ class RayCluster:
         py = python or self.plan.python
         return f"{self._prefix()}{shlex.quote(py)} -c {shlex.quote(_NODEOPS_SRC)} {op} {shlex.quote(json.dumps(args))}"
 
-    def _nodeop(self, op: str, per_node: dict[str, dict], *, timeout: float | None = None, step: str | None = None) -> dict[str, tuple[dict | None, RemoteResult]]:
+    def _nodeop(
+        self, op: str, per_node: dict[str, dict], *, timeout: float | None = None, step: str | None = None
+    ) -> dict[str, tuple[dict | None, RemoteResult]]:
         """Run a node operation on several nodes at once; returns host -> (parsed JSON or None, result)."""
         cmds = {self._targets[name]: self._nodeop_cmd(op, args) for name, args in per_node.items()}
         res = self.transport.run_many(cmds, timeout=timeout or self.command_timeout_s)
@@ -144,7 +144,9 @@ class RayCluster:
                 try:
                     parsed = json.loads(r.stdout.strip().splitlines()[-1])
                 except (ValueError, IndexError):
-                    r.error = r.error or f"unreadable answer from the node: {r.stdout[-200:]!r} {r.stderr[-300:]!r}"
+                    r.error = (
+                        r.error or f"unreadable answer from the node: {r.stdout[-200:]!r} {r.stderr[-300:]!r}"
+                    )
             if self.run_dir and step:
                 self.run_dir.host_log(t.name, step, f"nodeops {op}", r.stdout, r.stderr, r.exit_code, r.error)
             out[t.name] = (parsed, r)
@@ -152,19 +154,27 @@ class RayCluster:
 
     def _record(self) -> None:
         if self.run_dir:
-            self.run_dir.update(nodes={
-                n.name: NodeRecord(address=n.address, role=n.role, pid=n.pid, starttime=n.starttime)
-                for n in self.nodes.values()
-            })
+            self.run_dir.update(
+                nodes={
+                    n.name: NodeRecord(address=n.address, role=n.role, pid=n.pid, starttime=n.starttime)
+                    for n in self.nodes.values()
+                }
+            )
 
     def _log_files(self, host: str) -> list[str]:
         s = self._node_plan[host].state_dir
-        return [f"{s}/ray-start.log", f"{s}/ray/session_latest/logs/raylet.err", f"{s}/ray/session_latest/logs/raylet.out",
-                f"{s}/ray/session_latest/logs/gcs_server.err"]
+        return [
+            f"{s}/ray-start.log",
+            f"{s}/ray/session_latest/logs/raylet.err",
+            f"{s}/ray/session_latest/logs/raylet.out",
+            f"{s}/ray/session_latest/logs/gcs_server.err",
+        ]
 
     def tail_logs(self, hosts: list[str], lines: int = 12) -> dict[str, str]:
         """The last lines of each host's Ray logs (``ray-start.log``, raylet/GCS logs)."""
-        res = self._nodeop("tail", {h: {"files": self._log_files(h), "lines": lines} for h in hosts}, timeout=30)
+        res = self._nodeop(
+            "tail", {h: {"files": self._log_files(h), "lines": lines} for h in hosts}, timeout=30
+        )
         out = {}
         for h, (parsed, r) in res.items():
             if parsed is None:
@@ -189,7 +199,9 @@ class RayCluster:
 
         step = "preflight"
         self.token = self.token or secrets.token_hex(32)
-        self.reporter.step("preflight: reach every node, check ports, versions, GPUs and files", total=len(self.nodes))
+        self.reporter.step(
+            "preflight: reach every node, check ports, versions, GPUs and files", total=len(self.nodes)
+        )
         sent = time.time()
         res = self._nodeop("preflight", pf.requests(self.plan, self.recipe, self.token[:16]), step=step)
         unreachable, busy, answers = {}, {}, {}
@@ -211,7 +223,7 @@ class RayCluster:
                 + "\n".join(f"  - {h}: {why}" for h, why in unreachable.items()),
                 failures=unreachable,
                 hint=f"check ssh access (key, user, known_hosts) and that {self.plan.python} exists on every node "
-                     "(or give setup lines with cluster.setup)",
+                "(or give setup lines with cluster.setup)",
             )
         findings = pf.analyze(self.plan, self.recipe, answers, sent, time.time())
         for h, ports in busy.items():  # one finding per host, naming each port and its holder
@@ -219,30 +231,49 @@ class RayCluster:
             text = " ".join(ports.values())
             glr = re.search(r"/glr-([A-Za-z0-9_.-]+?)/n\d+", text)
             if glr:
-                what = (f"; they are held by glmlaunch run {glr.group(1)}: `glmlaunch down --run {glr.group(1)}`, "
-                        "or give this cluster other ports with --port-base/--dashboard-port")
+                what = (
+                    f"; they are held by glmlaunch run {glr.group(1)}: `glmlaunch down --run {glr.group(1)}`, "
+                    "or give this cluster other ports with --port-base/--dashboard-port"
+                )
             elif "gcs_server" in text or "raylet" in text or "ray start" in text:
                 what = "; another Ray cluster holds them and is left alone: move this one with --port-base/--dashboard-port"
             else:
                 what = "; free them or move Ray's ports with --port-base/--dashboard-port"
-            findings.insert(0, Finding("ports", f"{h}: {len(ports)} planned port(s) in use: {owners}{what}",
-                                       "planned ports free",
-                                       "docs/rules.md#preflight"))
+            findings.insert(
+                0,
+                Finding(
+                    "ports",
+                    f"{h}: {len(ports)} planned port(s) in use: {owners}{what}",
+                    "planned ports free",
+                    "docs/rules.md#preflight",
+                ),
+            )
         findings += self._shared_check(answers)
         _, writable = pf.recipe_files(self.recipe)
         if writable:  # leave --save as it was: remove each node's sentinel
-            self._nodeop("remove", {h: {"files": [f"{writable[0]}/.glmlaunch-probe-{a['inspect']['hostname']}"]}
-                                    for h, a in answers.items()}, timeout=60)
+            self._nodeop(
+                "remove",
+                {
+                    h: {"files": [f"{writable[0]}/.glmlaunch-probe-{a['inspect']['hostname']}"]}
+                    for h, a in answers.items()
+                },
+                timeout=60,
+            )
         self.preflight_findings = findings
         if self.run_dir:
             self.run_dir.update(preflight=[f.__dict__ | {"extra": None} for f in findings])
         errors = [f for f in findings if f.severity == "error"]
         if findings and not errors:
             self.reporter.findings("preflight", findings)
-        self.reporter.done("preflight", not errors, f"{len(errors)} error(s), {len(findings) - len(errors)} warning(s)")
+        self.reporter.done(
+            "preflight", not errors, f"{len(errors)} error(s), {len(findings) - len(errors)} warning(s)"
+        )
         if errors:
-            raise CheckFailed(findings, hint="nothing was started; fix what the nodes report above (free the ports or "
-                                             "move ours with --port-base/--dashboard-port, install or fix files) and run again")
+            raise CheckFailed(
+                findings,
+                hint="nothing was started; fix what the nodes report above (free the ports or "
+                "move ours with --port-base/--dashboard-port, install or fix files) and run again",
+            )
         return findings
 
     def inspect(self) -> list[Finding]:
@@ -253,8 +284,9 @@ class RayCluster:
         except CheckFailed as e:
             return e.findings
         except TransportError as e:
-            return [Finding(h, why, "node reachable", "docs/rules.md#preflight") for h, why in e.failures.items()] or [
-                Finding("nodes", e.message, "node reachable", "docs/rules.md#preflight")]
+            return [
+                Finding(h, why, "node reachable", "docs/rules.md#preflight") for h, why in e.failures.items()
+            ] or [Finding("nodes", e.message, "node reachable", "docs/rules.md#preflight")]
 
     def _shared_check(self, answers: dict[str, dict]) -> list[Finding]:
         """Is ``--save`` one filesystem? Every node wrote a sentinel; the head reads the others'."""
@@ -264,18 +296,36 @@ class RayCluster:
         if not writable or len(self.plan.nodes) < 2:
             return []
         d = writable[0]
-        others = {h: f"{d}/.glmlaunch-probe-{a['inspect']['hostname']}" for h, a in answers.items() if h != self.plan.head.name}
-        res = self._nodeop("inspect", {self.plan.head.name: {"shared_read": list(others.values())}}, timeout=60)
+        others = {
+            h: f"{d}/.glmlaunch-probe-{a['inspect']['hostname']}"
+            for h, a in answers.items()
+            if h != self.plan.head.name
+        }
+        res = self._nodeop(
+            "inspect", {self.plan.head.name: {"shared_read": list(others.values())}}, timeout=60
+        )
         parsed, r = res[self.plan.head.name]
         if parsed is None:
-            return [Finding("checkpoint.save", f"could not verify that {d} is shared: {r.reason()}",
-                            "", "docs/rules.md#preflight", "warning")]
+            return [
+                Finding(
+                    "checkpoint.save",
+                    f"could not verify that {d} is shared: {r.reason()}",
+                    "",
+                    "docs/rules.md#preflight",
+                    "warning",
+                )
+            ]
         out = []
         for h, path in others.items():
             if parsed.get("shared", {}).get(path) != (self.token or "")[:16]:
-                out.append(Finding("checkpoint.save",
-                                   f"{d} is not shared: the head does not see what {h} wrote there",
-                                   "--save on a filesystem every node shares", "docs/rules.md#preflight"))
+                out.append(
+                    Finding(
+                        "checkpoint.save",
+                        f"{d} is not shared: the head does not see what {h} wrote there",
+                        "--save on a filesystem every node shares",
+                        "docs/rules.md#preflight",
+                    )
+                )
         return out
 
     def _write_token(self) -> None:
@@ -283,19 +333,27 @@ class RayCluster:
         assert self.token, "preflight() sets the token"
         for n in self.plan.nodes:  # one small write per node: each has its own state dir
             self.nodes[n.name].token_sent = True  # even a failed write may have left a file
-            res = self.transport.put_text([self._targets[n.name]], f"{n.state_dir}/auth_token", self.token + "\n", mode=0o600)
+            res = self.transport.put_text(
+                [self._targets[n.name]], f"{n.state_dir}/auth_token", self.token + "\n", mode=0o600
+            )
             bad.update({t.name: r.reason() for t, r in res.items() if not r.ok})
         if bad:
-            raise TransportError("cannot write the Ray auth token on " + ", ".join(bad),
-                                 failures=bad, hint="check that /tmp is writable on every node")
+            raise TransportError(
+                "cannot write the Ray auth token on " + ", ".join(bad),
+                failures=bad,
+                hint="check that /tmp is writable on every node",
+            )
 
     def _start(self, nodes: list[NodePlan], step: str) -> dict[str, str]:
         """Start ``ray start --block`` on ``nodes`` in their own sessions; returns host -> error."""
         args = {}
         for n in nodes:
             args[n.name] = {
-                "argv": n.ray_start, "env": n.env, "cwd": n.state_dir,
-                "log": f"{n.state_dir}/ray-start.log", "pidfile": f"{n.state_dir}/ray.pid",
+                "argv": n.ray_start,
+                "env": n.env,
+                "cwd": n.state_dir,
+                "log": f"{n.state_dir}/ray-start.log",
+                "pidfile": f"{n.state_dir}/ray.pid",
                 "settle_s": 2,
                 # a transport whose steps end their processes (srun) keeps one step per node alive
                 **getattr(self.transport, "start_options", {}),
@@ -329,7 +387,11 @@ class RayCluster:
         return res.get("result", res) if isinstance(res, dict) else res
 
     def _alive_procs(self) -> dict[str, bool]:
-        per = {n.name: {"procs": [{"pid": n.pid, "starttime": n.starttime}]} for n in self.nodes.values() if n.pid}
+        per = {
+            n.name: {"procs": [{"pid": n.pid, "starttime": n.starttime}]}
+            for n in self.nodes.values()
+            if n.pid
+        }
         res = self._nodeop("alive", per, timeout=30)
         out = {}
         for h, (parsed, _r) in res.items():
@@ -354,11 +416,17 @@ class RayCluster:
             except (urllib.error.URLError, OSError, ValueError) as e:
                 last = str(e)
             if not self._alive_procs().get(head.name, False):
-                self._fail("the head node's ray start exited", {head.name: "ray start --head exited"},
-                           "read the log lines above; a busy port or a bad flag is the usual cause")
+                self._fail(
+                    "the head node's ray start exited",
+                    {head.name: "ray start --head exited"},
+                    "read the log lines above; a busy port or a bad flag is the usual cause",
+                )
             time.sleep(1.0)
-        self._fail(f"the head's dashboard/job API at {self.plan.dashboard_url} did not answer in time ({last})",
-                   {head.name: "no answer"}, "check the head's Ray logs in the run directory")
+        self._fail(
+            f"the head's dashboard/job API at {self.plan.dashboard_url} did not answer in time ({last})",
+            {head.name: "no answer"},
+            "check the head's Ray logs in the run directory",
+        )
 
     def wait_ready(self, timeout_s: float | None = None) -> ClusterStatus:
         """Wait until every planned node is alive at its address with exactly G GPUs. Fails fast
@@ -367,7 +435,9 @@ class RayCluster:
         step = "join"
         want = {n.address: n for n in self.plan.nodes}
         g = float(self.plan.gpus_per_node)
-        self.reporter.step(f"waiting for {len(want)} nodes x {self.plan.gpus_per_node} GPUs to join", total=len(want))
+        self.reporter.step(
+            f"waiting for {len(want)} nodes x {self.plan.gpus_per_node} GPUs to join", total=len(want)
+        )
         deadline = time.monotonic() + timeout_s
         seen: set[str] = set()
         last_proc_check = 0.0
@@ -397,14 +467,23 @@ class RayCluster:
                     self.reporter.host(step, n.name, "ok", f"{gpus:g} GPUs")
             strangers = [ip for ip in alive if ip not in want]
             if wrong:
-                self._fail("nodes joined with the wrong GPU count", wrong, "make the hostfile's slots match the nodes' GPUs")
+                self._fail(
+                    "nodes joined with the wrong GPU count",
+                    wrong,
+                    "make the hostfile's slots match the nodes' GPUs",
+                )
             if strangers:
-                self._fail(f"unexpected nodes joined this cluster: {', '.join(strangers)}", {ip: "not in the plan" for ip in strangers},
-                           "another launcher may be using the same head address and port; move ports with --port-base")
+                self._fail(
+                    f"unexpected nodes joined this cluster: {', '.join(strangers)}",
+                    {ip: "not in the plan" for ip in strangers},
+                    "another launcher may be using the same head address and port; move ports with --port-base",
+                )
             if len(seen) == len(want):
                 status.ok = True
-                status.nodes = {n.name: {"address": n.address, "role": n.role, "alive": True, "gpus": n.gpus}
-                                for n in self.nodes.values()}
+                status.nodes = {
+                    n.name: {"address": n.address, "role": n.role, "alive": True, "gpus": n.gpus}
+                    for n in self.nodes.values()
+                }
                 self.reporter.done("join", True, f"{len(want)} nodes, {int(g * len(want))} GPUs")
                 if self.run_dir:
                     self.run_dir.event("ready")
@@ -413,18 +492,27 @@ class RayCluster:
             if now - last_proc_check > 3:
                 last_proc_check = now
                 procs = self._alive_procs()
-                dead = {h: "ray start exited before the node joined" for h, ok in procs.items()
-                        if not ok and h not in seen}
+                dead = {
+                    h: "ray start exited before the node joined"
+                    for h, ok in procs.items()
+                    if not ok and h not in seen
+                }
                 if dead:
                     self.reporter.done("join", False)
-                    self._fail(f"{len(dead)} node(s) failed to join", dead,
-                               "read each node's log lines above (unreachable head GCS, busy port, version mismatch)")
+                    self._fail(
+                        f"{len(dead)} node(s) failed to join",
+                        dead,
+                        "read each node's log lines above (unreachable head GCS, busy port, version mismatch)",
+                    )
             if now > deadline:
                 missing = {n.name: "not joined" for n in self.plan.nodes if n.name not in seen}
                 self.reporter.done("join", False)
-                self._fail(f"{len(missing)} of {len(want)} nodes did not join within {timeout_s:.0f} s", missing,
-                           "check the named hosts' network path to the head "
-                           f"({self.plan.head_address}:{self.plan.ports.gcs}) and their Ray logs; raise --join-timeout if they are slow")
+                self._fail(
+                    f"{len(missing)} of {len(want)} nodes did not join within {timeout_s:.0f} s",
+                    missing,
+                    "check the named hosts' network path to the head "
+                    f"({self.plan.head_address}:{self.plan.ports.gcs}) and their Ray logs; raise --join-timeout if they are slow",
+                )
             time.sleep(1.0)
 
     def up(self) -> ClusterStatus:
@@ -452,7 +540,9 @@ class RayCluster:
                     if w.name not in failed:
                         self.reporter.host("workers", w.name, "ok", "ray start running")
                 if failed:
-                    self._fail(f"{len(failed)} worker(s) did not start", failed, "read each node's log lines above")
+                    self._fail(
+                        f"{len(failed)} worker(s) did not start", failed, "read each node's log lines above"
+                    )
                 self.reporter.done("workers", True)
             status = self.wait_ready()
             if self.run_dir:
@@ -478,8 +568,11 @@ class RayCluster:
         for n in self.plan.nodes:
             rn = by_ip.get(n.address, {})
             st.nodes[n.name] = {
-                "address": n.address, "role": n.role, "alive": rn.get("state") == "ALIVE",
-                "gpus": rn.get("resources_total", {}).get("GPU", 0.0) if rn else None, "process": procs.get(n.name),
+                "address": n.address,
+                "role": n.role,
+                "alive": rn.get("state") == "ALIVE",
+                "gpus": rn.get("resources_total", {}).get("GPU", 0.0) if rn else None,
+                "process": procs.get(n.name),
             }
         st.ok = all(v["alive"] and v["gpus"] == self.plan.gpus_per_node for v in st.nodes.values())
         return st
@@ -494,9 +587,13 @@ class RayCluster:
         for n in self.nodes.values():
             if self._touched(n):
                 sd = self._node_plan[n.name].state_dir
-                per_node[n.name] = {"pid": n.pid, "starttime": n.starttime, "grace_s": self.stop_grace_s,
-                                    "pidfile": f"{sd}/ray.pid",
-                                    "remove": [f"{sd}/auth_token"] + ([f"{sd}/"] if purge else [])}
+                per_node[n.name] = {
+                    "pid": n.pid,
+                    "starttime": n.starttime,
+                    "grace_s": self.stop_grace_s,
+                    "pidfile": f"{sd}/ray.pid",
+                    "remove": [f"{sd}/auth_token"] + ([f"{sd}/"] if purge else []),
+                }
         results = {}
         workers = {h: a for h, a in per_node.items() if self.nodes[h].role != "head"}
         head = {h: a for h, a in per_node.items() if self.nodes[h].role == "head"}

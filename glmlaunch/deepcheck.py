@@ -83,17 +83,23 @@ def deep_check(recipe: Recipe, plan: LaunchPlan, *, sglang: bool = True) -> list
         out += check_hf_config(plan.argv, cfg, FLAG_FIELDS)
         out += check_stop_tokens(recipe.rollout.stop_token_ids, hf, field="rollout.stop_token_ids")
     else:
-        out.append(Finding("checkpoint.hf_checkpoint",
-                           f"{cfg} is not readable from this machine; the config.json comparison was skipped "
-                           "(the per-node preflight checks the file on every node)",
-                           "HF config vs model args", "miles/utils/arguments.py:3656-3707 (miles@31f1ca961a94)",
-                           "warning"))
+        out.append(
+            Finding(
+                "checkpoint.hf_checkpoint",
+                f"{cfg} is not readable from this machine; the config.json comparison was skipped "
+                "(the per-node preflight checks the file on every node)",
+                "HF config vs model args",
+                "miles/utils/arguments.py:3656-3707 (miles@31f1ca961a94)",
+                "warning",
+            )
+        )
     if sglang:
         try:
             from .deep.sglang import check_sglang
         except ImportError:
             pass
         else:
-            out += check_sglang(plan.argv, plan.gpus_per_node, cfg if os.path.isfile(cfg) else None,
-                                flag_fields=FLAG_FIELDS)
+            out += check_sglang(
+                plan.argv, plan.gpus_per_node, cfg if os.path.isfile(cfg) else None, flag_fields=FLAG_FIELDS
+            )
     return sorted(out, key=lambda f: f.severity != "error")

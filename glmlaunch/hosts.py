@@ -166,7 +166,9 @@ def _parse_line(text: str, where: str) -> tuple[str, int | None, str | None, int
         if key in ("slots", "slot", "max_slots", "ssh_port"):
             example = f"{key}=22" if key == "ssh_port" else f"{key}=8"
             if not val.isdigit() or int(val) < (0 if key == "max_slots" else 1):
-                raise HostfileError(f"{where}: {key}={val} is not a positive whole number", f"write {example}")
+                raise HostfileError(
+                    f"{where}: {key}={val} is not a positive whole number", f"write {example}"
+                )
         if key in ("slots", "slot"):
             if slots is not None and slots != int(val):
                 raise HostfileError(f"{where}: the GPU count is given twice ({slots} and {val})", "keep one")
@@ -176,7 +178,9 @@ def _parse_line(text: str, where: str) -> tuple[str, int | None, str | None, int
         elif key == "ssh_port":
             port = int(val)
             if port > 65535:
-                raise HostfileError(f"{where}: ssh_port={val} is not a TCP port (1-65535)", "write ssh_port=22")
+                raise HostfileError(
+                    f"{where}: ssh_port={val} is not a TCP port (1-65535)", "write ssh_port=22"
+                )
         elif key == "ssh_user":
             user = val
         else:
@@ -230,7 +234,9 @@ def parse_hostfile_text(
             )
         if address in seen:
             prev = seen[address]
-            same = "" if prev.name == name else f" ('{prev.name}' and '{name}' are the same address {address})"
+            same = (
+                "" if prev.name == name else f" ('{prev.name}' and '{name}' are the same address {address})"
+            )
             raise HostfileError(
                 f"{where}: host '{name}' is listed twice{same}; first at {prev.source}",
                 "list each node once",
@@ -282,7 +288,9 @@ def read_hostfile(
             "pass --hostfile PATH (one node per line, e.g. '10.0.0.1 slots=8'), or run inside a Slurm allocation",
         ) from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise HostfileError(f"{p}: cannot read hostfile ({e.__class__.__name__})", "pass a readable text file") from None
+        raise HostfileError(
+            f"{p}: cannot read hostfile ({e.__class__.__name__})", "pass a readable text file"
+        ) from None
     hosts = parse_hostfile_text(text, str(p), resolver)
     hosts = choose_head(hosts, head, str(p), resolver)
     slots = hosts[0].slots
@@ -312,8 +320,12 @@ def from_hosts(names: Iterable[str], gpus_per_node: int | None = None, origin: s
     hosts = parse_hostfile_text(text, origin)
     if gpus_per_node is not None:
         hosts = [replace(h, slots=gpus_per_node) for h in hosts]
-    return Allocation(hosts=tuple(hosts), gpus_per_node=gpus_per_node if gpus_per_node is not None else hosts[0].slots,
-                      kind=AllocationKind.HOSTFILE, origin=origin)
+    return Allocation(
+        hosts=tuple(hosts),
+        gpus_per_node=gpus_per_node if gpus_per_node is not None else hosts[0].slots,
+        kind=AllocationKind.HOSTFILE,
+        origin=origin,
+    )
 
 
 def local_allocation(gpus_per_node: int | None = None) -> Allocation:
@@ -323,7 +335,9 @@ def local_allocation(gpus_per_node: int | None = None) -> Allocation:
     return Allocation(hosts=(h,), gpus_per_node=gpus_per_node, kind=AllocationKind.LOCAL, origin="local")
 
 
-def placeholder_allocation(nodes: int, gpus_per_node: int | None = None, origin: str | None = None) -> Allocation:
+def placeholder_allocation(
+    nodes: int, gpus_per_node: int | None = None, origin: str | None = None
+) -> Allocation:
     """Hosts ``node-0`` .. ``node-{N-1}`` for a dry render with ``--nodes N`` (no hostfile).
 
     The addresses are the names themselves: the render shows where each node's IP goes.
@@ -335,8 +349,12 @@ def placeholder_allocation(nodes: int, gpus_per_node: int | None = None, origin:
         raise HostfileError(f"--nodes {nodes}: need at least 1 node", "pass --nodes 8")
     check_gpus_per_node(gpus_per_node)
     origin = origin or f"--nodes {nodes}"
-    hosts = tuple(Host(name=f"node-{i}", address=f"node-{i}", slots=gpus_per_node, source=origin) for i in range(nodes))
-    return Allocation(hosts=hosts, gpus_per_node=gpus_per_node, kind=AllocationKind.PLACEHOLDER, origin=origin)
+    hosts = tuple(
+        Host(name=f"node-{i}", address=f"node-{i}", slots=gpus_per_node, source=origin) for i in range(nodes)
+    )
+    return Allocation(
+        hosts=hosts, gpus_per_node=gpus_per_node, kind=AllocationKind.PLACEHOLDER, origin=origin
+    )
 
 
 def _expand_nodelist(nodelist: str) -> list[str]:
@@ -348,7 +366,11 @@ def _expand_nodelist(nodelist: str) -> list[str]:
     if shutil.which("scontrol"):
         try:
             out = subprocess.run(
-                ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=20, check=True
+                ["scontrol", "show", "hostnames", nodelist],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
             ).stdout.split()
             if out:
                 return out
@@ -359,7 +381,9 @@ def _expand_nodelist(nodelist: str) -> list[str]:
     try:
         return hostlist.expand_hostlist(nodelist)
     except hostlist.BadHostlist as e:
-        raise HostfileError(f"SLURM_JOB_NODELIST={nodelist}: cannot expand ({e})", "check the Slurm allocation") from None
+        raise HostfileError(
+            f"SLURM_JOB_NODELIST={nodelist}: cannot expand ({e})", "check the Slurm allocation"
+        ) from None
 
 
 def parse_gres(text: str) -> int | None:
@@ -389,7 +413,9 @@ def _slurm_gpus(env: dict) -> int | None:
     for key in ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE"):
         v = env.get(key, "").strip()
         if v:
-            n = int(v) if v.isdigit() else parse_gres(v if v.startswith(("gpu", "gres")) else f"gpu:{v}")  # h100:8
+            n = (
+                int(v) if v.isdigit() else parse_gres(v if v.startswith(("gpu", "gres")) else f"gpu:{v}")
+            )  # h100:8
             if n:
                 return n
     for key in ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS"):
@@ -407,7 +433,9 @@ def _gres_of_job(job_id: str) -> int | None:
     if not job_id.isdigit() or not shutil.which("scontrol"):
         return None
     try:
-        text = subprocess.run(["scontrol", "show", "job", "-d", job_id], capture_output=True, text=True, timeout=20).stdout
+        text = subprocess.run(
+            ["scontrol", "show", "job", "-d", job_id], capture_output=True, text=True, timeout=20
+        ).stdout
     except (subprocess.SubprocessError, OSError):
         return None
     for key in ("TresPerNode", "GRES", "JOB_GRES"):
@@ -447,11 +475,18 @@ def from_slurm(
     for i, name in enumerate(names):
         addr = resolver(name)
         if addr is None:
-            raise HostfileError(f"{origin}: cannot resolve node '{name}'", "check DNS or /etc/hosts on the nodes")
+            raise HostfileError(
+                f"{origin}: cannot resolve node '{name}'", "check DNS or /etc/hosts on the nodes"
+            )
         hosts.append(Host(name=name, address=addr, slots=gpus, source=f"{origin}[{i}]"))
     hosts = choose_head(hosts, head, origin, resolver)
-    return Allocation(hosts=tuple(hosts), gpus_per_node=gpus, kind=AllocationKind.SLURM, origin=origin,
-                      job_id=None if job == "?" else job)
+    return Allocation(
+        hosts=tuple(hosts),
+        gpus_per_node=gpus,
+        kind=AllocationKind.SLURM,
+        origin=origin,
+        job_id=None if job == "?" else job,
+    )
 
 
 def detect_local_gpus() -> int:
@@ -501,18 +536,31 @@ def discover(
     """
     env = dict(os.environ if env is None else env)
     check_gpus_per_node(gpus_per_node)
-    given = [name for name, on in (("--local", local), ("--hostfile", hostfile is not None), ("--nodes", nodes is not None)) if on]
+    given = [
+        name
+        for name, on in (
+            ("--local", local),
+            ("--hostfile", hostfile is not None),
+            ("--nodes", nodes is not None),
+        )
+        if on
+    ]
     if len(given) > 1:
         raise UsageError(f"{' and '.join(given)} exclude each other", "pass one of them")
     if local and head:
         raise UsageError("--head has no meaning with --local (this machine is the head)", "drop --head")
     in_slurm = bool(slurm or (slurm is None and env.get("SLURM_JOB_NODELIST")))
-    if not (local or hostfile is not None or nodes is not None or in_slurm) and not os.path.exists(DEFAULT_HOSTFILE):
+    if not (local or hostfile is not None or nodes is not None or in_slurm) and not os.path.exists(
+        DEFAULT_HOSTFILE
+    ):
         if fallback_nodes == 1:
             local = True
         elif fallback_nodes is not None:
             nodes = fallback_nodes
-            origin = origin or f"{fallback_nodes} placeholder nodes (no hostfile given, {DEFAULT_HOSTFILE} does not exist)"
+            origin = (
+                origin
+                or f"{fallback_nodes} placeholder nodes (no hostfile given, {DEFAULT_HOSTFILE} does not exist)"
+            )
     if local:
         return local_allocation(gpus_per_node if gpus_per_node is not None else detect_local_gpus())
     if nodes is not None:

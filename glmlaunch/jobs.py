@@ -59,8 +59,10 @@ def client_for(plan: LaunchPlan, token: str | None):
     try:
         return JobSubmissionClient(plan.dashboard_url, headers=headers)
     except Exception as e:
-        raise JobError(f"cannot reach the Ray job API at {plan.dashboard_url}: {e}",
-                       "check that the cluster is up (glmlaunch status)") from None
+        raise JobError(
+            f"cannot reach the Ray job API at {plan.dashboard_url}: {e}",
+            "check that the cluster is up (glmlaunch status)",
+        ) from None
 
 
 def job_runtime_env(plan: LaunchPlan, environ: Mapping[str, str] | None = None) -> dict:
@@ -70,22 +72,32 @@ def job_runtime_env(plan: LaunchPlan, environ: Mapping[str, str] | None = None) 
     env = dict(plan.env_vars)
     for k in plan.secret_env:
         if not src.get(k):
-            raise JobError(f"the recipe needs the secret {k}, which is not set in this environment",
-                           f"export {k}=... before launching (it is passed to the job, never to argv or logs)")
+            raise JobError(
+                f"the recipe needs the secret {k}, which is not set in this environment",
+                f"export {k}=... before launching (it is passed to the job, never to argv or logs)",
+            )
         env[k] = src[k]
     return {"env_vars": env}
 
 
-def submit(plan: LaunchPlan, token: str | None, *, client=None, environ: dict | None = None,
-           submission_id: str | None = None) -> str:
+def submit(
+    plan: LaunchPlan,
+    token: str | None,
+    *,
+    client=None,
+    environ: dict | None = None,
+    submission_id: str | None = None,
+) -> str:
     """Submit the plan's trainer (as ``submission_id``, default the plan's); returns the submission
     id. Raises :class:`JobError`."""
     client = client or client_for(plan, token)
     sid = submission_id or plan.submission_id
     try:
         return client.submit_job(
-            entrypoint=plan.entrypoint, submission_id=sid,
-            runtime_env=job_runtime_env(plan, environ), entrypoint_num_cpus=0,
+            entrypoint=plan.entrypoint,
+            submission_id=sid,
+            runtime_env=job_runtime_env(plan, environ),
+            entrypoint_num_cpus=0,
             metadata={"glmlaunch_run": plan.run_id, "recipe": plan.recipe},
         )
     except JobError:
@@ -93,9 +105,13 @@ def submit(plan: LaunchPlan, token: str | None, *, client=None, environ: dict | 
     except Exception as e:
         msg = str(e)
         if "already exists" in msg or ("status code 500" in msg and sid in msg):
-            raise JobError(f"job {sid} was already submitted to this cluster",
-                           "follow it with `glmlaunch logs --follow`, or stop it with `glmlaunch down`") from None
-        raise JobError(f"submitting the trainer failed: {msg}", "check the head's job API (glmlaunch status)") from None
+            raise JobError(
+                f"job {sid} was already submitted to this cluster",
+                "follow it with `glmlaunch logs --follow`, or stop it with `glmlaunch down`",
+            ) from None
+        raise JobError(
+            f"submitting the trainer failed: {msg}", "check the head's job API (glmlaunch status)"
+        ) from None
 
 
 def _status(client, sid: str) -> str:
@@ -115,8 +131,12 @@ def job_status(client, sid: str) -> str:
 def _status_retry(client, sid: str, window_s: float) -> str:
     """:func:`_status`, retried while the job API does not answer (a dashboard busy for a moment)
     for up to ``window_s`` seconds; then the error is raised (requests' errors are ``OSError`` s)."""
-    for attempt in Retrying(retry=retry_if_exception_type(OSError), stop=stop_after_delay(window_s),
-                            wait=wait_fixed(1.0), reraise=True):
+    for attempt in Retrying(
+        retry=retry_if_exception_type(OSError),
+        stop=stop_after_delay(window_s),
+        wait=wait_fixed(1.0),
+        reraise=True,
+    ):
         with attempt:
             return _status(client, sid)
     raise AssertionError("unreachable")  # Retrying either returns or re-raises
@@ -161,6 +181,7 @@ def follow(
                 deliver(seen)
                 if stop.is_set() or done.is_set():
                     return
+
         try:
             asyncio.run(run())
         except Exception as e:  # a dropped websocket: the poll loop reconnects
@@ -182,7 +203,9 @@ def follow(
                 done.wait(5.0)  # let the stream flush the last lines
                 break
             if timeout_s is not None and time.monotonic() - t0 > timeout_s:
-                raise JobError(f"job {submission_id} still running after {timeout_s:.0f} s", "glmlaunch logs --follow")
+                raise JobError(
+                    f"job {submission_id} still running after {timeout_s:.0f} s", "glmlaunch logs --follow"
+                )
             done.wait(poll_s)
         st = _status_retry(client, submission_id, unreachable_s)
         if st in TERMINAL or stop.is_set():
@@ -194,8 +217,10 @@ def follow(
         log.info("log stream of %s ended while the job is %s: reconnecting", submission_id, st)
     info = client.get_job_info(submission_id)
     return JobResult(
-        submission_id=submission_id, status=_status(client, submission_id),
-        exit_code=getattr(info, "driver_exit_code", None), message=getattr(info, "message", "") or "",
+        submission_id=submission_id,
+        status=_status(client, submission_id),
+        exit_code=getattr(info, "driver_exit_code", None),
+        message=getattr(info, "message", "") or "",
         duration_s=time.monotonic() - t0,
     )
 

@@ -23,8 +23,14 @@ from .transport import Target, Transport
 
 
 def select_addresses(
-    alloc: Allocation, transport: Transport, *, python: str, network: str | None = None,
-    interface: str | None = None, setup: list[str] | None = None, timeout: float = 60.0,
+    alloc: Allocation,
+    transport: Transport,
+    *,
+    python: str,
+    network: str | None = None,
+    interface: str | None = None,
+    setup: list[str] | None = None,
+    timeout: float = 60.0,
 ) -> Allocation:
     """Return ``alloc`` with each host's ``address`` replaced by its address on ``network``
     (CIDR) or ``interface``. Raises :class:`HostfileError` (no or several matches, bad CIDR) and
@@ -36,7 +42,9 @@ def select_addresses(
         try:
             net = ipaddress.ip_network(network, strict=False)
         except ValueError:
-            raise HostfileError(f"--network {network}: not a network", "write it as CIDR, e.g. 10.4.0.0/16") from None
+            raise HostfileError(
+                f"--network {network}: not a network", "write it as CIDR, e.g. 10.4.0.0/16"
+            ) from None
     src = inspect.getsource(nodeops)
     prefix = "".join(f"{s} && " for s in setup or [])
     cmd = f"{prefix}{shlex.quote(python)} -c {shlex.quote(src)} addresses '{{}}'"
@@ -44,8 +52,11 @@ def select_addresses(
     res = transport.run_many({t: cmd for t in targets.values()}, timeout=timeout)
     bad = {t.name: r.reason() for t, r in res.items() if not r.ok}
     if bad:
-        raise TransportError("cannot read the nodes' addresses: " + "; ".join(f"{h}: {w}" for h, w in bad.items()),
-                             failures=bad, hint="check ssh access to the named hosts")
+        raise TransportError(
+            "cannot read the nodes' addresses: " + "; ".join(f"{h}: {w}" for h, w in bad.items()),
+            failures=bad,
+            hint="check ssh access to the named hosts",
+        )
     hosts = []
     for h in alloc.hosts:
         by_if = json.loads(res[targets[h.name]].stdout.strip().splitlines()[-1])

@@ -72,10 +72,23 @@ def op_start(a):
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(s, lambda signum, frame: _ASKED.append(signum))
     with open(a["log"], "ab") as log, open(os.devnull, "rb") as devnull:
-        p = subprocess.Popen(a["argv"], cwd=a["cwd"], env=env, stdin=devnull, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True, close_fds=True)
+        p = subprocess.Popen(
+            a["argv"],
+            cwd=a["cwd"],
+            env=env,
+            stdin=devnull,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
     st = _stat(p.pid)
-    rec = {"pid": p.pid, "starttime": st[2] if st else None, "host": socket.gethostname(), "started": time.time()}
+    rec = {
+        "pid": p.pid,
+        "starttime": st[2] if st else None,
+        "host": socket.gethostname(),
+        "started": time.time(),
+    }
     if a.get("pidfile"):
         with open(a["pidfile"], "w") as f:
             json.dump(rec, f)
@@ -134,7 +147,9 @@ def op_stop(a):
     session id is the recorded PID are ours; a live process with that PID but another start time
     is someone else's, and nothing is touched then."""
     pid, starttime, grace = a.get("pid"), a.get("starttime"), float(a.get("grace_s", 20))
-    if not pid and a.get("pidfile"):  # the launcher never read start's answer (interrupted): the node's record
+    if not pid and a.get(
+        "pidfile"
+    ):  # the launcher never read start's answer (interrupted): the node's record
         try:
             with open(a["pidfile"]) as f:
                 rec = json.load(f)
@@ -286,12 +301,20 @@ def op_inspect(a):
     }
     if shutil.which("nvidia-smi"):
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                                 text=True, timeout=30).stdout
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout
             names = [x.strip() for x in out.splitlines() if x.strip()]
             info["gpus"], info["gpu_models"] = len(names), sorted(set(names))
-            out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,process_name", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=30).stdout
+            out = subprocess.run(
+                ["nvidia-smi", "--query-compute-apps=pid,process_name", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout
             info["gpu_processes"] = [x.strip() for x in out.splitlines() if x.strip()]
         except (OSError, subprocess.SubprocessError):
             pass
@@ -305,7 +328,9 @@ def op_inspect(a):
             if comm in names or comm.startswith("sglang"):
                 info["strays"].append({"pid": int(name), "comm": comm, "cmd": _cmdline(int(name))[:120]})
     for p in a.get("files", []):
-        info["files"][p] = "readable" if os.access(p, os.R_OK) else ("missing" if not os.path.exists(p) else "not readable")
+        info["files"][p] = (
+            "readable" if os.access(p, os.R_OK) else ("missing" if not os.path.exists(p) else "not readable")
+        )
     for p in a.get("writable", []):
         try:
             os.makedirs(p, exist_ok=True)
@@ -354,7 +379,9 @@ def op_addresses(a):
 
     out = {}
     try:
-        text = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, timeout=10).stdout
+        text = subprocess.run(
+            ["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, timeout=10
+        ).stdout
         for line in text.splitlines():
             parts = line.split()
             out.setdefault(parts[1], []).append(parts[3].split("/")[0])
@@ -374,8 +401,17 @@ def op_remove(a):
     return {}
 
 
-OPS = {"remove": op_remove, "preflight": op_preflight, "start": op_start, "alive": op_alive, "stop": op_stop, "ports": op_ports, "inspect": op_inspect,
-       "tail": op_tail, "addresses": op_addresses}
+OPS = {
+    "remove": op_remove,
+    "preflight": op_preflight,
+    "start": op_start,
+    "alive": op_alive,
+    "stop": op_stop,
+    "ports": op_ports,
+    "inspect": op_inspect,
+    "tail": op_tail,
+    "addresses": op_addresses,
+}
 
 
 def main(argv):

@@ -57,6 +57,7 @@ NCCL_RACK = {
     "NCCL_MIN_CTAS": "4",
 }
 
+
 class PortPlan(BaseModel):
     """Every port Ray listens on, pinned (NeMo-Run's lesson: random ports collide).
 
@@ -177,9 +178,17 @@ class LaunchPlan(BaseModel):
         """``ray job submit`` for people running the plan by hand (the runtime env is read from a
         file the bash script writes with mode 600, so secrets stay out of argv)."""
         return [
-            self.ray_bin, "job", "submit", "--address", self.dashboard_url,
-            "--submission-id", self.submission_id, "--runtime-env", f"{self.state_dir}/runtime_env.json",
-            "--", *self.argv,
+            self.ray_bin,
+            "job",
+            "submit",
+            "--address",
+            self.dashboard_url,
+            "--submission-id",
+            self.submission_id,
+            "--runtime-env",
+            f"{self.state_dir}/runtime_env.json",
+            "--",
+            *self.argv,
         ]
 
 
@@ -233,7 +242,14 @@ def trainer_argv(res: Resolved, notes: list[str] | None = None) -> list[str]:
     argv = [tr.python, str(PurePosixPath(tr.miles_dir) / tr.train_script)]
 
     # cluster (miles rule: always pass --num-gpus-per-node; drop --rollout-num-gpus when colocated)
-    argv += ["--actor-num-nodes", str(a_nodes), "--actor-num-gpus-per-node", str(gpus), "--num-gpus-per-node", str(gpus)]
+    argv += [
+        "--actor-num-nodes",
+        str(a_nodes),
+        "--actor-num-gpus-per-node",
+        str(gpus),
+        "--num-gpus-per-node",
+        str(gpus),
+    ]
     if r.cluster.colocate:
         argv.append("--colocate")
     else:
@@ -262,11 +278,23 @@ def trainer_argv(res: Resolved, notes: list[str] | None = None) -> list[str]:
 
     ro = r.rollout
     argv += ["--prompt-data", tp["prompt_data"], "--input-key", ro.input_key, "--label-key", ro.label_key]
-    argv += _bool("--apply-chat-template", ro.apply_chat_template) + _bool("--rollout-shuffle", ro.rollout_shuffle)
+    argv += _bool("--apply-chat-template", ro.apply_chat_template) + _bool(
+        "--rollout-shuffle", ro.rollout_shuffle
+    )
     argv += ["--rm-type", tp["rm_type"]]
     argv += _opt("--num-rollout", ro.num_rollout)
-    argv += ["--rollout-batch-size", str(ro.rollout_batch_size), "--n-samples-per-prompt", str(ro.n_samples_per_prompt)]
-    argv += ["--rollout-max-response-len", str(ro.rollout_max_response_len), "--rollout-temperature", ro.rollout_temperature]
+    argv += [
+        "--rollout-batch-size",
+        str(ro.rollout_batch_size),
+        "--n-samples-per-prompt",
+        str(ro.n_samples_per_prompt),
+    ]
+    argv += [
+        "--rollout-max-response-len",
+        str(ro.rollout_max_response_len),
+        "--rollout-temperature",
+        ro.rollout_temperature,
+    ]
     if ro.dynamic_sampling:
         argv += _opt("--over-sampling-batch-size", ro.over_sampling_batch_size)
         argv += ["--dynamic-sampling-filter-path", ro.dynamic_sampling_filter_path]
@@ -309,7 +337,8 @@ def trainer_argv(res: Resolved, notes: list[str] | None = None) -> list[str]:
         argv += [
             "--custom-tis-function-path",
             "examples.infra_features.train_infer_mismatch_helper.mis.compute_mis_weights_with_cp",
-            "--custom-config-path", f"{mis}/mis{'_rs' if al.tis_use_rs else ''}.yaml",
+            "--custom-config-path",
+            f"{mis}/mis{'_rs' if al.tis_use_rs else ''}.yaml",
         ]
     argv += _bool("--use-rollout-routing-replay", al.use_rollout_routing_replay)
 
@@ -334,7 +363,12 @@ def trainer_argv(res: Resolved, notes: list[str] | None = None) -> list[str]:
     argv += _opt("--sglang-moe-dense-tp-size", s.moe_dense_tp_size)
     argv += _opt("--sglang-cuda-graph-bs", s.cuda_graph_bs)
     if s.mtp:
-        argv += ["--sglang-speculative-algorithm", "EAGLE", "--sglang-speculative-num-steps", str(s.speculative_num_steps)]
+        argv += [
+            "--sglang-speculative-algorithm",
+            "EAGLE",
+            "--sglang-speculative-num-steps",
+            str(s.speculative_num_steps),
+        ]
         argv += ["--sglang-speculative-eagle-topk", str(s.speculative_eagle_topk)]
         argv += ["--sglang-speculative-num-draft-tokens", str(s.speculative_num_draft_tokens)]
         argv += _bool("--sglang-enable-draft-weights-cpu-backup", s.draft_weights_cpu_backup)
@@ -363,7 +397,15 @@ def trainer_argv(res: Resolved, notes: list[str] | None = None) -> list[str]:
 def probe_argv(res: Resolved, python: str) -> list[str]:
     """The cluster probe's argv (``python -m glmlaunch.probe``) for ``trainer.kind = "probe"``."""
     recipe = res.recipe
-    argv = [python, "-m", "glmlaunch.probe", "--nodes", str(res.num_nodes), "--gpus-per-node", str(res.gpus_per_node)]
+    argv = [
+        python,
+        "-m",
+        "glmlaunch.probe",
+        "--nodes",
+        str(res.num_nodes),
+        "--gpus-per-node",
+        str(res.gpus_per_node),
+    ]
     argv += ["--timeout", str(recipe.trainer.probe_timeout_s)]
     for p in recipe.trainer.probe_paths:
         argv += ["--path", recipe.expand(p)]
@@ -381,7 +423,9 @@ def runtime_env(recipe: Recipe, alloc: Allocation, python: str) -> tuple[dict[st
     env: dict[str, str] = {"PYTHONUNBUFFERED": "1"}
     if recipe.trainer.kind == "miles":
         tr = recipe.trainer
-        env["CUDA_DEVICE_MAX_CONNECTIONS"] = "1"  # Megatron validate_args needs it when TP/CP > 1 (addendum #36)
+        env["CUDA_DEVICE_MAX_CONNECTIONS"] = (
+            "1"  # Megatron validate_args needs it when TP/CP > 1 (addendum #36)
+        )
         env["NCCL_NVLS_ENABLE"] = "0"
         env["PYTHONPATH"] = f"{tr.miles_dir.rstrip('/')}:{tr.megatron_dir.rstrip('/')}"
         if recipe.env.nccl_preset == "rack":
@@ -398,7 +442,9 @@ def runtime_env(recipe: Recipe, alloc: Allocation, python: str) -> tuple[dict[st
         for k in ("GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
             env[k] = recipe.env.interface
     env.update({k: str(v) for k, v in recipe.env.vars.items()})
-    secret = list(dict.fromkeys(([recipe.wandb.key_env] if recipe.wandb.enabled else []) + recipe.env.secret_vars))
+    secret = list(
+        dict.fromkeys(([recipe.wandb.key_env] if recipe.wandb.enabled else []) + recipe.env.secret_vars)
+    )
     for k in secret:
         env.pop(k, None)
     return env, secret
@@ -417,12 +463,22 @@ def ray_start_commands(
     """
     n = ports.named
     common_ports = [
-        "--node-manager-port", str(n["node_manager"]), "--object-manager-port", str(n["object_manager"]),
-        "--runtime-env-agent-port", str(n["runtime_env_agent"]),
-        "--dashboard-agent-grpc-port", str(n["dashboard_agent_grpc"]),
-        "--dashboard-agent-listen-port", str(n["dashboard_agent_listen"]),
-        "--metrics-export-port", str(n["metrics_export"]),
-        "--min-worker-port", str(ports.min_worker), "--max-worker-port", str(ports.max_worker),
+        "--node-manager-port",
+        str(n["node_manager"]),
+        "--object-manager-port",
+        str(n["object_manager"]),
+        "--runtime-env-agent-port",
+        str(n["runtime_env_agent"]),
+        "--dashboard-agent-grpc-port",
+        str(n["dashboard_agent_grpc"]),
+        "--dashboard-agent-listen-port",
+        str(n["dashboard_agent_listen"]),
+        "--metrics-export-port",
+        str(n["metrics_export"]),
+        "--min-worker-port",
+        str(ports.min_worker),
+        "--max-worker-port",
+        str(ports.max_worker),
     ]
     out = []
     for i, h in enumerate(alloc.hosts):
@@ -486,18 +542,44 @@ def build_plan(
     argv = trainer_argv(res, notes) if recipe.trainer.kind == "miles" else probe_argv(res, python)
     env_vars, secret = runtime_env(recipe, alloc, python)
     nodes = [
-        NodePlan(name=h.name, address=h.address, gpus=gpus, role="head" if i == 0 else "worker", ray_start=cmd, env=env,
-                 ssh_user=h.ssh_user, ssh_port=h.ssh_port, source=h.source, state_dir=node_dir)
+        NodePlan(
+            name=h.name,
+            address=h.address,
+            gpus=gpus,
+            role="head" if i == 0 else "worker",
+            ray_start=cmd,
+            env=env,
+            ssh_user=h.ssh_user,
+            ssh_port=h.ssh_port,
+            source=h.source,
+            state_dir=node_dir,
+        )
         for i, (h, (cmd, env, node_dir)) in enumerate(
-            zip(alloc.hosts, ray_start_commands(alloc, gpus, ports, state_dir, ray_bin, head_ip), strict=True))
+            zip(alloc.hosts, ray_start_commands(alloc, gpus, ports, state_dir, ray_bin, head_ip), strict=True)
+        )
     ]
     return LaunchPlan(
-        run_id=run_id, run_name=recipe.run.name, recipe=recipe.run.name, recipe_source=recipe.source,
-        trainer_kind=recipe.trainer.kind, head_address=head_ip,
-        dashboard_url=f"http://{_url_host(head_ip)}:{ports.dashboard}", ports=ports, state_dir=state_dir,
-        ray_bin=ray_bin, python=python, nodes=nodes, argv=argv, env_vars=env_vars, secret_env=secret,
-        submission_id=f"glmlaunch-{recipe.run.name}-{run_id}", world_size=res.world_size, num_nodes=alloc.num_nodes,
-        gpus_per_node=gpus, notes=notes, setup=[recipe.expand(x) for x in recipe.cluster.setup],
+        run_id=run_id,
+        run_name=recipe.run.name,
+        recipe=recipe.run.name,
+        recipe_source=recipe.source,
+        trainer_kind=recipe.trainer.kind,
+        head_address=head_ip,
+        dashboard_url=f"http://{_url_host(head_ip)}:{ports.dashboard}",
+        ports=ports,
+        state_dir=state_dir,
+        ray_bin=ray_bin,
+        python=python,
+        nodes=nodes,
+        argv=argv,
+        env_vars=env_vars,
+        secret_env=secret,
+        submission_id=f"glmlaunch-{recipe.run.name}-{run_id}",
+        world_size=res.world_size,
+        num_nodes=alloc.num_nodes,
+        gpus_per_node=gpus,
+        notes=notes,
+        setup=[recipe.expand(x) for x in recipe.cluster.setup],
         placeholder=alloc.placeholder,
     )
 

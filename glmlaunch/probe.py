@@ -81,7 +81,10 @@ def collective(rank: int, world: int, master_addr: str, master_port: int, timeou
     backend = "nccl" if use_nccl else "gloo"
     try:
         dist.init_process_group(
-            backend, init_method=f"tcp://{master_addr}:{master_port}", rank=rank, world_size=world,
+            backend,
+            init_method=f"tcp://{master_addr}:{master_port}",
+            rank=rank,
+            world_size=world,
             timeout=datetime.timedelta(seconds=timeout_s),
         )
         t = torch.tensor([float(rank + 1)], device="cuda" if use_nccl else "cpu")
@@ -91,8 +94,13 @@ def collective(rank: int, world: int, master_addr: str, master_port: int, timeou
     except Exception as e:  # reported, not raised: the driver names the node
         return {"backend": backend, "ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
     want = world * (world + 1) / 2
-    return {"backend": backend, "ok": got == want, "sum": got, "expected": want,
-            "seconds": round(time.monotonic() - t0, 3)}
+    return {
+        "backend": backend,
+        "ok": got == want,
+        "sum": got,
+        "expected": want,
+        "seconds": round(time.monotonic() - t0, 3),
+    }
 
 
 def run_probe(nodes: int, gpus_per_node: int, paths: list[str], timeout_s: float) -> dict:
@@ -120,21 +128,37 @@ def run_probe(nodes: int, gpus_per_node: int, paths: list[str], timeout_s: float
         ray.get(pg.ready(), timeout=max(1.0, deadline - time.monotonic()))
     except ray.exceptions.GetTimeoutError:
         remove_placement_group(pg)
-        return {"ok": False, "nodes": [],
-                "problems": [f"could not place one bundle of {bundle} on each of {nodes} nodes within {timeout_s:.0f} s "
-                             f"(cluster resources: {ray.cluster_resources()})"]}
+        return {
+            "ok": False,
+            "nodes": [],
+            "problems": [
+                f"could not place one bundle of {bundle} on each of {nodes} nodes within {timeout_s:.0f} s "
+                f"(cluster resources: {ray.cluster_resources()})"
+            ],
+        }
 
     def opts(i):
-        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
-                "num_cpus": 0.01, "num_gpus": gpus_per_node}
+        return {
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
+            "num_cpus": 0.01,
+            "num_gpus": gpus_per_node,
+        }
 
     info_task = ray.remote(node_info)
-    infos = ray.get([info_task.options(**opts(i)).remote(paths) for i in range(nodes)],
-                    timeout=max(1.0, deadline - time.monotonic()))
+    infos = ray.get(
+        [info_task.options(**opts(i)).remote(paths) for i in range(nodes)],
+        timeout=max(1.0, deadline - time.monotonic()),
+    )
     master, port = infos[0]["ip"], infos[0]["free_port"]
     coll_task = ray.remote(collective)
-    colls = ray.get([coll_task.options(**opts(i)).remote(i, nodes, master, port, max(10.0, deadline - time.monotonic()))
-                     for i in range(nodes)])
+    colls = ray.get(
+        [
+            coll_task.options(**opts(i)).remote(
+                i, nodes, master, port, max(10.0, deadline - time.monotonic())
+            )
+            for i in range(nodes)
+        ]
+    )
     remove_placement_group(pg)
     report = []
     for rank, (info, coll) in enumerate(zip(infos, colls, strict=True)):
@@ -146,12 +170,16 @@ def run_probe(nodes: int, gpus_per_node: int, paths: list[str], timeout_s: float
         if gpus_per_node and given != gpus_per_node:
             problems.append(f"{info['hostname']} ({info['ip']}): {given} GPUs, expected {gpus_per_node}")
         if info["physical_gpus"] and info["physical_gpus"] < gpus_per_node:
-            problems.append(f"{info['hostname']}: nvidia-smi shows {info['physical_gpus']} GPUs, expected {gpus_per_node}")
+            problems.append(
+                f"{info['hostname']}: nvidia-smi shows {info['physical_gpus']} GPUs, expected {gpus_per_node}"
+            )
         for p, state in info["paths"].items():
             if state != "readable":
                 problems.append(f"{info['hostname']} ({info['ip']}): {p} is {state}")
         if coll.get("ok") is False:
-            problems.append(f"{info['hostname']} ({info['ip']}): {coll['backend']} all-reduce failed: {coll.get('error') or coll}")
+            problems.append(
+                f"{info['hostname']} ({info['ip']}): {coll['backend']} all-reduce failed: {coll.get('error') or coll}"
+            )
         report.append(info)
     hosts = {r["ip"] for r in report}
     if len(hosts) != nodes:
@@ -163,7 +191,7 @@ def parse_report(log_text: str) -> dict | None:
     """Read the ``GLMLAUNCH_PROBE_RESULT`` line back from a job log (``None`` if absent)."""
     for line in reversed(log_text.splitlines()):
         if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
+            return json.loads(line[len(RESULT_PREFIX) :])
     return None
 
 
@@ -179,12 +207,18 @@ def main(argv: list[str] | None = None) -> int:
         print(PREFIX + json.dumps(n), flush=True)
     for p in result["problems"]:
         print(f"PROBE PROBLEM: {p}", flush=True)
-    rows = [f"{n['rank']:>4}  {n['hostname']:<16} {n['ip']:<16} {n['gpus']:>4}  {n['collective'].get('backend', '-'):<5} "
-            f"{'ok' if n['collective'].get('ok') else ('skipped' if n['collective'].get('ok') is None else 'FAILED')}"
-            for n in result["nodes"]]
+    rows = [
+        f"{n['rank']:>4}  {n['hostname']:<16} {n['ip']:<16} {n['gpus']:>4}  {n['collective'].get('backend', '-'):<5} "
+        f"{'ok' if n['collective'].get('ok') else ('skipped' if n['collective'].get('ok') is None else 'FAILED')}"
+        for n in result["nodes"]
+    ]
     print("rank  host             address          GPUs  coll. result", flush=True)
     print("\n".join(rows), flush=True)
-    print(RESULT_PREFIX + json.dumps({"ok": result["ok"], "problems": result["problems"], "nodes": len(result["nodes"])}), flush=True)
+    print(
+        RESULT_PREFIX
+        + json.dumps({"ok": result["ok"], "problems": result["problems"], "nodes": len(result["nodes"])}),
+        flush=True,
+    )
     print("probe " + ("PASSED" if result["ok"] else "FAILED"), flush=True)
     return 0 if result["ok"] else 1
 

@@ -68,14 +68,20 @@ Num = Annotated[str, BeforeValidator(_num_text)]
 
 
 def _admits_none(annotation: Any) -> bool:
-    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(annotation)
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(
+        annotation
+    )
 
 
 def _is_int_field(annotation: Any) -> bool:
     """``int`` or ``int | None``."""
     if annotation is int:
         return True
-    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    args = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        else ()
+    )
     return int in args and all(a in (int, type(None)) for a in args)
 
 
@@ -220,7 +226,9 @@ class ParallelismSection(_Section):
 
 
 class AlgorithmSection(_Section):
-    advantage_estimator: Literal["grpo", "gspo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "ppo"] = "gspo"
+    advantage_estimator: Literal[
+        "grpo", "gspo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "ppo"
+    ] = "gspo"
     use_kl_loss: bool = False
     kl_loss_coef: Num = "0.00"
     kl_loss_type: str = "low_var_kl"
@@ -414,7 +422,9 @@ def _read_mapping(path: Path) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
-        raise RecipeError(f"{path}: not valid YAML{line}: {getattr(e, 'problem', e)}", "fix the syntax") from None
+        raise RecipeError(
+            f"{path}: not valid YAML{line}: {getattr(e, 'problem', e)}", "fix the syntax"
+        ) from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a table of sections", "see templates/ for examples")
     return data

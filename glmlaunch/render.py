@@ -20,7 +20,6 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-
 def render_json(plan: LaunchPlan) -> str:
     """The plan as JSON (``argv``, ``env_vars``, ``nodes`` with ``ray_start``, ``submit``); read it
     back with ``LaunchPlan.model_validate_json``."""
@@ -49,12 +48,19 @@ def _bash_template() -> jinja2.Template:
     import jinja2  # here, not at the top: most commands never render bash, and jinja2 takes ~70 ms
 
     env = jinja2.Environment(
-        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True,
-        trim_blocks=True, lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
     env.filters.update(
-        q=lambda v: shlex.quote(str(v)), qq=_quote_in_double_quotes, cq=_quote_in_comment,
-        plural=_plural, json=json.dumps, pyrepr=repr,
+        q=lambda v: shlex.quote(str(v)),
+        qq=_quote_in_double_quotes,
+        cq=_quote_in_comment,
+        plural=_plural,
+        json=json.dumps,
+        pyrepr=repr,
     )
     source = (importlib.resources.files(__package__) / "templates" / BASH_TEMPLATE).read_text()
     return env.from_string(source)

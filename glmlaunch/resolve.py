@@ -20,7 +20,12 @@ from .recipe import Recipe
 # where `zhuzilin/aime-2024` is downloaded ($BASE_DIR/rl_data/aime-2024, the seed's set-up),
 # fixing the seed's `rl_data/aime-2024.jsonl` vs `aime-2024/aime-2024.jsonl` mismatch.
 TASKS = {
-    "dapo_aime": ("dapo-math-17k/dapo-math-17k.jsonl", "deepscaler", "aime", "rl_data/aime-2024/aime-2024.jsonl"),
+    "dapo_aime": (
+        "dapo-math-17k/dapo-math-17k.jsonl",
+        "deepscaler",
+        "aime",
+        "rl_data/aime-2024/aime-2024.jsonl",
+    ),
     "gsm8k": ("gsm8k/train.parquet", "math", "gsm8k", "gsm8k/test.parquet"),
 }
 
@@ -91,9 +96,19 @@ def effective_layout(recipe: Recipe, num_nodes: int) -> Layout:
     p = recipe.parallelism
     for i, small in enumerate(sorted(p.small_layouts, key=lambda s: s.max_nodes)):
         if num_nodes <= small.max_nodes:
-            return Layout(small.tp, small.pp, small.cp, small.ep, small.etp, None,
-                          small.decoder_last_pipeline_num_layers, f"parallelism.small_layouts[{i}]")
-    return Layout(p.tp, p.pp, p.cp, p.ep, p.etp, p.decoder_first_pipeline_num_layers, p.decoder_last_pipeline_num_layers)
+            return Layout(
+                small.tp,
+                small.pp,
+                small.cp,
+                small.ep,
+                small.etp,
+                None,
+                small.decoder_last_pipeline_num_layers,
+                f"parallelism.small_layouts[{i}]",
+            )
+    return Layout(
+        p.tp, p.pp, p.cp, p.ep, p.etp, p.decoder_first_pipeline_num_layers, p.decoder_last_pipeline_num_layers
+    )
 
 
 def debug_minimal(recipe: Recipe) -> Recipe:
@@ -104,7 +119,9 @@ def debug_minimal(recipe: Recipe) -> Recipe:
     r.rollout.num_rollout = min(r.rollout.num_rollout or 2, 2)
     r.rollout.rollout_batch_size = 8
     r.rollout.n_samples_per_prompt = 4
-    r.rollout.over_sampling_batch_size = 8 if r.rollout.dynamic_sampling else r.rollout.over_sampling_batch_size
+    r.rollout.over_sampling_batch_size = (
+        8 if r.rollout.dynamic_sampling else r.rollout.over_sampling_batch_size
+    )
     r.rollout.num_steps_per_rollout = 1
     r.rollout.global_batch_size = None
     r.rollout.rollout_max_response_len = 1024
@@ -127,10 +144,14 @@ def paths(recipe: Recipe) -> dict[str, str]:
         "ref_load": recipe.expand(c.ref_load).rstrip("/"),
         "save": save,
         "load": recipe.expand(c.load).rstrip("/") if c.load else save,
-        "prompt_data": recipe.expand(recipe.rollout.prompt_data) if recipe.rollout.prompt_data else f"{base}/{prompt}",
+        "prompt_data": recipe.expand(recipe.rollout.prompt_data)
+        if recipe.rollout.prompt_data
+        else f"{base}/{prompt}",
         "rm_type": recipe.rollout.rm_type or rm,
         "eval_name": recipe.eval.name or eval_name,
-        "eval_data": recipe.expand(recipe.eval.prompt_data) if recipe.eval.prompt_data else f"{base}/{eval_data}",
+        "eval_data": recipe.expand(recipe.eval.prompt_data)
+        if recipe.eval.prompt_data
+        else f"{base}/{eval_data}",
     }
 
 
@@ -153,7 +174,14 @@ def resolve(recipe: Recipe, alloc: Allocation) -> Resolved:
         a_nodes, world = n, n * gpus
     mp = lay.tp * lay.pp * lay.cp
     return Resolved(
-        recipe=r, alloc=alloc, gpus_per_node=gpus, gpus_source=source, layout=lay, actor_nodes=a_nodes,
-        world_size=world, dp=world // mp if world and world % mp == 0 else None,
-        rollout_gpus=a_nodes * gpus if r.cluster.colocate else r.cluster.rollout_gpus, paths=paths(r),
+        recipe=r,
+        alloc=alloc,
+        gpus_per_node=gpus,
+        gpus_source=source,
+        layout=lay,
+        actor_nodes=a_nodes,
+        world_size=world,
+        dp=world // mp if world and world % mp == 0 else None,
+        rollout_gpus=a_nodes * gpus if r.cluster.colocate else r.cluster.rollout_gpus,
+        paths=paths(r),
     )

@@ -51,13 +51,23 @@ def transport_record(alloc: Allocation, ssh: SSHOptions | None = None) -> Transp
     this machine, ``srun`` job steps inside Slurm, SSH (Fabric) with ``ssh`` for a hostfile.
     Raises :class:`UsageError` for placeholder nodes (nothing can run on them)."""
     if alloc.kind is AllocationKind.PLACEHOLDER:
-        raise UsageError(f"nothing to start on: the nodes are placeholders ({alloc.origin}), and this is not a "
-                         "Slurm allocation; placeholders can be rendered and checked, not started",
-                         "pass --hostfile PATH, run inside salloc/sbatch, or use --local for a one-machine run")
+        raise UsageError(
+            f"nothing to start on: the nodes are placeholders ({alloc.origin}), and this is not a "
+            "Slurm allocation; placeholders can be rendered and checked, not started",
+            "pass --hostfile PATH, run inside salloc/sbatch, or use --local for a one-machine run",
+        )
     kind = {AllocationKind.LOCAL: "local", AllocationKind.SLURM: "srun"}.get(alloc.kind, "ssh")
     s = ssh or SSHOptions()
-    return TransportRecord(kind=kind, ssh_config=s.ssh_config, user=s.user, key=s.key, port=s.port,
-                           known_hosts=s.known_hosts, connect_timeout=s.connect_timeout, job_id=alloc.job_id)
+    return TransportRecord(
+        kind=kind,
+        ssh_config=s.ssh_config,
+        user=s.user,
+        key=s.key,
+        port=s.port,
+        known_hosts=s.known_hosts,
+        connect_timeout=s.connect_timeout,
+        job_id=alloc.job_id,
+    )
 
 
 def transport_from_record(t: TransportRecord) -> Transport:
@@ -72,8 +82,14 @@ def transport_from_record(t: TransportRecord) -> Transport:
         return SrunTransport(job_id=t.job_id)
     from .transport.ssh import SSHTransport
 
-    return SSHTransport(ssh_config=t.ssh_config, user=t.user, key=t.key, port=t.port, known_hosts=t.known_hosts,
-                        connect_timeout=t.connect_timeout)
+    return SSHTransport(
+        ssh_config=t.ssh_config,
+        user=t.user,
+        key=t.key,
+        port=t.port,
+        known_hosts=t.known_hosts,
+        connect_timeout=t.connect_timeout,
+    )
 
 
 def make_transport(alloc: Allocation, ssh: SSHOptions | None = None) -> Transport:
@@ -137,18 +153,34 @@ def plan_launch(
     if interface and not r.env.interface:
         r.env.interface = interface  # GLOO/TP/NCCL_SOCKET_IFNAME follow the chosen interface
     fallback = 1 if r.trainer.kind == "probe" else (r.cluster.nodes or 1)
-    alloc = discover(hostfile, nodes=nodes, gpus_per_node=gpus_per_node, head=head, local=local, env=env,
-                     fallback_nodes=fallback, origin=origin)
+    alloc = discover(
+        hostfile,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        head=head,
+        local=local,
+        env=env,
+        fallback_nodes=fallback,
+        origin=origin,
+    )
     if startable and alloc.placeholder:
         make_transport(alloc)  # raises: nothing can start on placeholders
     if (network or interface) and not alloc.placeholder:
         from .network import select_addresses
 
-        alloc = select_addresses(alloc, transport or make_transport(alloc, ssh), python=python or sys.executable,
-                                 network=network, interface=interface, setup=[r.expand(x) for x in r.cluster.setup])
+        alloc = select_addresses(
+            alloc,
+            transport or make_transport(alloc, ssh),
+            python=python or sys.executable,
+            network=network,
+            interface=interface,
+            setup=[r.expand(x) for x in r.cluster.setup],
+        )
     res = resolve(r, alloc)
-    ports = PortPlan(base=Defaults.port_base if port_base is None else port_base,
-                     dashboard=Defaults.dashboard_port if dashboard_port is None else dashboard_port)
+    ports = PortPlan(
+        base=Defaults.port_base if port_base is None else port_base,
+        dashboard=Defaults.dashboard_port if dashboard_port is None else dashboard_port,
+    )
     plan = build_plan(r, alloc, resolved=res, run_id=run_id, ports=ports, python=python)
 
     def node_round() -> list[Finding]:
@@ -165,7 +197,9 @@ def plan_launch(
 def _refuse(p: Planned) -> None:
     errors = p.findings.errors
     only_ports = errors and all(f.field.startswith("ports") for f in errors)
-    p.findings.raise_for_errors("move Ray's ports with --port-base / --dashboard-port" if only_ports else None)
+    p.findings.raise_for_errors(
+        "move Ray's ports with --port-base / --dashboard-port" if only_ports else None
+    )
 
 
 # ----------------------------------------------------------------------------- the handle
@@ -215,8 +249,15 @@ class Run:
         self.plan = plan
         self.run_dir = run_dir
         self.reporter = reporter or NullReporter()
-        self.cluster = cluster or RayCluster(plan, transport, run_dir=run_dir, reporter=self.reporter,
-                                             join_timeout_s=join_timeout_s, recipe=recipe, token=token)
+        self.cluster = cluster or RayCluster(
+            plan,
+            transport,
+            run_dir=run_dir,
+            reporter=self.reporter,
+            join_timeout_s=join_timeout_s,
+            recipe=recipe,
+            token=token,
+        )
         self.reused = False
 
     # ------------------------------------------------------------------ what it is
@@ -247,18 +288,30 @@ class Run:
         return self.cluster.preflight_findings
 
     @classmethod
-    def open(cls, ref: str | os.PathLike | None = None, runs_dir: str | os.PathLike | None = None,
-             reporter: Reporter | None = None, transport: Transport | None = None) -> Run:
+    def open(
+        cls,
+        ref: str | os.PathLike | None = None,
+        runs_dir: str | os.PathLike | None = None,
+        reporter: Reporter | None = None,
+        transport: Transport | None = None,
+    ) -> Run:
         """The handle of a run started earlier (by id or path; default: the current run), reached
         through ``transport`` (default: the one its manifest records)."""
         rd = RunDir.open(ref, runs_dir)
-        c = RayCluster.from_run(rd, transport or transport_from_record(rd.manifest.transport), reporter=reporter)
+        c = RayCluster.from_run(
+            rd, transport or transport_from_record(rd.manifest.transport), reporter=reporter
+        )
         return cls(c.plan, c.transport, rd, reporter=reporter, cluster=c)
 
     # ------------------------------------------------------------------ lifecycle
 
-    def up(self, runs_dir: str | os.PathLike | None = None, recipe: Recipe | None = None,
-           ssh: SSHOptions | None = None, alloc: Allocation | None = None) -> ClusterStatus:
+    def up(
+        self,
+        runs_dir: str | os.PathLike | None = None,
+        recipe: Recipe | None = None,
+        ssh: SSHOptions | None = None,
+        alloc: Allocation | None = None,
+    ) -> ClusterStatus:
         """Create the run directory (plan, commands, manifest, token), then start the cluster and
         return once every node and GPU has joined. A failed start is rolled back (nothing left
         running) and does not become the current run. Raises :class:`ClusterError` /
@@ -269,10 +322,16 @@ class Run:
             rd.write("plan.json", render_json(plan))
             rd.write("commands.sh", render_bash(plan))
             rd.update(
-                recipe=plan.recipe, recipe_source=plan.recipe_source, submission_id=plan.submission_id,
+                recipe=plan.recipe,
+                recipe_source=plan.recipe_source,
+                submission_id=plan.submission_id,
                 hosts=[HostRecord(name=n.name, address=n.address, gpus=n.gpus) for n in plan.nodes],
-                ports=plan.ports.named, dashboard_url=plan.dashboard_url, state_dir=plan.state_dir,
-                transport=transport_record(alloc, ssh) if alloc else TransportRecord(kind=self.transport.kind),
+                ports=plan.ports.named,
+                dashboard_url=plan.dashboard_url,
+                state_dir=plan.state_dir,
+                transport=transport_record(alloc, ssh)
+                if alloc
+                else TransportRecord(kind=self.transport.kind),
             )
             self.run_dir = self.cluster.run_dir = rd
         rd = self.run_dir
@@ -293,8 +352,13 @@ class Run:
     def _client(self):
         return jobs.client_for(self.plan, self.token)
 
-    def submit(self, *, follow: bool = True, stop: threading.Event | None = None,
-               watchdog_s: float = Defaults.watchdog_s) -> jobs.JobResult | None:
+    def submit(
+        self,
+        *,
+        follow: bool = True,
+        stop: threading.Event | None = None,
+        watchdog_s: float = Defaults.watchdog_s,
+    ) -> jobs.JobResult | None:
         """Submit the plan's trainer and (with ``follow``) stream its log to the reporter and
         ``job.log`` until it ends; returns its :class:`~glmlaunch.jobs.JobResult` (``None``
         without ``follow``). A second trainer while one runs is refused (:class:`JobError`); a
@@ -302,15 +366,21 @@ class Run:
         its grace period before propagating."""
         plan, rd = self.plan, self.run_dir
         if rd is not None and not rd.manifest.state.cluster_up:
-            raise ClusterError(f"run {plan.run_id} is not up (state: {rd.manifest.state})",
-                               hint="start it with `glmlaunch up`, or launch everything with `glmlaunch launch`")
+            raise ClusterError(
+                f"run {plan.run_id} is not up (state: {rd.manifest.state})",
+                hint="start it with `glmlaunch up`, or launch everything with `glmlaunch launch`",
+            )
         client = self._client()
         done = list(rd.manifest.submissions) if rd else []
         live = [s for s in done if jobs.job_status(client, s) not in jobs.TERMINAL]
         if live:  # two trainers on one cluster would share GPUs and one checkpoint directory
-            raise JobError(f"job {live[-1]} is still running on this cluster",
-                           "follow it with `glmlaunch logs --follow`, or stop it with `glmlaunch down`, then submit again")
-        sid = plan.submission_id if not done else f"{plan.submission_id}-{len(done) + 1}"  # a kept cluster's next job
+            raise JobError(
+                f"job {live[-1]} is still running on this cluster",
+                "follow it with `glmlaunch logs --follow`, or stop it with `glmlaunch down`, then submit again",
+            )
+        sid = (
+            plan.submission_id if not done else f"{plan.submission_id}-{len(done) + 1}"
+        )  # a kept cluster's next job
         self.reporter.step(f"submitting {plan.trainer_kind} job {sid}")
         sid = jobs.submit(plan, self.token, client=client, submission_id=sid)
         if rd:
@@ -329,15 +399,21 @@ class Run:
 
         try:
             result = jobs.follow(client, sid, on_text, check=_watchdog(self.cluster, watchdog_s), stop=stop)
-        except (ClusterError, OSError) as e:  # a node died / the head's job API is gone (requests' errors are OSErrors)
+        except (
+            ClusterError,
+            OSError,
+        ) as e:  # a node died / the head's job API is gone (requests' errors are OSErrors)
             _stop_quietly(client, sid)
             if isinstance(e, ClusterError):
                 raise
             head = plan.head.name
-            raise ClusterError(f"the head node {head} stopped answering while job {sid} was running "
-                               f"({plan.dashboard_url}: {e})", missing={head: "the Ray job API does not answer"},
-                               hint="look at the head node and its Ray logs (glmlaunch status), then launch again "
-                                    "(training resumes from the last checkpoint)") from None
+            raise ClusterError(
+                f"the head node {head} stopped answering while job {sid} was running "
+                f"({plan.dashboard_url}: {e})",
+                missing={head: "the Ray job API does not answer"},
+                hint="look at the head node and its Ray logs (glmlaunch status), then launch again "
+                "(training resumes from the last checkpoint)",
+            ) from None
         except BaseException:
             self.reporter.step("stopping the job (grace period for a checkpoint)")
             _stop_quietly(client, sid)
@@ -346,8 +422,15 @@ class Run:
             if logf:
                 logf.close()
         if rd:
-            rd.update(state=RunState.FINISHED, job=JobRecord(status=result.status, exit_code=result.exit_code,
-                                                              message=result.message[:2000], seconds=round(result.duration_s, 1)))
+            rd.update(
+                state=RunState.FINISHED,
+                job=JobRecord(
+                    status=result.status,
+                    exit_code=result.exit_code,
+                    message=result.message[:2000],
+                    seconds=round(result.duration_s, 1),
+                ),
+            )
         return result
 
     def status(self) -> RunStatus:
@@ -383,8 +466,12 @@ class Run:
         rd = self.run_dir
         sid = rd.manifest.submissions[-1] if rd and rd.manifest.submissions else None
         if rd is None or sid is None:
-            raise JobError(f"run {self.run_id} has no job yet",
-                           "glmlaunch submit" if self.state.cluster_up else "glmlaunch up, then glmlaunch submit (or glmlaunch launch)")
+            raise JobError(
+                f"run {self.run_id} has no job yet",
+                "glmlaunch submit"
+                if self.state.cluster_up
+                else "glmlaunch up, then glmlaunch submit (or glmlaunch launch)",
+            )
         saved = [p for p in (rd.path / f"{sid}.log", rd.path / "job.log") if p.exists()]
         try:
             if not self.state.cluster_up:
@@ -406,8 +493,10 @@ class Run:
             return text
         except Exception as e:  # the cluster is gone: show what was kept
             if not saved:
-                raise JobError(f"cannot read the log of job {sid}: {str(e)[:300]}",
-                               "the cluster is not up and no copy of the log was kept in the run directory") from None
+                raise JobError(
+                    f"cannot read the log of job {sid}: {str(e)[:300]}",
+                    "the cluster is not up and no copy of the log was kept in the run directory",
+                ) from None
             log.info("the cluster does not answer (%s); showing %s", str(e)[:200], saved[0])
             text = saved[0].read_text()
             if on_text:
@@ -471,18 +560,24 @@ def _watchdog(cluster: RayCluster, every_s: float = Defaults.watchdog_s):
         ended = getattr(cluster.transport, "ended_steps", None)  # srun: a node's Slurm step is gone
         gone = ended() if ended else {}
         if gone:
-            raise ClusterError(f"{len(gone)} node(s) lost their Ray step while the job was running: "
-                               + "; ".join(f"{h}: {why}" for h, why in gone.items()), missing=gone,
-                               hint="the job was stopped; look at the node (sacct -j JOB, its slurmd log), then launch again "
-                                    "(training resumes from the last checkpoint)")
+            raise ClusterError(
+                f"{len(gone)} node(s) lost their Ray step while the job was running: "
+                + "; ".join(f"{h}: {why}" for h, why in gone.items()),
+                missing=gone,
+                hint="the job was stopped; look at the node (sacct -j JOB, its slurmd log), then launch again "
+                "(training resumes from the last checkpoint)",
+            )
         try:
             st = cluster.status()
         except GlmlaunchError:
             return
         dead = {h: "left the cluster (Ray reports it dead)" for h, v in st.nodes.items() if not v["alive"]}
         if dead and not st.problems:
-            raise ClusterError(f"{len(dead)} node(s) died while the job was running: {', '.join(dead)}", missing=dead,
-                               hint="the job was stopped; look at the node, then launch again (training resumes from the last checkpoint)")
+            raise ClusterError(
+                f"{len(dead)} node(s) died while the job was running: {', '.join(dead)}",
+                missing=dead,
+                hint="the job was stopped; look at the node, then launch again (training resumes from the last checkpoint)",
+            )
 
     return check
 
@@ -511,8 +606,15 @@ def _current(p: Planned, reporter: Reporter, transport: Transport | None = None)
             return None
     except GlmlaunchError:
         return None
-    differs = [k for k, a, b in (("trainer argv", run.plan.argv, plan.argv), ("runtime env", run.plan.env_vars, plan.env_vars),
-                                 ("secrets", run.plan.secret_env, plan.secret_env)) if a != b]
+    differs = [
+        k
+        for k, a, b in (
+            ("trainer argv", run.plan.argv, plan.argv),
+            ("runtime env", run.plan.env_vars, plan.env_vars),
+            ("secrets", run.plan.secret_env, plan.secret_env),
+        )
+        if a != b
+    ]
     if differs:
         raise ClusterError(
             f"run {run.run_id} is already up on these nodes with another plan ({', '.join(differs)} differ)",
@@ -549,10 +651,25 @@ def up(
     (nothing started), :class:`ClusterError` / :class:`TransportError` (rolled back: nothing left
     running), :class:`UsageError` for bad input."""
     reporter = reporter or NullReporter()
-    p = plan_launch(recipe, hostfile, overrides=overrides, local=local, head=head, gpus_per_node=gpus_per_node,
-                    port_base=port_base, dashboard_port=dashboard_port, python=python, deep=deep, env=env,
-                    network=network, interface=interface, ssh=ssh, transport=transport, reporter=reporter,
-                    startable=transport is None)
+    p = plan_launch(
+        recipe,
+        hostfile,
+        overrides=overrides,
+        local=local,
+        head=head,
+        gpus_per_node=gpus_per_node,
+        port_base=port_base,
+        dashboard_port=dashboard_port,
+        python=python,
+        deep=deep,
+        env=env,
+        network=network,
+        interface=interface,
+        ssh=ssh,
+        transport=transport,
+        reporter=reporter,
+        startable=transport is None,
+    )
     _refuse(p)
     t = transport or make_transport(p.alloc, ssh)
     if reuse:
@@ -624,7 +741,9 @@ def launch(
             from .probe import parse_report
 
             probe = parse_report((run.path / "job.log").read_text())
-        return LaunchResult(plan=run.plan, run_dir=run.path, job=result, probe=probe, findings=run.preflight_findings)
+        return LaunchResult(
+            plan=run.plan, run_dir=run.path, job=result, probe=probe, findings=run.preflight_findings
+        )
     finally:
         if not keep and not run.reused:
             run.down()
@@ -635,4 +754,14 @@ def open_run(run: str | None = None, runs_dir: str | None = None, reporter: Repo
     return Run.open(run, runs_dir, reporter)
 
 
-__all__ = ["LaunchResult", "Planned", "Run", "RunStatus", "SSHOptions", "launch", "open_run", "plan_launch", "up"]
+__all__ = [
+    "LaunchResult",
+    "Planned",
+    "Run",
+    "RunStatus",
+    "SSHOptions",
+    "launch",
+    "open_run",
+    "plan_launch",
+    "up",
+]

@@ -144,8 +144,10 @@ def check_state_dir() -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise GlmlaunchError(f"cannot write glmlaunch's state directory {d}: {e.strerror}",
-                             "set GLMLAUNCH_STATE_DIR to a writable directory") from None
+        raise GlmlaunchError(
+            f"cannot write glmlaunch's state directory {d}: {e.strerror}",
+            "set GLMLAUNCH_STATE_DIR to a writable directory",
+        ) from None
     return d
 
 
@@ -170,8 +172,10 @@ class RunDir:
             p.mkdir(parents=True, exist_ok=False)
             (p / "hosts").mkdir()
         except OSError as e:
-            raise GlmlaunchError(f"cannot create the run directory {p}: {e.strerror}",
-                                 "pass a writable --runs-dir (or set GLMLAUNCH_RUNS_DIR)") from None
+            raise GlmlaunchError(
+                f"cannot create the run directory {p}: {e.strerror}",
+                "pass a writable --runs-dir (or set GLMLAUNCH_RUNS_DIR)",
+            ) from None
         check_state_dir()
         rd = cls(p, Manifest(run_id=run_id))
         rd.save()
@@ -185,8 +189,10 @@ class RunDir:
         if ref is None:
             cur = _state_dir() / "current"
             if not cur.exists():
-                raise UsageError("no current run: nothing was launched from this account yet",
-                                     "start one with `glmlaunch up` or `glmlaunch launch`, or pass --run PATH")
+                raise UsageError(
+                    "no current run: nothing was launched from this account yet",
+                    "start one with `glmlaunch up` or `glmlaunch launch`, or pass --run PATH",
+                )
             p = Path(cur.read_text().strip())
         else:
             p = Path(ref)
@@ -195,15 +201,24 @@ class RunDir:
                 cur = _state_dir() / "current"
                 if cur.exists():  # runs of the same runs folder as the current one
                     roots.append(Path(cur.read_text().strip()).parent)
-                p = next((r / str(ref) for r in roots if (r / str(ref) / "manifest.json").exists()), roots[0] / str(ref))
+                p = next(
+                    (r / str(ref) for r in roots if (r / str(ref) / "manifest.json").exists()),
+                    roots[0] / str(ref),
+                )
         mf = p / "manifest.json"
         if not mf.exists():
-            raise UsageError(f"{p}: not a glmlaunch run directory (no manifest.json)", "pass --run RUN_ID or a run directory")
+            raise UsageError(
+                f"{p}: not a glmlaunch run directory (no manifest.json)",
+                "pass --run RUN_ID or a run directory",
+            )
         try:
             return cls(p, Manifest.model_validate_json(mf.read_text()))
         except ValidationError as e:
-            raise GlmlaunchError(f"{mf}: not a manifest glmlaunch can read ({e.error_count()} problem(s): "
-                                 f"{e.errors()[0]['msg']})", "pass another --run") from None
+            raise GlmlaunchError(
+                f"{mf}: not a manifest glmlaunch can read ({e.error_count()} problem(s): "
+                f"{e.errors()[0]['msg']})",
+                "pass another --run",
+            ) from None
 
     def make_current(self) -> None:
         """Point ``current`` (in GLMLAUNCH_STATE_DIR) at this run, so other shells find it."""
@@ -251,7 +266,9 @@ class RunDir:
         p.write_text(text)
         return p
 
-    def host_log(self, host: str, step: str, command: str, stdout: str, stderr: str, exit_code, error: str = "") -> None:
+    def host_log(
+        self, host: str, step: str, command: str, stdout: str, stderr: str, exit_code, error: str = ""
+    ) -> None:
         """Keep what a step printed on a host: ``hosts/<host>/<step>.log``."""
         d = self.path / "hosts" / _safe(host)
         d.mkdir(parents=True, exist_ok=True)

@@ -78,7 +78,9 @@ def parse_time(time: str | int | float) -> int:
     text = str(time).strip()
     m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
     if not m:
-        raise UsageError(f"time={time!r}: not a Slurm time limit", 'write "HH:MM:SS", "D-HH:MM:SS" or minutes')
+        raise UsageError(
+            f"time={time!r}: not a Slurm time limit", 'write "HH:MM:SS", "D-HH:MM:SS" or minutes'
+        )
     days, a, b, c = m.groups()
     if days is not None:  # D-HH[:MM[:SS]]
         secs = int(days) * 86400 + int(a) * 3600 + int(b or 0) * 60 + int(c or 0)
@@ -118,7 +120,11 @@ def slurm_parameters(
         extra.update(exclusive=True, mem="0")
     extra.update(slurm_extra or {})
     p: dict = {
-        "job_name": name, "nodes": 1, "ntasks_per_node": 1, "time": timeout_min, "signal_delay_s": signal_delay_s,
+        "job_name": name,
+        "nodes": 1,
+        "ntasks_per_node": 1,
+        "time": timeout_min,
+        "signal_delay_s": signal_delay_s,
         "additional_parameters": extra,
         # one rank dying ends the step (the others would otherwise wait for its done file forever)
         "srun_args": ["--kill-on-bad-exit=1"],
@@ -136,7 +142,9 @@ def slurm_parameters(
     return p
 
 
-def render_sbatch(folder: str | os.PathLike, command: str = "python -u -m submitit.core._submit FOLDER", **kw) -> str:
+def render_sbatch(
+    folder: str | os.PathLike, command: str = "python -u -m submitit.core._submit FOLDER", **kw
+) -> str:
     """The sbatch script :func:`submit` would write, for the same keyword arguments as
     :func:`slurm_parameters` (a dry run: nothing is submitted)."""
     from submitit.slurm.slurm import _make_sbatch_string
@@ -144,16 +152,30 @@ def render_sbatch(folder: str | os.PathLike, command: str = "python -u -m submit
     return _make_sbatch_string(command=command, folder=str(folder), **slurm_parameters(**kw))
 
 
-def _check_before_submit(r: Recipe, nodes: int, gpus_per_node: int, deep: bool, port_base: int | None = None,
-                         dashboard_port: int | None = None) -> None:
+def _check_before_submit(
+    r: Recipe,
+    nodes: int,
+    gpus_per_node: int,
+    deep: bool,
+    port_base: int | None = None,
+    dashboard_port: int | None = None,
+) -> None:
     """The checks of :func:`glmlaunch.run.plan_launch` on ``nodes`` placeholder nodes: a GPU
     count that disagrees with the recipe, a layout that does not fit, ... are reported before
     anything is queued."""
     from .run import plan_launch
 
     where = f"slurm.submit(nodes={nodes}, gpus_per_node={gpus_per_node})"
-    p = plan_launch(r, nodes=nodes, gpus_per_node=gpus_per_node or None, origin=where, env={}, deep=deep,
-                    port_base=port_base, dashboard_port=dashboard_port)
+    p = plan_launch(
+        r,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node or None,
+        origin=where,
+        env={},
+        deep=deep,
+        port_base=port_base,
+        dashboard_port=dashboard_port,
+    )
     p.findings.raise_for_errors("nothing was submitted; fix the recipe or the submit() arguments")
 
 
@@ -208,27 +230,35 @@ def submit(
     try:
         import submitit
     except ImportError:
-        raise GlmlaunchError("glmlaunch.slurm.submit needs submitit, which is not installed",
-                             "pip install 'glmlaunch[slurm]'") from None
+        raise GlmlaunchError(
+            "glmlaunch.slurm.submit needs submitit, which is not installed", "pip install 'glmlaunch[slurm]'"
+        ) from None
 
     r = load_recipe(recipe, overrides)
     if not isinstance(nodes, int) or isinstance(nodes, bool) or nodes < 1:
         raise UsageError(f"nodes={nodes!r}: need a whole number of nodes, at least 1", "pass nodes=8")
     if not isinstance(gpus_per_node, int) or isinstance(gpus_per_node, bool) or gpus_per_node < 0:
-        raise UsageError(f"gpus_per_node={gpus_per_node!r}: need a whole number of GPUs (0 or more)", "pass gpus_per_node=8")
+        raise UsageError(
+            f"gpus_per_node={gpus_per_node!r}: need a whole number of GPUs (0 or more)",
+            "pass gpus_per_node=8",
+        )
     if not isinstance(max_requeues, int) or max_requeues < 0:
         raise UsageError(f"max_requeues={max_requeues!r}: need 0 or more", "pass max_requeues=3")
     if cluster not in ("slurm", "local"):
         raise UsageError(f"cluster={cluster!r}: unknown", 'use cluster="slurm" ("local" is for tests)')
     timeout_min = parse_time(time)
     if signal_delay_s >= timeout_min * 60:
-        raise UsageError(f"signal_delay_s={signal_delay_s} is not shorter than the time limit ({timeout_min} min)",
-                             "lower signal_delay_s or raise time")
+        raise UsageError(
+            f"signal_delay_s={signal_delay_s} is not shorter than the time limit ({timeout_min} min)",
+            "lower signal_delay_s or raise time",
+        )
     if cluster == "local" and nodes != 1:
         raise UsageError(f'cluster="local" runs on this machine alone, but nodes={nodes}', "pass nodes=1")
     if cluster == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
-        raise GlmlaunchError("sbatch/srun not found: this machine is not a Slurm login node",
-                             "run on a machine with the Slurm client (sbatch, srun, scontrol) on PATH")
+        raise GlmlaunchError(
+            "sbatch/srun not found: this machine is not a Slurm login node",
+            "run on a machine with the Slurm client (sbatch, srun, scontrol) on PATH",
+        )
     _check_before_submit(r, nodes, gpus_per_node, deep, port_base, dashboard_port)
 
     from .runs import default_runs_dir
@@ -236,21 +266,43 @@ def submit(
     runs = Path(runs_dir).absolute() if runs_dir else default_runs_dir()
     folder = Path(folder).absolute() if folder else runs / "submitit" / "%j"
     entry = LaunchJob(
-        r, gpus_per_node=gpus_per_node or None, runs_dir=str(runs), port_base=port_base, dashboard_port=dashboard_port,
-        python=python, join_timeout_s=join_timeout_s, stop_grace_s=stop_grace_s, max_requeues=max_requeues,
+        r,
+        gpus_per_node=gpus_per_node or None,
+        runs_dir=str(runs),
+        port_base=port_base,
+        dashboard_port=dashboard_port,
+        python=python,
+        join_timeout_s=join_timeout_s,
+        stop_grace_s=stop_grace_s,
+        max_requeues=max_requeues,
     )
     job_name = name or f"glmlaunch-{r.run.name}"
     ex: submitit.Executor
     if cluster == "local":
         ex = submitit.LocalExecutor(folder=folder, max_num_timeout=max_requeues)
-        ex.update_parameters(timeout_min=timeout_min, tasks_per_node=1, signal_delay_s=signal_delay_s,
-                             **({"setup": list(setup)} if setup else {}))
+        ex.update_parameters(
+            timeout_min=timeout_min,
+            tasks_per_node=1,
+            signal_delay_s=signal_delay_s,
+            **({"setup": list(setup)} if setup else {}),
+        )
     else:
         ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=max_requeues)
-        ex.update_parameters(**slurm_parameters(
-            nodes=nodes, gpus_per_node=gpus_per_node, timeout_min=timeout_min, partition=partition, account=account,
-            name=job_name, cpus_per_task=cpus_per_task, exclusive=exclusive, signal_delay_s=signal_delay_s,
-            setup=setup, slurm_extra=slurm_extra))
+        ex.update_parameters(
+            **slurm_parameters(
+                nodes=nodes,
+                gpus_per_node=gpus_per_node,
+                timeout_min=timeout_min,
+                partition=partition,
+                account=account,
+                name=job_name,
+                cpus_per_task=cpus_per_task,
+                exclusive=exclusive,
+                signal_delay_s=signal_delay_s,
+                setup=setup,
+                slurm_extra=slurm_extra,
+            )
+        )
     return ex.submit(entry)
 
 
@@ -299,10 +351,19 @@ class LaunchJob:
     Checkpointable (submitit calls :meth:`checkpoint` on rank 0 at preemption or time-out): the
     state that survives a requeue is the recipe, the options and ``requeues``."""
 
-    def __init__(self, recipe: Recipe, *, gpus_per_node: int | None = None, runs_dir: str | None = None,
-                 port_base: int | None = None, dashboard_port: int | None = None, python: str | None = None,
-                 join_timeout_s: float = Defaults.join_timeout_s, stop_grace_s: float = Defaults.job_stop_wait_s,
-                 max_requeues: int = 3):
+    def __init__(
+        self,
+        recipe: Recipe,
+        *,
+        gpus_per_node: int | None = None,
+        runs_dir: str | None = None,
+        port_base: int | None = None,
+        dashboard_port: int | None = None,
+        python: str | None = None,
+        join_timeout_s: float = Defaults.join_timeout_s,
+        stop_grace_s: float = Defaults.job_stop_wait_s,
+        max_requeues: int = 3,
+    ):
         self.recipe = recipe
         self.gpus_per_node = gpus_per_node
         self.runs_dir = runs_dir
@@ -359,7 +420,11 @@ class LaunchJob:
         t0 = _time.monotonic()
         while not done.exists():
             _time.sleep(1.0)
-        return {"rank": env.global_rank, "host": socket.gethostname(), "waited_s": round(_time.monotonic() - t0, 1)}
+        return {
+            "rank": env.global_rank,
+            "host": socket.gethostname(),
+            "waited_s": round(_time.monotonic() - t0, 1),
+        }
 
     def _run(self, env) -> dict:
         from . import run as runs
@@ -367,25 +432,48 @@ class LaunchJob:
 
         attempt = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
         if attempt > self.max_requeues:
-            raise RequeueLimit(f"Slurm started job {env.job_id} {attempt + 1} times, more than max_requeues={self.max_requeues} allows",
-                               "submit again: training resumes from the run's latest checkpoint")
+            raise RequeueLimit(
+                f"Slurm started job {env.job_id} {attempt + 1} times, more than max_requeues={self.max_requeues} allows",
+                "submit again: training resumes from the run's latest checkpoint",
+            )
         reporter = _PrintReporter()
-        _say(f"job {env.job_id} attempt {attempt} (requeues so far: {self.requeues}); nodes {', '.join(env.hostnames)}")
+        _say(
+            f"job {env.job_id} attempt {attempt} (requeues so far: {self.requeues}); nodes {', '.join(env.hostnames)}"
+        )
         local = env.cluster != "slurm"
         run = runs.up(
-            self.recipe, None, local=local, gpus_per_node=self.gpus_per_node, runs_dir=self.runs_dir, reporter=reporter,
-            join_timeout_s=self.join_timeout_s, port_base=self.port_base, dashboard_port=self.dashboard_port,
-            python=self.python, reuse=False,
+            self.recipe,
+            None,
+            local=local,
+            gpus_per_node=self.gpus_per_node,
+            runs_dir=self.runs_dir,
+            reporter=reporter,
+            join_timeout_s=self.join_timeout_s,
+            port_base=self.port_base,
+            dashboard_port=self.dashboard_port,
+            python=self.python,
+            reuse=False,
         )
         self._cluster = run
         rd = run.run_dir
         assert rd is not None  # up() made the run directory
         self.run_dirs.append(str(rd.path))
-        slurm_info = {"job_id": env.job_id, "attempt": attempt, "requeues": self.requeues, "max_requeues": self.max_requeues,
-                      "previous_run_dirs": self.run_dirs[:-1], "folder": str(env.paths.folder)}
+        slurm_info = {
+            "job_id": env.job_id,
+            "attempt": attempt,
+            "requeues": self.requeues,
+            "max_requeues": self.max_requeues,
+            "previous_run_dirs": self.run_dirs[:-1],
+            "folder": str(env.paths.folder),
+        }
         rd.update(slurm=slurm_info)
-        self._record(job_id=env.job_id, requeues=self.requeues, max_requeues=self.max_requeues, run_dirs=self.run_dirs,
-                     state="running")
+        self._record(
+            job_id=env.job_id,
+            requeues=self.requeues,
+            max_requeues=self.max_requeues,
+            run_dirs=self.run_dirs,
+            state="running",
+        )
         try:
             result = run.submit(follow=True)
             probe = None
@@ -397,10 +485,18 @@ class LaunchJob:
                 run.down()
         assert result is not None  # followed to its end
         out = {
-            "ok": result.ok, "status": result.status, "exit_code": result.exit_code, "message": result.message[:2000],
-            "submission_id": result.submission_id, "run_dir": str(rd.path), "requeues": self.requeues,
-            "attempt": attempt, "job_id": env.job_id, "nodes": [n.name for n in run.plan.nodes],
-            "seconds": round(result.duration_s, 1), "probe": probe,
+            "ok": result.ok,
+            "status": result.status,
+            "exit_code": result.exit_code,
+            "message": result.message[:2000],
+            "submission_id": result.submission_id,
+            "run_dir": str(rd.path),
+            "requeues": self.requeues,
+            "attempt": attempt,
+            "job_id": env.job_id,
+            "nodes": [n.name for n in run.plan.nodes],
+            "seconds": round(result.duration_s, 1),
+            "probe": probe,
         }
         rd.update(slurm=slurm_info | {"result": {k: out[k] for k in ("status", "exit_code")}})
         self._record(state="finished", result={k: out[k] for k in ("status", "exit_code", "run_dir")})
@@ -418,7 +514,9 @@ class LaunchJob:
         from . import jobs
 
         n = self.requeues + 1
-        _say(f"checkpoint: Slurm asked this job to stop (preemption or time limit); requeue {n} of at most {self.max_requeues}")
+        _say(
+            f"checkpoint: Slurm asked this job to stop (preemption or time limit); requeue {n} of at most {self.max_requeues}"
+        )
         c = self._cluster
         state = None
         if c is not None:
@@ -432,17 +530,24 @@ class LaunchJob:
                 _say(f"could not stop the trainer through Ray: {e}")
             if rd:
                 rd.event("requeue", requeue=n, trainer=state, allowed=n <= self.max_requeues)
-                rd.update(state=RunState.REQUEUED if n <= self.max_requeues else RunState.REQUEUE_LIMIT,
-                          slurm=(rd.manifest.slurm or {}) | {"requeues": n, "requeued": n <= self.max_requeues})
+                rd.update(
+                    state=RunState.REQUEUED if n <= self.max_requeues else RunState.REQUEUE_LIMIT,
+                    slurm=(rd.manifest.slurm or {}) | {"requeues": n, "requeued": n <= self.max_requeues},
+                )
             try:
                 c.down()
             except Exception as e:
                 _say(f"teardown before the requeue was incomplete: {e}")
             self._cluster = None
-        self._record(requeues=n if n <= self.max_requeues else self.requeues, state="requeued" if n <= self.max_requeues else "requeue-limit")
+        self._record(
+            requeues=n if n <= self.max_requeues else self.requeues,
+            state="requeued" if n <= self.max_requeues else "requeue-limit",
+        )
         if n > self.max_requeues:
-            raise RequeueLimit(f"not requeued: the job was already requeued {self.requeues} times (max_requeues={self.max_requeues})",
-                               "submit again (training resumes from the run's latest checkpoint) or raise max_requeues")
+            raise RequeueLimit(
+                f"not requeued: the job was already requeued {self.requeues} times (max_requeues={self.max_requeues})",
+                "submit again (training resumes from the run's latest checkpoint) or raise max_requeues",
+            )
         self.requeues = n
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 

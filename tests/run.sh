@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # THE test command (README and .ci/run call it). Fresh Debian 12 + Python 3.11, as root:
-#   venv + packages -> ruff -> test cluster up (tests/harness) -> pytest "$@" -> cluster down.
+#   venv + packages -> ruff (check, format) + mypy -> test cluster up (tests/harness) -> pytest "$@" -> cluster down.
 # Usage: bash tests/run.sh [PYTEST ARGS...]
 # Env:   GLT_ALLOW_EMPTY=1  treat pytest's exit code 5 (no tests collected) as success
 #        GLT_STATE, GLT_N, ... see tests/harness/common.sh
@@ -38,7 +38,9 @@ bash tests/harness/sglang_venv.sh   # SGLang validation venv (deps.md §6); test
 phase "sglang venv"
 
 .venv/bin/ruff check glmlaunch tests
-phase "ruff"
+.venv/bin/ruff format --check glmlaunch tests bench
+.venv/bin/mypy glmlaunch
+phase "ruff, mypy"
 
 # ---- the test cluster (the trap tears it down whatever happens, including a failed start-up)
 export GLT_VENV=$REPO/.venv

@@ -38,28 +38,57 @@ GPUS_PER_ENGINE = "--rollout-num-gpus-per-engine"
 # ServerArgs fields miles sets itself per engine, not --sglang-* flags
 # (miles/backends/sglang_utils/arguments.py:39-59 (miles@31f1ca961a94)).
 MILES_SKIPPED = (
-    "model_path", "config", "trust_remote_code", "random_seed", "enable_memory_saver", "port", "nnodes",
-    "node_rank", "dist_init_addr", "gpu_id_step", "base_gpu_id", "nccl_port", "skip_server_warmup",
-    "enable_return_routed_experts", "enable_return_indexer_topk",
+    "model_path",
+    "config",
+    "trust_remote_code",
+    "random_seed",
+    "enable_memory_saver",
+    "port",
+    "nnodes",
+    "node_rank",
+    "dist_init_addr",
+    "gpu_id_step",
+    "base_gpu_id",
+    "nccl_port",
+    "skip_server_warmup",
+    "enable_return_routed_experts",
+    "enable_return_indexer_topk",
 )
 # ServerArgs fields miles derives from other trainer flags, and those flags.
 DERIVED_FLAGS = {
-    "tp_size": GPUS_PER_ENGINE, "nnodes": GPUS_PER_ENGINE, "node_rank": GPUS_PER_ENGINE,
-    "base_gpu_id": GPUS_PER_ENGINE, "enable_memory_saver": "--colocate", "random_seed": "--seed",
-    "enable_return_routed_experts": "--use-rollout-routing-replay", "dtype": "--fp16",
+    "tp_size": GPUS_PER_ENGINE,
+    "nnodes": GPUS_PER_ENGINE,
+    "node_rank": GPUS_PER_ENGINE,
+    "base_gpu_id": GPUS_PER_ENGINE,
+    "enable_memory_saver": "--colocate",
+    "random_seed": "--seed",
+    "enable_return_routed_experts": "--use-rollout-routing-replay",
+    "dtype": "--fp16",
 }
 # Message phrases that name no field literally -> the flag they are about.
 PHRASE_FLAGS = (
-    ("speculative", "--sglang-speculative-algorithm"), ("eagle", "--sglang-speculative-algorithm"),
-    ("dp-lm-head", "--sglang-enable-dp-lm-head"), ("data-parallel", "--sglang-dp-size"),
-    ("attention dp", "--sglang-dp-size"), ("number of nodes", GPUS_PER_ENGINE), ("expert", "--sglang-ep-size"),
-    ("cuda graph", "--sglang-cuda-graph-bs"), ("kv cache", "--sglang-kv-cache-dtype"),
+    ("speculative", "--sglang-speculative-algorithm"),
+    ("eagle", "--sglang-speculative-algorithm"),
+    ("dp-lm-head", "--sglang-enable-dp-lm-head"),
+    ("data-parallel", "--sglang-dp-size"),
+    ("attention dp", "--sglang-dp-size"),
+    ("number of nodes", GPUS_PER_ENGINE),
+    ("expert", "--sglang-ep-size"),
+    ("cuda graph", "--sglang-cuda-graph-bs"),
+    ("kv cache", "--sglang-kv-cache-dtype"),
     ("attention backend", "--sglang-attention-backend"),
 )
 # Values compared before and after resolution (a silent change is a warning).
 WATCHED = (
-    "ep_size", "moe_dense_tp_size", "mem_fraction_static", "speculative_algorithm", "speculative_num_steps",
-    "speculative_eagle_topk", "speculative_num_draft_tokens", "kv_cache_dtype", "attention_backend",
+    "ep_size",
+    "moe_dense_tp_size",
+    "mem_fraction_static",
+    "speculative_algorithm",
+    "speculative_num_steps",
+    "speculative_eagle_topk",
+    "speculative_num_draft_tokens",
+    "kv_cache_dtype",
+    "attention_backend",
     "enable_dp_lm_head",
 )
 VERSION = "unknown"
@@ -97,8 +126,11 @@ def install_stubs() -> list[str]:
         import torch
 
         # install_platform_stubs() acts only on Apple Silicon with MPS: pretend, then restore.
-        patches = ((sys, "platform", "darwin"), (platform, "machine", lambda: "arm64"),
-                   (torch.backends.mps, "is_available", lambda: True))
+        patches = (
+            (sys, "platform", "darwin"),
+            (platform, "machine", lambda: "arm64"),
+            (torch.backends.mps, "is_available", lambda: True),
+        )
         saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
         for obj, name, value in patches:
             setattr(obj, name, value)
@@ -306,7 +338,7 @@ def _where(path: str, line: int | None) -> str:
     """``sglang/...py:LINE (sglang@VERSION)`` for a file of the installed SGLang."""
     path = path.replace(os.sep, "/")
     i = path.rfind("/sglang/")
-    return f"{path[i + 1:] if i >= 0 else os.path.basename(path)}:{line} (sglang@{VERSION})"
+    return f"{path[i + 1 :] if i >= 0 else os.path.basename(path)}:{line} (sglang@{VERSION})"
 
 
 def _defined_at(obj: Any) -> str:
@@ -318,7 +350,9 @@ def _defined_at(obj: Any) -> str:
 
 
 def _raised_at(exc: BaseException) -> str:
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/sglang/" in f.filename.replace(os.sep, "/")]
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__) if "/sglang/" in f.filename.replace(os.sep, "/")
+    ]
     return _where(frames[-1].filename, frames[-1].lineno) if frames else f"sglang@{VERSION}"
 
 
@@ -333,9 +367,19 @@ class _Out:
     def name(self, flag: str) -> str:
         return self.fields.get(flag, flag) if flag else "sglang"
 
-    def add(self, flag: str, message: str, rule: str, source: str, severity: str = "error", **extra: Any) -> None:
-        self.findings.append({"field": self.name(flag), "message": message, "rule": rule, "source": source,
-                              "severity": severity, "extra": extra})
+    def add(
+        self, flag: str, message: str, rule: str, source: str, severity: str = "error", **extra: Any
+    ) -> None:
+        self.findings.append(
+            {
+                "field": self.name(flag),
+                "message": message,
+                "rule": rule,
+                "source": source,
+                "severity": severity,
+                "extra": extra,
+            }
+        )
 
     def flag_of(self, fields: list[str], text: str) -> str:
         """The flag an SGLang message is about: the first field named that the argv sets
@@ -350,7 +394,10 @@ class _Out:
             else:
                 return flag
         low = text.lower()
-        return next((flag for phrase, flag in PHRASE_FLAGS if phrase in low), derived[0] if derived else GPUS_PER_ENGINE)
+        return next(
+            (flag for phrase, flag in PHRASE_FLAGS if phrase in low),
+            derived[0] if derived else GPUS_PER_ENGINE,
+        )
 
 
 def _verdict(out: _Out, ServerArgs: Any, kw: dict, fields: list[str]) -> None:
@@ -373,9 +420,16 @@ def _verdict(out: _Out, ServerArgs: Any, kw: dict, fields: list[str]) -> None:
             msg = f"{msg} [{src}]" if msg else src
         values = ", ".join(f"{f}={json.dumps(_jsonable(kw[f]))}" for f in named if f in kw)
         involved = [out.name(fl) for fl in (out.flags.get(f) for f in named) if fl]
-        out.add(flag, f"SGLang {VERSION} rejects the rollout engine config: {type(exc).__name__}: {msg}"
-                + (f" (engine values: {values})" if values else ""), f"{call} succeeds", _raised_at(exc),
-                fields=list(dict.fromkeys([out.name(flag), *involved])), exception=type(exc).__name__, stage=stage)
+        out.add(
+            flag,
+            f"SGLang {VERSION} rejects the rollout engine config: {type(exc).__name__}: {msg}"
+            + (f" (engine values: {values})" if values else ""),
+            f"{call} succeeds",
+            _raised_at(exc),
+            fields=list(dict.fromkeys([out.name(flag), *involved])),
+            exception=type(exc).__name__,
+            stage=stage,
+        )
         return
     try:
         resolved = sa.resolved_dict() if hasattr(sa, "resolved_dict") else {f: getattr(sa, f) for f in fields}
@@ -384,13 +438,24 @@ def _verdict(out: _Out, ServerArgs: Any, kw: dict, fields: list[str]) -> None:
     for key in WATCHED:
         before, after = _jsonable(kw.get(key)), _jsonable(resolved.get(key))
         if key in kw and key in resolved and before != after and key in out.flags:
-            out.add(out.flags[key], f"SGLang {VERSION} changes {key} from {before!r} to {after!r} while resolving",
-                    f"{key} is kept as given", _defined_at(ServerArgs.resolve_once), "warning")
+            out.add(
+                out.flags[key],
+                f"SGLang {VERSION} changes {key} from {before!r} to {after!r} while resolving",
+                f"{key} is kept as given",
+                _defined_at(ServerArgs.resolve_once),
+                "warning",
+            )
 
 
 def run(req: dict) -> dict:
     global VERSION
-    ans: dict[str, Any] = {"available": False, "import_error": "", "sglang_version": "", "findings": [], "timings": {}}
+    ans: dict[str, Any] = {
+        "available": False,
+        "import_error": "",
+        "sglang_version": "",
+        "findings": [],
+        "timings": {},
+    }
     if _find_spec("sglang") is None:
         ans["import_error"] = f"no module named 'sglang' in {sys.executable}"
         return ans
@@ -404,8 +469,10 @@ def run(req: dict) -> dict:
             warnings.simplefilter("ignore")
             from sglang.srt.server_args import ServerArgs
     except BaseException as exc:  # ImportError, or anything a broken install raises on import
-        ans["import_error"] = (f"sglang {VERSION} is installed but `from sglang.srt.server_args import ServerArgs` "
-                               f"failed: {type(exc).__name__}: {exc}")
+        ans["import_error"] = (
+            f"sglang {VERSION} is installed but `from sglang.srt.server_args import ServerArgs` "
+            f"failed: {type(exc).__name__}: {exc}"
+        )
         return ans
     ans["available"] = True
     ans["timings"]["import_s"] = round(time.monotonic() - t0, 2)
@@ -413,29 +480,48 @@ def run(req: dict) -> dict:
     fields = _field_names(ServerArgs)
     fset = set(fields)
     kw = dict(req.get("kwargs") or {})
-    parser_src = f"{_defined_at(ServerArgs.add_cli_args)}; miles/backends/sglang_utils/arguments.py:65-135 ({MILES})"
+    parser_src = (
+        f"{_defined_at(ServerArgs.add_cli_args)}; miles/backends/sglang_utils/arguments.py:65-135 ({MILES})"
+    )
 
     parsed, notes, refused = _parse_tokens(ServerArgs, list(req.get("sglang_tokens") or []), fset)
     rejected = set()
     for note in notes:
         flag = note.get("flag", "")
         if note["kind"] == "parser_unavailable":
-            out.add("", f"the --sglang-* flags were not parsed: {note['message']}", "SGLang's parser builds",
-                    parser_src, "warning")
+            out.add(
+                "",
+                f"the --sglang-* flags were not parsed: {note['message']}",
+                "SGLang's parser builds",
+                parser_src,
+                "warning",
+            )
         elif note["kind"] == "flag_skipped_by_miles":
-            out.add(flag, f"miles sets this ServerArgs value itself and does not accept {flag} "
-                    f"(e.g. nnodes from {GPUS_PER_ENGINE}); remove it", "miles-owned ServerArgs fields are not "
-                    "--sglang-* flags", f"miles/backends/sglang_utils/arguments.py:39-59 ({MILES})", "warning")
+            out.add(
+                flag,
+                f"miles sets this ServerArgs value itself and does not accept {flag} "
+                f"(e.g. nnodes from {GPUS_PER_ENGINE}); remove it",
+                "miles-owned ServerArgs fields are not --sglang-* flags",
+                f"miles/backends/sglang_utils/arguments.py:39-59 ({MILES})",
+                "warning",
+            )
         else:
             rejected.add(flag)
-            hint = "; did you mean " + " / ".join("--sglang-" + s.replace("_", "-") for s in note["similar"]) \
-                if note.get("similar") else ""
+            hint = (
+                "; did you mean " + " / ".join("--sglang-" + s.replace("_", "-") for s in note["similar"])
+                if note.get("similar")
+                else ""
+            )
             if "cuda-graph-bs" in flag and "decode" not in flag and "cuda_graph_bs_decode" in fset:
                 hint = "; this SGLang spells it --sglang-cuda-graph-bs-decode"
             verb = "rejects" if note["kind"] == "flag_rejected" else "has no such flag:"
-            out.add(flag, f"SGLang {VERSION}'s argument parser (which miles reuses for --sglang-*) {verb} {flag}: "
-                    f"{note['message']}{hint}", "every --sglang-* flag is a ServerArgs flag of the installed SGLang",
-                    parser_src)
+            out.add(
+                flag,
+                f"SGLang {VERSION}'s argument parser (which miles reuses for --sglang-*) {verb} {flag}: "
+                f"{note['message']}{hint}",
+                "every --sglang-* flag is a ServerArgs flag of the installed SGLang",
+                parser_src,
+            )
     for k in refused:
         kw.pop(k, None)
     for k, v in parsed.items():
@@ -448,8 +534,12 @@ def run(req: dict) -> dict:
         flag = out.flags.get("cuda_graph_bs", "")
         if flag and flag not in rejected:
             new = "cuda_graph_bs_decode" if "cuda_graph_bs_decode" in fset else "?"
-            out.add(flag, f"SGLang {VERSION} has no cuda_graph_bs (now {new}); miles' parser rejects {flag}",
-                    "every --sglang-* flag is a ServerArgs flag of the installed SGLang", _defined_at(ServerArgs))
+            out.add(
+                flag,
+                f"SGLang {VERSION} has no cuda_graph_bs (now {new}); miles' parser rejects {flag}",
+                "every --sglang-* flag is a ServerArgs flag of the installed SGLang",
+                _defined_at(ServerArgs),
+            )
     # dp-attention: the deprecated spelling, rewritten the way SGLang's own
     # handle_deprecated_dp_attention does, so that it also works once the old field is gone.
     if kw.get("enable_dp_attention") and "attn_dp_size" in fset:
@@ -457,7 +547,10 @@ def run(req: dict) -> dict:
         if int(kw.get("attn_dp_size") or 1) == 1:
             kw["attn_dp_size"], kw["dp_size"] = dp, 1
         kw.pop("enable_dp_attention")
-        flag, both = "--sglang-enable-dp-attention", [out.name("--sglang-enable-dp-attention"), out.name("--sglang-dp-size")]
+        flag, both = (
+            "--sglang-enable-dp-attention",
+            [out.name("--sglang-enable-dp-attention"), out.name("--sglang-dp-size")],
+        )
         try:
             from sglang.srt.arg_groups.parallel_hook import handle_deprecated_dp_attention as hook
 
@@ -465,22 +558,37 @@ def run(req: dict) -> dict:
         except ImportError:
             src = _defined_at(ServerArgs)
         if "enable_dp_attention" in fset:
-            out.add(flag, f"SGLang {VERSION} renames dp-attention: the trainer passes `--sglang-dp-size {dp} "
-                    "--sglang-enable-dp-attention` (deprecated there, due for removal), which SGLang rewrites to "
-                    f"attn_dp_size={dp}, dp_size=1; the new spelling is `--sglang-attn-dp-size {dp}`",
-                    "enable_dp_attention + dp_size -> attn_dp_size", src, "warning", fields=both,
-                    spelling="--sglang-dp-size N --sglang-enable-dp-attention")
+            out.add(
+                flag,
+                f"SGLang {VERSION} renames dp-attention: the trainer passes `--sglang-dp-size {dp} "
+                "--sglang-enable-dp-attention` (deprecated there, due for removal), which SGLang rewrites to "
+                f"attn_dp_size={dp}, dp_size=1; the new spelling is `--sglang-attn-dp-size {dp}`",
+                "enable_dp_attention + dp_size -> attn_dp_size",
+                src,
+                "warning",
+                fields=both,
+                spelling="--sglang-dp-size N --sglang-enable-dp-attention",
+            )
         else:
-            out.add(flag, f"SGLang {VERSION} no longer has enable_dp_attention: `--sglang-enable-dp-attention` is not "
-                    f"a flag there; pass `--sglang-attn-dp-size {dp}` instead of `--sglang-dp-size {dp}`",
-                    "attn_dp_size replaces enable_dp_attention + dp_size", src, fields=both)
+            out.add(
+                flag,
+                f"SGLang {VERSION} no longer has enable_dp_attention: `--sglang-enable-dp-attention` is not "
+                f"a flag there; pass `--sglang-attn-dp-size {dp}` instead of `--sglang-dp-size {dp}`",
+                "attn_dp_size replaces enable_dp_attention + dp_size",
+                src,
+                fields=both,
+            )
     for k in sorted(k for k in kw if k not in fset):
         kw.pop(k)
         flag = out.flags.get(k, "")
         if flag not in rejected:
-            out.add(flag, f"SGLang {VERSION}'s ServerArgs has no field {k}; miles drops it with a log line",
-                    "ServerArgs field exists",
-                    f"{_defined_at(ServerArgs)}; miles/backends/sglang_utils/sglang_engine.py:805-817 ({MILES})", "warning")
+            out.add(
+                flag,
+                f"SGLang {VERSION}'s ServerArgs has no field {k}; miles drops it with a log line",
+                "ServerArgs field exists",
+                f"{_defined_at(ServerArgs)}; miles/backends/sglang_utils/sglang_engine.py:805-817 ({MILES})",
+                "warning",
+            )
     t1 = time.monotonic()
     _verdict(out, ServerArgs, kw, fields)
     ans["timings"]["resolve_s"] = round(time.monotonic() - t1, 2)
@@ -497,7 +605,11 @@ def main() -> int:
     try:
         res = run(json.loads(sys.stdin.read() or "{}"))
     except BaseException as exc:  # report, never die silently
-        res = {"available": None, "fatal": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        res = {
+            "available": None,
+            "fatal": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(),
+        }
     answer.write(json.dumps(res, default=str))
     answer.flush()
     return 0

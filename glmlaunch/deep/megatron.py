@@ -224,9 +224,15 @@ def _import_megatron() -> dict[str, Any]:
         from megatron.core.transformer.moe.moe_utils import topk_routing_with_score_function
         from torch.testing._internal.distributed.fake_pg import FakeStore
     return {
-        "torch": torch, "dist": dist, "ps": parallel_state, "utils": mcore_utils, "FakeStore": FakeStore,
-        "OptimizerConfig": OptimizerConfig, "TransformerConfig": TransformerConfig,
-        "layer_specs": get_gpt_decoder_layer_specs, "route": topk_routing_with_score_function,
+        "torch": torch,
+        "dist": dist,
+        "ps": parallel_state,
+        "utils": mcore_utils,
+        "FakeStore": FakeStore,
+        "OptimizerConfig": OptimizerConfig,
+        "TransformerConfig": TransformerConfig,
+        "layer_specs": get_gpt_decoder_layer_specs,
+        "route": topk_routing_with_score_function,
     }
 
 
@@ -291,9 +297,12 @@ def _run_parallel_state(m: dict[str, Any], world_size: int, s: dict[str, Any]) -
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ps.initialize_model_parallel(
-                    tensor_model_parallel_size=s["tp"], pipeline_model_parallel_size=s["pp"],
-                    virtual_pipeline_model_parallel_size=s["vpp"], context_parallel_size=s["cp"],
-                    expert_model_parallel_size=s["ep"], expert_tensor_parallel_size=s["etp"],
+                    tensor_model_parallel_size=s["tp"],
+                    pipeline_model_parallel_size=s["pp"],
+                    virtual_pipeline_model_parallel_size=s["vpp"],
+                    context_parallel_size=s["cp"],
+                    expert_model_parallel_size=s["ep"],
+                    expert_tensor_parallel_size=s["etp"],
                     create_gloo_process_groups=False,
                 )
         finally:
@@ -317,7 +326,9 @@ def _transformer_kwargs(a: _Args, s: dict[str, Any], torch: Any) -> dict[str, An
         "num_layers": a.integer("--num-layers"),
         "hidden_size": hidden,
         "num_attention_heads": heads,
-        "num_query_groups": a.integer("--num-query-groups", 1) if a.has("--group-query-attention") else None,  # :1436-1439
+        "num_query_groups": a.integer("--num-query-groups", 1)
+        if a.has("--group-query-attention")
+        else None,  # :1436-1439
         "kv_channels": a.integer("--kv-channels"),
         "ffn_hidden_size": ffn,
         "tensor_model_parallel_size": tp,
@@ -351,7 +362,9 @@ def _transformer_kwargs(a: _Args, s: dict[str, Any], torch: Any) -> dict[str, An
         try:
             freq = 1 if text is None else parse_moe_layer_freq(text)
         except ValueError:
-            raise _BadValue("--moe-layer-freq", text, "an int or a list expression such as [0]*3+[1]*89") from None
+            raise _BadValue(
+                "--moe-layer-freq", text, "an int or a list expression such as [0]*3+[1]*89"
+            ) from None
         kw.update(
             num_moe_experts=experts,
             moe_router_topk=a.integer("--moe-router-topk", 2),
@@ -379,7 +392,9 @@ def _optimizer_kwargs(a: _Args, torch: Any) -> dict[str, Any]:
     bf16 = not a.has("--fp16")
     offload = a.has("--optimizer-cpu-offload")
     kw: dict[str, Any] = {
-        "optimizer": optimizer, "bf16": bf16, "fp16": not bf16,
+        "optimizer": optimizer,
+        "bf16": bf16,
+        "fp16": not bf16,
         "params_dtype": torch.bfloat16 if bf16 else torch.float16,
         # distributed optimizer iff adam: miles/backends/megatron_utils/arguments.py:15-17 (miles@31f1ca961a94)
         "use_distributed_optimizer": optimizer.lower() == "adam",
@@ -392,13 +407,17 @@ def _optimizer_kwargs(a: _Args, torch: Any) -> dict[str, Any]:
     for key in ("main_grads_dtype", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype"):
         text = a.text("--" + key.replace("_", "-"))
         if text is not None:
-            if text not in _DTYPES:  # the choices of megatron/training/arguments.py:2956-2968 (Megatron-LM@2e64d788b)
+            if (
+                text not in _DTYPES
+            ):  # the choices of megatron/training/arguments.py:2956-2968 (Megatron-LM@2e64d788b)
                 raise _BadValue("--" + key.replace("_", "-"), text, f"one of {sorted(_DTYPES)}")
             kw[key] = getattr(torch, _DTYPES[text])
     return kw
 
 
-def check_megatron(argv: list[str], world_size: int, flag_fields: dict[str, str] | None = None) -> list[Finding]:
+def check_megatron(
+    argv: list[str], world_size: int, flag_fields: dict[str, str] | None = None
+) -> list[Finding]:
     """Run megatron-core's own validators (see the module docstring) on the trainer argv.
 
     ``argv``: the trainer's token list (``["python3", ".../train.py", "--num-layers", "92", ...]``).
@@ -422,8 +441,12 @@ def check_megatron(argv: list[str], world_size: int, flag_fields: dict[str, str]
     try:
         m = _import_megatron()
     except ImportError as exc:
-        return [skipped(f"deep Megatron check skipped: torch / megatron-core not importable ({exc}); "
-                        f"install with: {INSTALL_HINT}")]
+        return [
+            skipped(
+                f"deep Megatron check skipped: torch / megatron-core not importable ({exc}); "
+                f"install with: {INSTALL_HINT}"
+            )
+        ]
     torch = m["torch"]
     a = _Args(argv)
     try:
@@ -436,17 +459,27 @@ def check_megatron(argv: list[str], world_size: int, flag_fields: dict[str, str]
 
     def rejected(what: str, call: str, exc: BaseException, flag: str | None = None) -> None:
         msg = str(exc) or type(exc).__name__
-        out.append(Finding(name(flag or _flag_for_message(msg)),
-                           f"megatron-core rejects the {what}: {type(exc).__name__}: {msg}",
-                           f"{call} accepts it", _raised_at(exc), extra={"exception": type(exc).__name__}))
+        out.append(
+            Finding(
+                name(flag or _flag_for_message(msg)),
+                f"megatron-core rejects the {what}: {type(exc).__name__}: {msg}",
+                f"{call} accepts it",
+                _raised_at(exc),
+                extra={"exception": type(exc).__name__},
+            )
+        )
 
     try:
         _run_parallel_state(m, world_size, sizes)
     except _DistBusy as exc:
         out.append(skipped(f"process-group check skipped: {exc}"))
     except Exception as exc:
-        rejected(f"layout TP{sizes['tp']} PP{sizes['pp']} CP{sizes['cp']} EP{sizes['ep']} ETP{sizes['etp']} "
-                 f"on world size {world_size}", "parallel_state.initialize_model_parallel", exc)
+        rejected(
+            f"layout TP{sizes['tp']} PP{sizes['pp']} CP{sizes['cp']} EP{sizes['ep']} ETP{sizes['etp']} "
+            f"on world size {world_size}",
+            "parallel_state.initialize_model_parallel",
+            exc,
+        )
 
     config = None
     if None not in (tkw["num_layers"], tkw["hidden_size"], tkw["num_attention_heads"]):
@@ -457,12 +490,22 @@ def check_megatron(argv: list[str], world_size: int, flag_fields: dict[str, str]
             except (ValueError, AssertionError, TypeError) as exc:
                 rejected("model config", "TransformerConfig", exc)
             except Exception as exc:  # e.g. a TE-only code path on this CPU host
-                out.append(skipped(f"TransformerConfig could not be checked on this host: {type(exc).__name__}: {exc}"))
+                out.append(
+                    skipped(
+                        f"TransformerConfig could not be checked on this host: {type(exc).__name__}: {exc}"
+                    )
+                )
         for w in caught:
             if "sequence parallelism must be used" in str(w.message):
-                out.append(Finding(name("--sequence-parallel"),
-                                   f"{w.message} (EP {sizes['ep']} and TP {sizes['tp']} without --sequence-parallel)",
-                                   "EP > 1 and TP > 1 => sequence_parallel", _where(w.filename, w.lineno), "warning"))
+                out.append(
+                    Finding(
+                        name("--sequence-parallel"),
+                        f"{w.message} (EP {sizes['ep']} and TP {sizes['tp']} without --sequence-parallel)",
+                        "EP > 1 and TP > 1 => sequence_parallel",
+                        _where(w.filename, w.lineno),
+                        "warning",
+                    )
+                )
     if config is not None and config.num_moe_experts:
         try:
             with warnings.catch_warnings():
@@ -472,11 +515,16 @@ def check_megatron(argv: list[str], world_size: int, flag_fields: dict[str, str]
             rejected("MoE layer pattern", "get_gpt_decoder_layer_specs", exc, "--moe-layer-freq")
         e = config.num_moe_experts
         try:
-            m["route"](torch.zeros(1, e), config.moe_router_topk, use_pre_softmax=config.moe_router_pre_softmax,
-                       num_groups=config.moe_router_num_groups, group_topk=config.moe_router_group_topk,
-                       scaling_factor=config.moe_router_topk_scaling_factor,
-                       score_function=config.moe_router_score_function,
-                       expert_bias=torch.zeros(e) if config.moe_router_enable_expert_bias else None)
+            m["route"](
+                torch.zeros(1, e),
+                config.moe_router_topk,
+                use_pre_softmax=config.moe_router_pre_softmax,
+                num_groups=config.moe_router_num_groups,
+                group_topk=config.moe_router_group_topk,
+                scaling_factor=config.moe_router_topk_scaling_factor,
+                score_function=config.moe_router_score_function,
+                expert_bias=torch.zeros(e) if config.moe_router_enable_expert_bias else None,
+            )
         except (RuntimeError, AssertionError, ValueError) as exc:
             rejected("router top-k", "topk_routing_with_score_function", exc, "--moe-router-topk")
 

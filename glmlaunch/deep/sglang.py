@@ -365,8 +365,16 @@ def check_sglang(
     eng = engine_kwargs(argv, num_gpus_per_node)
 
     def skipped(why: str) -> list[Finding]:
-        return [Finding("sglang", f"deep SGLang check skipped: {why}; {INSTALL_HINT}", "SGLang's validators run",
-                        SRC_SELF, "warning", extra={"python": _python(python)})]
+        return [
+            Finding(
+                "sglang",
+                f"deep SGLang check skipped: {why}; {INSTALL_HINT}",
+                "SGLang's validators run",
+                SRC_SELF,
+                "warning",
+                extra={"python": _python(python)},
+            )
+        ]
 
     tmp = tempfile.mkdtemp(prefix="glmlaunch-sglang-")
     try:
@@ -374,13 +382,21 @@ def check_sglang(
         os.makedirs(model_dir)
         cfg_file = os.path.join(model_dir, "config.json")
         if hf_config_path:
-            src = os.path.join(hf_config_path, "config.json") if os.path.isdir(hf_config_path) else hf_config_path
+            src = (
+                os.path.join(hf_config_path, "config.json")
+                if os.path.isdir(hf_config_path)
+                else hf_config_path
+            )
             shutil.copyfile(src, cfg_file)
         else:
             with open(cfg_file, "w", encoding="utf-8") as fh:
                 json.dump(model_config(argv, eng.eagle), fh, indent=1)
-        req = {"kwargs": dict(eng.kwargs, model_path=model_dir), "sglang_tokens": eng.sglang_tokens,
-               "flags": eng.flags, "flag_fields": names}
+        req = {
+            "kwargs": dict(eng.kwargs, model_path=model_dir),
+            "sglang_tokens": eng.sglang_tokens,
+            "flags": eng.flags,
+            "flag_fields": names,
+        }
         ans = run_worker(req, python)
     except OSError as exc:  # the temporary model folder or the checkpoint's config could not be copied
         return skipped(f"{type(exc).__name__}: {exc}")

@@ -67,7 +67,9 @@ class Transport(Protocol):
         ``timeout`` seconds for each. Returns one result per target; never raises for a host."""
         ...
 
-    def put_text(self, targets: list[Target], path: str, text: str, *, mode: int = 0o600, timeout: float = 30.0) -> dict[Target, RemoteResult]:
+    def put_text(
+        self, targets: list[Target], path: str, text: str, *, mode: int = 0o600, timeout: float = 30.0
+    ) -> dict[Target, RemoteResult]:
         """Write ``text`` to ``path`` on every target (parent directory created, mode applied before
         the content is written, so a secret is never readable by others). Not logged."""
         ...

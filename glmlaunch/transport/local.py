@@ -26,16 +26,29 @@ class LocalTransport:
         t0 = time.monotonic()
         try:
             p = subprocess.run(
-                ["bash", "-c", command], capture_output=True, text=True, timeout=timeout,
-                stdin=subprocess.DEVNULL, env=self.env or os.environ.copy(),
+                ["bash", "-c", command],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+                env=self.env or os.environ.copy(),
             )
         except subprocess.TimeoutExpired as e:
-            return RemoteResult("localhost", None, _s(e.stdout), _s(e.stderr),
-                                f"timed out after {timeout:.0f} s", time.monotonic() - t0)
+            return RemoteResult(
+                "localhost",
+                None,
+                _s(e.stdout),
+                _s(e.stderr),
+                f"timed out after {timeout:.0f} s",
+                time.monotonic() - t0,
+            )
         return RemoteResult("localhost", p.returncode, p.stdout, p.stderr, "", time.monotonic() - t0)
 
     def run_many(
-        self, commands: dict[Target, str], *, timeout: float = 60.0,
+        self,
+        commands: dict[Target, str],
+        *,
+        timeout: float = 60.0,
         on_done: Callable[[Target, RemoteResult], None] | None = None,
     ) -> dict[Target, RemoteResult]:
         def one(t: Target, cmd: str, timeout: float) -> RemoteResult:

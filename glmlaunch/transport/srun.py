@@ -39,8 +39,14 @@ from ..errors import TransportError
 from ..nodeops import DETACH
 from . import RemoteResult, Target, run_parallel
 
-_STEP_ERRORS = ("Unable to create step", "Invalid job id", "Invalid node name", "Job/step already completing",
-                "not in the allocation", "Requested node configuration is not available")
+_STEP_ERRORS = (
+    "Unable to create step",
+    "Invalid job id",
+    "Invalid node name",
+    "Job/step already completing",
+    "not in the allocation",
+    "Requested node configuration is not available",
+)
 
 
 def _clean_env(environ: dict | None = None) -> dict[str, str]:
@@ -72,16 +78,24 @@ class SrunTransport:
     ):
         self.job_id = str(job_id or os.environ.get("SLURM_JOB_ID") or "")
         if not self.job_id or self.job_id == "?":
-            raise TransportError("the srun transport needs a Slurm job id (SLURM_JOB_ID is not set)",
-                                 hint="run inside salloc/sbatch, or pass --hostfile to use SSH")
+            raise TransportError(
+                "the srun transport needs a Slurm job id (SLURM_JOB_ID is not set)",
+                hint="run inside salloc/sbatch, or pass --hostfile to use SSH",
+            )
         self.srun = shutil.which(srun)
         if not self.srun:
-            raise TransportError(f"'{srun}' is not on PATH, so the nodes of Slurm job {self.job_id} cannot be reached",
-                                 hint="load the Slurm client (module load slurm), or pass --hostfile to use SSH")
+            raise TransportError(
+                f"'{srun}' is not on PATH, so the nodes of Slurm job {self.job_id} cannot be reached",
+                hint="load the Slurm client (module load slurm), or pass --hostfile to use SSH",
+            )
         self.extra_args = list(extra_args)
         sig = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
         self.ignore_signals = list(ignore_signals if ignore_signals is not None else (sig,))
-        self.start_options = {"hold": True, "ignore_signals": self.ignore_signals, "hold_grace_s": hold_grace_s}
+        self.start_options = {
+            "hold": True,
+            "ignore_signals": self.ignore_signals,
+            "hold_grace_s": hold_grace_s,
+        }
         self.max_parallel = max_parallel
         self._log_dir = Path(log_dir) if log_dir else None
         self._own_dir = False
@@ -104,18 +118,36 @@ class SrunTransport:
     def argv(self, t: Target, command: str) -> list[str]:
         """The srun command line that runs ``command`` on ``t``'s node."""
         return [
-            str(self.srun), f"--jobid={self.job_id}", "--overlap", "--nodes=1", "--ntasks=1", f"--nodelist={t.name}",
-            "--kill-on-bad-exit=1", "--job-name=glmlaunch", *self.extra_args, "bash", "-c", command,
+            str(self.srun),
+            f"--jobid={self.job_id}",
+            "--overlap",
+            "--nodes=1",
+            "--ntasks=1",
+            f"--nodelist={t.name}",
+            "--kill-on-bad-exit=1",
+            "--job-name=glmlaunch",
+            *self.extra_args,
+            "bash",
+            "-c",
+            command,
         ]
 
-    def _run_one(self, t: Target, command: str, timeout: float, stdin_text: str | None = None) -> RemoteResult:
+    def _run_one(
+        self, t: Target, command: str, timeout: float, stdin_text: str | None = None
+    ) -> RemoteResult:
         t0 = time.monotonic()
         base = self._logs()
         out_p, err_p = base.with_suffix(".out"), base.with_suffix(".err")
         try:
             with open(out_p, "wb") as out_f, open(err_p, "wb") as err_f:
-                p = subprocess.Popen(self.argv(t, command), stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
-                                     stdout=out_f, stderr=err_f, env=_clean_env(), start_new_session=True)
+                p = subprocess.Popen(
+                    self.argv(t, command),
+                    stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
+                    stdout=out_f,
+                    stderr=err_f,
+                    env=_clean_env(),
+                    start_new_session=True,
+                )
         except OSError as e:
             return RemoteResult(t.name, None, error=f"{t.name}: cannot run srun: {e.strerror or e}")
         if stdin_text is not None and p.stdin is not None:
@@ -132,22 +164,36 @@ class SrunTransport:
                 # a held step: the answer is complete, the step keeps running
                 with self._lock:
                     self._held[t.name] = (p, err_p)
-                return RemoteResult(t.name, 0, out.split(DETACH + "\n", 1)[0], err_p.read_text(errors="replace"), "",
-                                    time.monotonic() - t0)
+                return RemoteResult(
+                    t.name,
+                    0,
+                    out.split(DETACH + "\n", 1)[0],
+                    err_p.read_text(errors="replace"),
+                    "",
+                    time.monotonic() - t0,
+                )
             if rc is not None:
                 break
             if time.monotonic() > deadline:
                 self._terminate(p)
                 out, err = out_p.read_text(errors="replace"), err_p.read_text(errors="replace")
                 self._cleanup(out_p, err_p)
-                return RemoteResult(t.name, None, out, err, f"{t.name}: command timed out after {timeout:.0f} s (srun step)",
-                                    time.monotonic() - t0)
+                return RemoteResult(
+                    t.name,
+                    None,
+                    out,
+                    err,
+                    f"{t.name}: command timed out after {timeout:.0f} s (srun step)",
+                    time.monotonic() - t0,
+                )
             time.sleep(0.05)
         out, err = out_p.read_text(errors="replace"), err_p.read_text(errors="replace")
         self._cleanup(out_p, err_p)
         error = ""
         if rc != 0 and any(s in err for s in _STEP_ERRORS):
-            line = next((x for x in err.splitlines() if any(s in x for s in _STEP_ERRORS)), err.strip()[-300:])
+            line = next(
+                (x for x in err.splitlines() if any(s in x for s in _STEP_ERRORS)), err.strip()[-300:]
+            )
             error = f"{t.name}: srun could not start a step in job {self.job_id}: {line.strip()}"
             rc = None
         return RemoteResult(t.name, rc, out, _strip_srun_noise(err), error, time.monotonic() - t0)
@@ -176,10 +222,15 @@ class SrunTransport:
     # ------------------------------------------------------------------ protocol
 
     def run_many(
-        self, commands: dict[Target, str], *, timeout: float = 60.0,
+        self,
+        commands: dict[Target, str],
+        *,
+        timeout: float = 60.0,
         on_done: Callable[[Target, RemoteResult], None] | None = None,
     ) -> dict[Target, RemoteResult]:
-        return run_parallel(self._run_one, commands, timeout=timeout, on_done=on_done, max_parallel=self.max_parallel)
+        return run_parallel(
+            self._run_one, commands, timeout=timeout, on_done=on_done, max_parallel=self.max_parallel
+        )
 
     def put_text(self, targets, path, text, *, mode=0o600, timeout=30.0):
         d = os.path.dirname(path) or "."
@@ -201,7 +252,9 @@ class SrunTransport:
                     tail = _strip_srun_noise(err_p.read_text(errors="replace")).strip().splitlines()[-3:]
                 except OSError:
                     tail = []
-                out[host] = f"its Slurm step ended (srun exit code {rc})" + (": " + " | ".join(tail) if tail else "")
+                out[host] = f"its Slurm step ended (srun exit code {rc})" + (
+                    ": " + " | ".join(tail) if tail else ""
+                )
         return out
 
     def forget_ended(self) -> None:
@@ -231,4 +284,8 @@ class SrunTransport:
 
 def _strip_srun_noise(err: str) -> str:
     """Drop srun's own bookkeeping lines (``_step_signal: Terminating StepId=...``)."""
-    return "".join(x for x in err.splitlines(keepends=True) if not re.search(r"srun: (launch/slurm: _step_signal|Terminating StepId)", x))
+    return "".join(
+        x
+        for x in err.splitlines(keepends=True)
+        if not re.search(r"srun: (launch/slurm: _step_signal|Terminating StepId)", x)
+    )

@@ -47,7 +47,10 @@ class SSHTransport:
         max_parallel: int = 64,
     ):
         if connect_timeout <= 0:
-            raise UsageError(f"--connect-timeout {connect_timeout}: must be more than 0 seconds", hint="e.g. --connect-timeout 10")
+            raise UsageError(
+                f"--connect-timeout {connect_timeout}: must be more than 0 seconds",
+                hint="e.g. --connect-timeout 10",
+            )
         for flag, path in (("--ssh-key", key), ("--known-hosts", known_hosts)):
             if path and not os.path.isfile(os.path.expanduser(path)):
                 raise UsageError(f"{flag} {path}: file not found", hint=f"pass an existing file to {flag}")
@@ -62,7 +65,9 @@ class SSHTransport:
         try:
             if ssh_config:
                 if not os.path.exists(ssh_config):
-                    raise UsageError(f"--ssh-config {ssh_config}: file not found", hint="pass an existing ssh_config file")
+                    raise UsageError(
+                        f"--ssh-config {ssh_config}: file not found", hint="pass an existing ssh_config file"
+                    )
                 self._config = Config(runtime_ssh_path=ssh_config)
             else:
                 self._config = Config()
@@ -95,8 +100,12 @@ class SSHTransport:
             if self.key:
                 ck["key_filename"] = [os.path.expanduser(self.key)]
             c = Connection(
-                t.name, user=t.ssh_user or self.user, port=t.ssh_port or self.port, config=self._config,
-                connect_timeout=self.connect_timeout, connect_kwargs=ck,
+                t.name,
+                user=t.ssh_user or self.user,
+                port=t.ssh_port or self.port,
+                config=self._config,
+                connect_timeout=self.connect_timeout,
+                connect_kwargs=ck,
             )
             strict = str(c.ssh_config.get("stricthostkeychecking", "yes")).lower()
             files = []
@@ -111,7 +120,9 @@ class SSHTransport:
                         c.client.load_host_keys(f)
                     except (OSError, Exception) as e:  # a malformed line must not hide the others
                         log.warning("cannot read known_hosts %s: %s", f, e)
-            policy = {"no": AutoAddPolicy(), "off": AutoAddPolicy(), "accept-new": WarningPolicy()}.get(strict, RejectPolicy())
+            policy = {"no": AutoAddPolicy(), "off": AutoAddPolicy(), "accept-new": WarningPolicy()}.get(
+                strict, RejectPolicy()
+            )
             c.client.set_missing_host_key_policy(policy)
             self._conns[t] = c
             return c
@@ -125,12 +136,18 @@ class SSHTransport:
         if isinstance(e, CommandTimedOut):
             return f"{where}: command timed out after {e.timeout:.0f} s"
         if isinstance(e, paramiko.BadHostKeyException):
-            return f"{where}: host key does not match known_hosts (possible man-in-the-middle); fix known_hosts"
+            return (
+                f"{where}: host key does not match known_hosts (possible man-in-the-middle); fix known_hosts"
+            )
         if isinstance(e, paramiko.SSHException) and "not found in known_hosts" in str(e):
-            return (f"{where}: host key is not in known_hosts; add it (ssh-keyscan -H {c.host} >> ~/.ssh/known_hosts) "
-                    "or pass --known-hosts FILE")
+            return (
+                f"{where}: host key is not in known_hosts; add it (ssh-keyscan -H {c.host} >> ~/.ssh/known_hosts) "
+                "or pass --known-hosts FILE"
+            )
         if isinstance(e, paramiko.AuthenticationException):
-            return f"{where}: authentication failed; check --ssh-user / --ssh-key (key-based login is required)"
+            return (
+                f"{where}: authentication failed; check --ssh-user / --ssh-key (key-based login is required)"
+            )
         if isinstance(e, paramiko.ssh_exception.NoValidConnectionsError):
             return f"{where}: connection refused (is sshd running on port {c.port}?)"
         if isinstance(e, TimeoutError | socket.timeout):
@@ -152,7 +169,12 @@ class SSHTransport:
         try:
             c = self._connection(t)
             r = c.run(
-                "bash -c " + shlex.quote(command), hide=True, warn=True, timeout=timeout, in_stream=False, pty=False
+                "bash -c " + shlex.quote(command),
+                hide=True,
+                warn=True,
+                timeout=timeout,
+                in_stream=False,
+                pty=False,
             )
             return RemoteResult(t.name, r.exited, r.stdout, r.stderr, "", time.monotonic() - t0)
         except Exception as e:  # per-host: never raise, report
@@ -167,10 +189,15 @@ class SSHTransport:
             return RemoteResult(t.name, None, "", "", err, time.monotonic() - t0)
 
     def run_many(
-        self, commands: dict[Target, str], *, timeout: float = 60.0,
+        self,
+        commands: dict[Target, str],
+        *,
+        timeout: float = 60.0,
         on_done: Callable[[Target, RemoteResult], None] | None = None,
     ) -> dict[Target, RemoteResult]:
-        return run_parallel(self._run_one, commands, timeout=timeout, on_done=on_done, max_parallel=self.max_parallel)
+        return run_parallel(
+            self._run_one, commands, timeout=timeout, on_done=on_done, max_parallel=self.max_parallel
+        )
 
     def put_text(self, targets, path, text, *, mode=0o600, timeout=30.0):
         d = os.path.dirname(path) or "."

@@ -11,8 +11,12 @@ from glmlaunch.run import launch
 
 @pytest.fixture
 def ssh(testcluster):
-    return SSHOptions(ssh_config=str(testcluster.ssh_config), key=str(testcluster.ssh_key),
-                      known_hosts=str(testcluster.known_hosts), connect_timeout=5)
+    return SSHOptions(
+        ssh_config=str(testcluster.ssh_config),
+        key=str(testcluster.ssh_key),
+        known_hosts=str(testcluster.known_hosts),
+        connect_timeout=5,
+    )
 
 
 @pytest.fixture

@@ -38,8 +38,12 @@ def _cluster(testcluster, hostfile, overrides):
     plan = build_plan(recipe, alloc, ports=PORTS, python=sys.executable)
     found = checks.run(resolve(recipe, alloc), plan)
     assert not found.errors, found.errors
-    ssh = SSHOptions(ssh_config=str(testcluster.ssh_config), key=str(testcluster.ssh_key),
-                     known_hosts=str(testcluster.known_hosts), connect_timeout=5)
+    ssh = SSHOptions(
+        ssh_config=str(testcluster.ssh_config),
+        key=str(testcluster.ssh_key),
+        known_hosts=str(testcluster.known_hosts),
+        connect_timeout=5,
+    )
     return RayCluster(plan, make_transport(alloc, ssh), recipe=recipe)
 
 
@@ -68,7 +72,9 @@ def test_ray_version_mismatch_on_one_host(testcluster, hostfile, tmp_path):
     # a dist-info that says ray 2.0.0, first on PYTHONPATH on h2 only
     fake = tmp_path / "fakeray"
     (fake / "ray-2.0.0.dist-info").mkdir(parents=True)
-    (fake / "ray-2.0.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: ray\nVersion: 2.0.0\n")
+    (fake / "ray-2.0.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: ray\nVersion: 2.0.0\n"
+    )
     setup = f'[ "$(hostname)" != h2 ] || export PYTHONPATH={fake}'
     c = _cluster(testcluster, hostfile, [f"cluster.setup=['{setup}']"])
     with pytest.raises(CheckFailed) as ei:
@@ -84,15 +90,18 @@ def test_busy_port_on_one_host(testcluster, hostfile):
         s = socket.socket(); s.bind(("10.79.0.12", 8380)); s.listen(); print("listening", flush=True)
         time.sleep(120)
     """)
-    p = subprocess.Popen([str(ON_HOST), "2", sys.executable, "-c", listener],
-                         stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [str(ON_HOST), "2", sys.executable, "-c", listener], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert p.stdout.readline().startswith("listening")
         c = _cluster(testcluster, hostfile, [])
         with pytest.raises(CheckFailed) as ei:
             c.preflight()
         msgs = [str(f) for f in ei.value.findings if f.severity == "error"]
-        assert any("h2: 1 planned port(s) in use: 8380 in use" in m and "--port-base" in m for m in msgs), msgs
+        assert any("h2: 1 planned port(s) in use: 8380 in use" in m and "--port-base" in m for m in msgs), (
+            msgs
+        )
         assert not any("h1: port" in m or "h3: port" in m for m in msgs), msgs
         assert p.poll() is None  # the listener is not ours to kill: untouched
         _no_ray_started(testcluster)
@@ -104,11 +113,17 @@ def test_busy_port_on_one_host(testcluster, hostfile):
 def test_save_dir_not_shared(testcluster, hostfile):
     # a miles recipe whose --save lives in the per-host private /tmp/ray: written fine on each
     # host, but the head cannot see the others' sentinels
-    recipe = load_recipe("glm45-355b-a32b-gspo", ["cluster.nodes=3", "run.base_dir=/tmp/ray/glm", "cluster.hardware=cpu"])
+    recipe = load_recipe(
+        "glm45-355b-a32b-gspo", ["cluster.nodes=3", "run.base_dir=/tmp/ray/glm", "cluster.hardware=cpu"]
+    )
     alloc = read_hostfile(hostfile)
     plan = build_plan(recipe, alloc, ports=PORTS, python=sys.executable)
-    ssh = SSHOptions(ssh_config=str(testcluster.ssh_config), key=str(testcluster.ssh_key),
-                     known_hosts=str(testcluster.known_hosts), connect_timeout=5)
+    ssh = SSHOptions(
+        ssh_config=str(testcluster.ssh_config),
+        key=str(testcluster.ssh_key),
+        known_hosts=str(testcluster.known_hosts),
+        connect_timeout=5,
+    )
     c = RayCluster(plan, make_transport(alloc, ssh), recipe=recipe)
     with pytest.raises(CheckFailed) as ei:
         c.preflight()

@@ -49,8 +49,12 @@ def _isolated_state(tmp_path_factory):
 
 
 def _ssh(tc, connect_timeout: float = 10.0) -> SSHOptions:
-    return SSHOptions(ssh_config=str(tc.ssh_config), key=str(tc.ssh_key), known_hosts=str(tc.known_hosts),
-                      connect_timeout=connect_timeout)
+    return SSHOptions(
+        ssh_config=str(tc.ssh_config),
+        key=str(tc.ssh_key),
+        known_hosts=str(tc.known_hosts),
+        connect_timeout=connect_timeout,
+    )
 
 
 def _hostfile(d: Path, tc) -> str:
@@ -103,7 +107,7 @@ def runs(tmp_path, testcluster):
 
 
 def probe_nodes(job_log: str) -> list[dict]:
-    return [json.loads(line[len(PREFIX):]) for line in job_log.splitlines() if line.startswith(PREFIX)]
+    return [json.loads(line[len(PREFIX) :]) for line in job_log.splitlines() if line.startswith(PREFIX)]
 
 
 # ----------------------------------------------------------------------------- 1. launch()
@@ -111,8 +115,13 @@ def probe_nodes(job_log: str) -> list[dict]:
 
 def test_launch_probe_on_three_hosts(testcluster, tmp_path, runs):
     t0 = time.monotonic()
-    res = launch(RECIPE, _hostfile(tmp_path, testcluster), ssh=_ssh(testcluster), runs_dir=str(runs),
-                 join_timeout_s=120)
+    res = launch(
+        RECIPE,
+        _hostfile(tmp_path, testcluster),
+        ssh=_ssh(testcluster),
+        runs_dir=str(runs),
+        join_timeout_s=120,
+    )
     took = time.monotonic() - t0
     rd = RunDir.open(res.run_dir)
     job_log = (res.run_dir / "job.log").read_text()
@@ -159,10 +168,27 @@ def test_launch_probe_on_three_hosts(testcluster, tmp_path, runs):
 
 
 def _cli(tc, tmp_path, runs, *extra, timeout=300) -> subprocess.CompletedProcess:
-    argv = [str(GLMLAUNCH), "launch", RECIPE, "--hostfile", _hostfile(tmp_path, tc), "--ssh-config", str(tc.ssh_config),
-            "--ssh-key", str(tc.ssh_key), "--known-hosts", str(tc.known_hosts), "--runs-dir", str(runs),
-            "--join-timeout", "120", *extra]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=dict(os.environ), cwd=tmp_path)
+    argv = [
+        str(GLMLAUNCH),
+        "launch",
+        RECIPE,
+        "--hostfile",
+        _hostfile(tmp_path, tc),
+        "--ssh-config",
+        str(tc.ssh_config),
+        "--ssh-key",
+        str(tc.ssh_key),
+        "--known-hosts",
+        str(tc.known_hosts),
+        "--runs-dir",
+        str(runs),
+        "--join-timeout",
+        "120",
+        *extra,
+    ]
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, env=dict(os.environ), cwd=tmp_path
+    )
 
 
 def test_cli_launch_probe_passes(testcluster, tmp_path, runs):
@@ -196,13 +222,29 @@ def test_cli_launch_missing_probe_path_is_refused_before_start(testcluster, tmp_
     assert_no_leftovers(testcluster, rd)
 
 
-@pytest.mark.parametrize(("sig", "when"), [("SIGINT", "Running entrypoint"), ("SIGTERM", "starting 2 workers")])
+@pytest.mark.parametrize(
+    ("sig", "when"), [("SIGINT", "Running entrypoint"), ("SIGTERM", "starting 2 workers")]
+)
 def test_cli_launch_interrupted_cleans_up(testcluster, tmp_path, runs, sig, when):
     # Ctrl-C while the job runs (gloo on lo hangs the probe's collective), or SIGTERM (kill,
     # scancel, a CI timeout) while the workers join: the job is stopped and the cluster torn down
-    argv = [str(GLMLAUNCH), "launch", RECIPE, "--hostfile", _hostfile(tmp_path, testcluster), "--ssh-config",
-            str(testcluster.ssh_config), "--ssh-key", str(testcluster.ssh_key), "--known-hosts",
-            str(testcluster.known_hosts), "--runs-dir", str(runs), "--set", "env.vars.GLOO_SOCKET_IFNAME=lo"]
+    argv = [
+        str(GLMLAUNCH),
+        "launch",
+        RECIPE,
+        "--hostfile",
+        _hostfile(tmp_path, testcluster),
+        "--ssh-config",
+        str(testcluster.ssh_config),
+        "--ssh-key",
+        str(testcluster.ssh_key),
+        "--known-hosts",
+        str(testcluster.known_hosts),
+        "--runs-dir",
+        str(runs),
+        "--set",
+        "env.vars.GLOO_SOCKET_IFNAME=lo",
+    ]
     log = tmp_path / "out.txt"
     with open(log, "w") as f:
         p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path)
@@ -239,8 +281,12 @@ def h3_sshd(testcluster):
     if not testcluster.pid_alive(3, pid):
         testcluster.on_host(3, "/usr/sbin/sshd", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log"))
     for _ in range(50):
-        r = subprocess.run(["ssh", "-F", str(testcluster.ssh_config), "h3", "hostname"], capture_output=True, text=True,
-                           timeout=20)
+        r = subprocess.run(
+            ["ssh", "-F", str(testcluster.ssh_config), "h3", "hostname"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         if r.stdout.strip() == "h3":
             break
         time.sleep(0.2)
@@ -259,8 +305,13 @@ def test_unreachable_host_fails_fast_and_starts_nothing(testcluster, tmp_path, r
             time.sleep(0.1)
     t0 = time.monotonic()
     with pytest.raises(TransportError) as ei:
-        up(RECIPE, _hostfile(tmp_path, testcluster), ssh=_ssh(testcluster, connect_timeout=3), runs_dir=str(runs),
-           join_timeout_s=30)
+        up(
+            RECIPE,
+            _hostfile(tmp_path, testcluster),
+            ssh=_ssh(testcluster, connect_timeout=3),
+            runs_dir=str(runs),
+            join_timeout_s=30,
+        )
     took = time.monotonic() - t0
     e = ei.value
     assert set(e.failures) == {"h3"}, e.failures
@@ -281,7 +332,9 @@ def _fake_bin(d: Path, on_h3: str) -> str:
     ``on_h3`` (a broken install on one node)."""
     d.mkdir()
     (d / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
-    (d / "ray").write_text(f'#!/bin/sh\nif [ "$(hostname)" = h3 ]; then\n{on_h3}\nfi\nexec {VENV_BIN}/ray "$@"\n')
+    (d / "ray").write_text(
+        f'#!/bin/sh\nif [ "$(hostname)" = h3 ]; then\n{on_h3}\nfi\nexec {VENV_BIN}/ray "$@"\n'
+    )
     for f in ("python", "ray"):
         (d / f).chmod(0o755)
     return str(d / "python")
@@ -289,13 +342,21 @@ def _fake_bin(d: Path, on_h3: str) -> str:
 
 @pytest.mark.parametrize("when", ["at-once", "later"])
 def test_worker_ray_start_fails_rolls_back(testcluster, tmp_path, runs, when):
-    on_h3 = {"at-once": 'echo "simulated failure: ray is broken on h3" >&2; exit 3',
-             "later": 'sleep 5; echo "simulated failure: ray died on h3" >&2; exit 3'}[when]
+    on_h3 = {
+        "at-once": 'echo "simulated failure: ray is broken on h3" >&2; exit 3',
+        "later": 'sleep 5; echo "simulated failure: ray died on h3" >&2; exit 3',
+    }[when]
     python = _fake_bin(tmp_path / "bin", on_h3)
     t0 = time.monotonic()
     with pytest.raises(ClusterError) as ei:
-        up(RECIPE, _hostfile(tmp_path, testcluster), ssh=_ssh(testcluster), runs_dir=str(runs), python=python,
-           join_timeout_s=90)
+        up(
+            RECIPE,
+            _hostfile(tmp_path, testcluster),
+            ssh=_ssh(testcluster),
+            runs_dir=str(runs),
+            python=python,
+            join_timeout_s=90,
+        )
     took = time.monotonic() - t0
     e = ei.value
     assert set(e.missing) == {"h3"}, e.missing
@@ -315,8 +376,10 @@ def test_worker_ray_start_fails_rolls_back(testcluster, tmp_path, runs, when):
 def test_busy_gcs_port_on_head_is_refused_and_left_alone(testcluster, tmp_path, runs):
     ip = testcluster.host_ips["h1"]
     # SO_REUSEADDR: the previous tests' GCS connections may linger in TIME_WAIT on 6379
-    src = (f"import socket, time; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
-           f"s.bind(({ip!r}, 6379)); s.listen(); time.sleep(1000)")
+    src = (
+        f"import socket, time; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+        f"s.bind(({ip!r}, 6379)); s.listen(); time.sleep(1000)"
+    )
     pid = testcluster.spawn(1, sys.executable, "-c", src)
     try:
         for _ in range(100):
@@ -327,7 +390,13 @@ def test_busy_gcs_port_on_head_is_refused_and_left_alone(testcluster, tmp_path, 
             pytest.fail("the listener did not start")
         t0 = time.monotonic()
         with pytest.raises(CheckFailed) as ei:
-            up(RECIPE, _hostfile(tmp_path, testcluster), ssh=_ssh(testcluster), runs_dir=str(runs), join_timeout_s=30)
+            up(
+                RECIPE,
+                _hostfile(tmp_path, testcluster),
+                ssh=_ssh(testcluster),
+                runs_dir=str(runs),
+                join_timeout_s=30,
+            )
         took = time.monotonic() - t0
         errors = [str(f) for f in ei.value.findings if f.severity == "error"]
         assert any("h1" in m and "6379" in m and f"pid {pid}" in m for m in errors), errors
@@ -371,7 +440,13 @@ def _follow_a_long_job(c):
 
 
 def test_node_killed_after_joining(testcluster, tmp_path, runs):
-    c = up(RECIPE, _hostfile(tmp_path, testcluster), ssh=_ssh(testcluster), runs_dir=str(runs), join_timeout_s=120)
+    c = up(
+        RECIPE,
+        _hostfile(tmp_path, testcluster),
+        ssh=_ssh(testcluster),
+        runs_dir=str(runs),
+        join_timeout_s=120,
+    )
     try:
         assert c.cluster.status().ok
         rd = c.run_dir
@@ -429,7 +504,9 @@ def test_head_crash_while_following_names_the_head(testcluster, tmp_path, runs):
         assert noticed < 90, noticed
         print(f"dead head noticed {noticed:.1f} s after the kill")
     finally:
-        c.cluster.stop_grace_s = 5  # h2's ray start, cut off from its GCS, does not end on SIGTERM: SIGKILL sooner
+        c.cluster.stop_grace_s = (
+            5  # h2's ray start, cut off from its GCS, does not end on SIGTERM: SIGKILL sooner
+        )
         c.down()
     assert_no_leftovers(testcluster, rd)
 
@@ -445,18 +522,29 @@ def test_down_leaves_unrelated_processes_alive(testcluster, tmp_path, runs):
         testcluster.spawn(2, "python3", "-c", "import time; time.sleep(1000)", "ray", "start", "--block"),
     ]
     try:
-        c = up(RECIPE, _hostfile(tmp_path, testcluster), ssh=_ssh(testcluster), runs_dir=str(runs), join_timeout_s=120)
+        c = up(
+            RECIPE,
+            _hostfile(tmp_path, testcluster),
+            ssh=_ssh(testcluster),
+            runs_dir=str(runs),
+            join_timeout_s=120,
+        )
         rd = c.run_dir
         # status and down from "another shell": the CLI rebuilds the handle from the run directory
-        st = subprocess.run([str(GLMLAUNCH), "status", "--run", str(rd.path)], capture_output=True, text=True,
-                            timeout=120)
+        st = subprocess.run(
+            [str(GLMLAUNCH), "status", "--run", str(rd.path)], capture_output=True, text=True, timeout=120
+        )
         assert st.returncode == 0, st.stdout + st.stderr
         assert st.stdout.count("alive") == 3 and "not alive" not in st.stdout, st.stdout
-        dn = subprocess.run([str(GLMLAUNCH), "down", "--run", str(rd.path)], capture_output=True, text=True, timeout=120)
+        dn = subprocess.run(
+            [str(GLMLAUNCH), "down", "--run", str(rd.path)], capture_output=True, text=True, timeout=120
+        )
         assert dn.returncode == 0, dn.stdout + dn.stderr
         assert "is down (3 nodes)" in dn.stdout
         res = RunDir.open(rd.path).manifest.model_dump()["events"][-1]["results"]
-        assert set(res) == {"h1", "h2", "h3"} and all(r["was_alive"] and not r["left"] for r in res.values()), res
+        assert set(res) == {"h1", "h2", "h3"} and all(
+            r["was_alive"] and not r["left"] for r in res.values()
+        ), res
         for pid in strangers:
             assert testcluster.pid_alive(2, pid), pid
         assert_no_leftovers(testcluster, rd)
@@ -477,10 +565,18 @@ def test_down_leaves_unrelated_processes_alive(testcluster, tmp_path, runs):
 def test_run_down_gives_the_trainer_its_grace_period(testcluster, tmp_path, runs):
     """`Run.open(...).down()` from a notebook stops a running trainer the way `glmlaunch down`
     does: SIGTERM first, time to exit (it would save a checkpoint), and only then Ray stops."""
-    run = up(RECIPE, _hostfile(tmp_path, testcluster), ssh=_ssh(testcluster), runs_dir=str(runs), join_timeout_s=120)
+    run = up(
+        RECIPE,
+        _hostfile(tmp_path, testcluster),
+        ssh=_ssh(testcluster),
+        runs_dir=str(runs),
+        join_timeout_s=120,
+    )
     marker = tmp_path / "trainer.txt"  # under /tmp: every test host sees the same file
-    script = (f"trap 'echo sigterm $(date +%s.%N) >> {marker}; sleep 3; echo exited $(date +%s.%N) >> {marker}; exit 0' "
-              f"TERM; echo started >> {marker}; while true; do sleep 0.2; done")
+    script = (
+        f"trap 'echo sigterm $(date +%s.%N) >> {marker}; sleep 3; echo exited $(date +%s.%N) >> {marker}; exit 0' "
+        f"TERM; echo started >> {marker}; while true; do sleep 0.2; done"
+    )
     try:
         run.plan = run.plan.model_copy(update=dict(argv=["bash", "-c", script]))
         run.submit(follow=False)
@@ -542,8 +638,12 @@ class TestSharedCluster:
 
     def test_job_logs_followed_to_the_end_with_exit_status(self, shared):
         c = shared["cluster"]
-        script = 'for i in $(seq 1 40); do echo "line-$i"; sleep 0.05; done; echo "hello from the job" >&2; exit 3'
-        plan = c.plan.model_copy(update=dict(argv=["bash", "-c", script], submission_id=c.plan.submission_id + "-exit3"))
+        script = (
+            'for i in $(seq 1 40); do echo "line-$i"; sleep 0.05; done; echo "hello from the job" >&2; exit 3'
+        )
+        plan = c.plan.model_copy(
+            update=dict(argv=["bash", "-c", script], submission_id=c.plan.submission_id + "-exit3")
+        )
         client = jobs.client_for(plan, c.token)
         sid = jobs.submit(plan, c.token, client=client)
         chunks: list[str] = []
@@ -572,7 +672,9 @@ class TestSharedCluster:
 
     def test_second_up_is_idempotent(self, testcluster, shared):
         c = shared["cluster"]
-        c2 = up(RECIPE, shared["hostfile"], ssh=_ssh(testcluster), runs_dir=str(shared["runs"]), join_timeout_s=60)
+        c2 = up(
+            RECIPE, shared["hostfile"], ssh=_ssh(testcluster), runs_dir=str(shared["runs"]), join_timeout_s=60
+        )
         assert c2.reused is True
         assert c2.run_dir.path == c.run_dir.path
         assert c2.token == c.token
@@ -587,9 +689,13 @@ class TestSharedCluster:
         # last in the class: the job's driver runs in a session of its own (Ray's job supervisor
         # starts it with start_new_session), so down must not rely on the ray start session alone
         c = shared["cluster"]
-        src = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('driver-up', flush=True); "
-               "time.sleep(600)")
-        plan = c.plan.model_copy(update=dict(argv=[sys.executable, "-c", src], submission_id=c.plan.submission_id + "-long"))
+        src = (
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('driver-up', flush=True); "
+            "time.sleep(600)"
+        )
+        plan = c.plan.model_copy(
+            update=dict(argv=[sys.executable, "-c", src], submission_id=c.plan.submission_id + "-long")
+        )
         client = jobs.client_for(plan, c.token)
         sid = jobs.submit(plan, c.token, client=client)
         deadline = time.monotonic() + 60
@@ -600,6 +706,8 @@ class TestSharedCluster:
         drivers = [p for p in testcluster.processes(1, marker) if "driver-up" in p["args"]]
         # the entrypoint shell and the driver: both found by the run's marker in their environment
         assert drivers and all(p["marked"] for p in drivers), drivers
-        assert all(p["sid"] != c.cluster.nodes["h1"].pid for p in drivers), drivers  # outside the ray start session
+        assert all(p["sid"] != c.cluster.nodes["h1"].pid for p in drivers), (
+            drivers
+        )  # outside the ray start session
         c.down()
         assert_no_leftovers(testcluster, c.run_dir)

@@ -30,8 +30,12 @@ def slurm(testcluster, tmp_path, monkeypatch):
     (the "current run" pointer) and runs dir under tmp_path (/tmp is shared by every host)."""
     if not all(_which(c) for c in ("sbatch", "srun", "scontrol", "sacct")):
         pytest.skip("the Slurm client is not installed")
-    env = {"SLURM_CONF": str(testcluster.slurm_conf), "GLMLAUNCH_STATE_DIR": str(tmp_path / "state"),
-           "GLMLAUNCH_RUNS_DIR": str(tmp_path / "runs"), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {
+        "SLURM_CONF": str(testcluster.slurm_conf),
+        "GLMLAUNCH_STATE_DIR": str(tmp_path / "state"),
+        "GLMLAUNCH_RUNS_DIR": str(tmp_path / "runs"),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     for k in [k for k in os.environ if k.startswith("SLURM_") and k != "SLURM_CONF"]:
@@ -60,7 +64,9 @@ def _wait_done(job, timeout: float):
     while not job.done():
         if time.monotonic() > deadline:
             job.cancel(check=False)
-            pytest.fail(f"Slurm job {job.job_id} not done after {timeout:.0f} s (cancelled):\n{(job.stdout() or '')[-4000:]}")
+            pytest.fail(
+                f"Slurm job {job.job_id} not done after {timeout:.0f} s (cancelled):\n{(job.stdout() or '')[-4000:]}"
+            )
         time.sleep(2)
 
 
@@ -73,12 +79,16 @@ def _steps(job_id: str) -> list[tuple[str, str, str]]:
 # ----------------------------------------------------------------------------- node lists
 
 
-@pytest.mark.parametrize("nodelist", ["node[01-03,07]", "gpu-a[1-2],cpu[9-11]", "n[098-101]", "rack[1-2]-n[01-02]", "h[1-3]"])
+@pytest.mark.parametrize(
+    "nodelist", ["node[01-03,07]", "gpu-a[1-2],cpu[9-11]", "n[098-101]", "rack[1-2]-n[01-02]", "h[1-3]"]
+)
 def test_nodelist_fallback_matches_scontrol(slurm, nodelist):
     """python-hostlist (used where scontrol is missing) expands like `scontrol show hostnames`."""
     import hostlist
 
-    assert hostlist.expand_hostlist(nodelist) == _run("scontrol", "show", "hostnames", nodelist).stdout.split()
+    assert (
+        hostlist.expand_hostlist(nodelist) == _run("scontrol", "show", "hostnames", nodelist).stdout.split()
+    )
 
 
 # ----------------------------------------------------------------------------- inside an allocation
@@ -88,12 +98,29 @@ def test_cli_launch_probe_inside_sbatch(slurm, tmp_path):
     """`glmlaunch launch` in a batch script: nodes from SLURM_JOB_NODELIST, Ray on each node
     through srun steps, the probe passes on 3 nodes x 8 GPUs, and nothing is left running."""
     script = tmp_path / "launch.sh"
-    script.write_text(f"#!/bin/bash\ncd {tmp_path}\nexport COLUMNS=200\n{VENV_BIN}/glmlaunch hosts\n"
-                      f"exec {VENV_BIN}/glmlaunch launch local-probe {CLI_PORTS} --join-timeout 180\n")
+    script.write_text(
+        f"#!/bin/bash\ncd {tmp_path}\nexport COLUMNS=200\n{VENV_BIN}/glmlaunch hosts\n"
+        f"exec {VENV_BIN}/glmlaunch launch local-probe {CLI_PORTS} --join-timeout 180\n"
+    )
     out = tmp_path / "launch.out"
     t0 = time.monotonic()
-    r = _run("sbatch", "--wait", "-N3", "--ntasks-per-node=1", "--cpus-per-task=1", "--gpus-per-node=8", "-t", "10",
-             "-J", "glt-slurm-cli", "-o", str(out), str(script), timeout=300, check=False)
+    r = _run(
+        "sbatch",
+        "--wait",
+        "-N3",
+        "--ntasks-per-node=1",
+        "--cpus-per-task=1",
+        "--gpus-per-node=8",
+        "-t",
+        "10",
+        "-J",
+        "glt-slurm-cli",
+        "-o",
+        str(out),
+        str(script),
+        timeout=300,
+        check=False,
+    )
     text = out.read_text() if out.exists() else ""
     assert r.returncode == 0, f"sbatch --wait: {r.stdout}{r.stderr}\n{text[-6000:]}"
     assert "probe PASSED" in text and "3 nodes from slurm:" in text
@@ -116,10 +143,25 @@ def test_cli_up_status_down_inside_salloc(slurm, tmp_path):
     """`glmlaunch up` in salloc returns while each node's Ray step keeps running; `status`,
     `submit` and `down` from later commands reach it through new srun steps."""
     g = f"{VENV_BIN}/glmlaunch"
-    cmd = (f"cd {tmp_path} && export COLUMNS=200 && {g} up {CLI_PORTS} && {g} status && {g} submit && {g} down; "
-           "echo rc=$?; squeue -h -s -j $SLURM_JOB_ID -o '%i %j'")
-    r = _run("salloc", "-N3", "--gpus-per-node=8", "--cpus-per-task=1", "-t", "5", "-J", "glt-slurm-salloc",
-             "bash", "-c", cmd, timeout=300, check=False)
+    cmd = (
+        f"cd {tmp_path} && export COLUMNS=200 && {g} up {CLI_PORTS} && {g} status && {g} submit && {g} down; "
+        "echo rc=$?; squeue -h -s -j $SLURM_JOB_ID -o '%i %j'"
+    )
+    r = _run(
+        "salloc",
+        "-N3",
+        "--gpus-per-node=8",
+        "--cpus-per-task=1",
+        "-t",
+        "5",
+        "-J",
+        "glt-slurm-salloc",
+        "bash",
+        "-c",
+        cmd,
+        timeout=300,
+        check=False,
+    )
     text = r.stdout + r.stderr
     assert "rc=0" in text, text[-5000:]
     assert "probe PASSED" in text and "is down (3 nodes)" in text
@@ -134,15 +176,35 @@ def test_bad_input_inside_allocation(slurm, tmp_path):
     and no job step was started (nothing touched a node)."""
     script = tmp_path / "bad.sh"
     g = f"{VENV_BIN}/glmlaunch"
-    script.write_text(f"#!/bin/bash\ncd {tmp_path}\n"
-                      f"{g} launch local-probe --set cluster.gpus_per_node=8 {CLI_PORTS}; echo \"rc1=$?\"\n"
-                      f"{g} launch local-probe --gpus-per-node 8 {CLI_PORTS}; echo \"rc2=$?\"\n")
+    script.write_text(
+        f"#!/bin/bash\ncd {tmp_path}\n"
+        f'{g} launch local-probe --set cluster.gpus_per_node=8 {CLI_PORTS}; echo "rc1=$?"\n'
+        f'{g} launch local-probe --gpus-per-node 8 {CLI_PORTS}; echo "rc2=$?"\n'
+    )
     out = tmp_path / "bad.out"
-    r = _run("sbatch", "--wait", "-N2", "--ntasks-per-node=1", "--cpus-per-task=1", "--gpus-per-node=4", "-t", "5",
-             "-J", "glt-slurm-bad", "-o", str(out), str(script), timeout=120, check=False)
+    r = _run(
+        "sbatch",
+        "--wait",
+        "-N2",
+        "--ntasks-per-node=1",
+        "--cpus-per-task=1",
+        "--gpus-per-node=4",
+        "-t",
+        "5",
+        "-J",
+        "glt-slurm-bad",
+        "-o",
+        str(out),
+        str(script),
+        timeout=120,
+        check=False,
+    )
     text = out.read_text()
     job_id = r.stdout.split()[-1]
-    assert "rc1=1" in text and f"cluster.gpus_per_node: slurm:{job_id} says slots=4 but the recipe says 8" in text
+    assert (
+        "rc1=1" in text
+        and f"cluster.gpus_per_node: slurm:{job_id} says slots=4 but the recipe says 8" in text
+    )
     assert "rc2=2" in text and f"slurm:{job_id} says 4 GPUs per node but --gpus-per-node 8" in text
     time.sleep(1.5)
     assert [s[1] for s in _steps(job_id) if s[0] != job_id] == ["batch"]  # no srun step: nothing started
@@ -156,9 +218,19 @@ def test_submit_probe_from_python(slurm, tmp_path):
     import glmlaunch.slurm
 
     t0 = time.monotonic()
-    job = glmlaunch.slurm.submit("local-probe", nodes=3, gpus_per_node=8, partition="debug", time=10, cpus_per_task=1,
-                                 folder=tmp_path / "sub" / "%j", runs_dir=tmp_path / "runs", name="glt-slurm-submit",
-                                 signal_delay_s=60, **PORTS)
+    job = glmlaunch.slurm.submit(
+        "local-probe",
+        nodes=3,
+        gpus_per_node=8,
+        partition="debug",
+        time=10,
+        cpus_per_task=1,
+        folder=tmp_path / "sub" / "%j",
+        runs_dir=tmp_path / "runs",
+        name="glt-slurm-submit",
+        signal_delay_s=60,
+        **PORTS,
+    )
     _wait_done(job, 240)
     res = job.result()
     assert res["ok"] and res["status"] == "SUCCEEDED" and res["exit_code"] == 0, res
@@ -170,7 +242,9 @@ def test_submit_probe_from_python(slurm, tmp_path):
     assert glmlaunch.slurm.record(job)["state"] == "finished"
     sub = Path(job.paths.folder)
     assert "#SBATCH --nodes=3" in (sub / f"{job.job_id}_submission.sh").read_text()
-    others = [sub / f"{job.job_id}_{k}_result.pkl" for k in (1, 2)]  # ranks 1, 2 waited for rank 0, then ended
+    others = [
+        sub / f"{job.job_id}_{k}_result.pkl" for k in (1, 2)
+    ]  # ranks 1, 2 waited for rank 0, then ended
     deadline = time.monotonic() + 20
     while not all(x.exists() for x in others) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -213,9 +287,18 @@ def _fake_miles_recipe(d: Path, name: str) -> dict:
         "run": {"name": name, "base_dir": str(d), "mode": "debug_minimal"},
         "cluster": {"hardware": "cpu", "gpus_per_node": 8},
         "model": {"type": "glm4.5-106B-A12B"},
-        "checkpoint": {"hf_checkpoint": str(d / "model"), "ref_load": str(d / "ref"), "save": str(d / "ckpt")},
+        "checkpoint": {
+            "hf_checkpoint": str(d / "model"),
+            "ref_load": str(d / "ref"),
+            "save": str(d / "ckpt"),
+        },
         "sglang": {"gpus_per_engine": 8, "ep_size": 8},
-        "trainer": {"kind": "miles", "python": sys.executable, "miles_dir": str(d / "miles"), "megatron_dir": str(d / "megatron")},
+        "trainer": {
+            "kind": "miles",
+            "python": sys.executable,
+            "miles_dir": str(d / "miles"),
+            "megatron_dir": str(d / "megatron"),
+        },
         "env": {"nccl_preset": "none"},
     }
 
@@ -224,9 +307,21 @@ def _submit_fake(tmp_path: Path, name: str):
     import glmlaunch.slurm
 
     recipe = _fake_miles_recipe(tmp_path / "base", name)
-    job = glmlaunch.slurm.submit(recipe, nodes=2, gpus_per_node=8, partition="debug", time=10, cpus_per_task=1,
-                                 folder=tmp_path / "sub" / "%j", runs_dir=tmp_path / "runs", name=f"glt-{name}",
-                                 signal_delay_s=60, stop_grace_s=30, max_requeues=2, **PORTS)
+    job = glmlaunch.slurm.submit(
+        recipe,
+        nodes=2,
+        gpus_per_node=8,
+        partition="debug",
+        time=10,
+        cpus_per_task=1,
+        folder=tmp_path / "sub" / "%j",
+        runs_dir=tmp_path / "runs",
+        name=f"glt-{name}",
+        signal_delay_s=60,
+        stop_grace_s=30,
+        max_requeues=2,
+        **PORTS,
+    )
     marker = tmp_path / "base" / "ckpt" / "latest_checkpointed_iteration.txt"
     deadline = time.monotonic() + 180
     while not marker.exists():
@@ -265,7 +360,11 @@ def test_requeue_resumes_from_checkpoint(slurm, tmp_path):
     ev = [e for e in m1["events"] if e["event"] == "requeue"]
     assert ev and ev[0]["requeue"] == 1 and ev[0]["trainer"] == "STOPPED" and m1["slurm"]["requeues"] == 1
     m2 = json.loads((Path(res["run_dir"]) / "manifest.json").read_text())
-    assert m2["slurm"]["requeues"] == 1 and m2["slurm"]["attempt"] == 1 and m2["slurm"]["previous_run_dirs"] == [first]
+    assert (
+        m2["slurm"]["requeues"] == 1
+        and m2["slurm"]["attempt"] == 1
+        and m2["slurm"]["previous_run_dirs"] == [first]
+    )
     rec = glmlaunch.slurm.record(job)
     assert rec["requeues"] == 1 and rec["run_dirs"] == [first, res["run_dir"]] and rec["state"] == "finished"
     print(f"requeue round trip: {time.monotonic() - t0:.1f} s")
@@ -283,7 +382,9 @@ def test_cancel_leaves_nothing(slurm, tmp_path):
     job.cancel()
     left: dict = {}
     while time.monotonic() - t0 < 30:
-        left = {i: _procs(slurm, i, f"glr-{run_id}") + _procs(slurm, i, str(tmp_path / "base")) for i in (1, 2)}
+        left = {
+            i: _procs(slurm, i, f"glr-{run_id}") + _procs(slurm, i, str(tmp_path / "base")) for i in (1, 2)
+        }
         if not any(left.values()):
             break
         time.sleep(1)
@@ -297,27 +398,52 @@ def test_node_step_dies_names_the_node(slurm, tmp_path):
     recipe = tmp_path / "fake.yaml"  # JSON is YAML
     recipe.write_text(json.dumps(_fake_miles_recipe(tmp_path / "base", "fake-kill")))
     script = tmp_path / "kill.sh"
-    script.write_text(f"#!/bin/bash\ncd {tmp_path}\nexport COLUMNS=300\n"
-                      f"{VENV_BIN}/glmlaunch launch {recipe} {CLI_PORTS} --no-deep-check; echo \"rc=$?\"\n")
+    script.write_text(
+        f"#!/bin/bash\ncd {tmp_path}\nexport COLUMNS=300\n"
+        f'{VENV_BIN}/glmlaunch launch {recipe} {CLI_PORTS} --no-deep-check; echo "rc=$?"\n'
+    )
     out = tmp_path / "kill.out"
-    job_id = _run("sbatch", "--parsable", "-N2", "--ntasks-per-node=1", "--cpus-per-task=1", "--gpus-per-node=8", "-t", "5",
-                  "-J", "glt-slurm-kill", "-o", str(out), str(script)).stdout.strip()
+    job_id = _run(
+        "sbatch",
+        "--parsable",
+        "-N2",
+        "--ntasks-per-node=1",
+        "--cpus-per-task=1",
+        "--gpus-per-node=8",
+        "-t",
+        "5",
+        "-J",
+        "glt-slurm-kill",
+        "-o",
+        str(out),
+        str(script),
+    ).stdout.strip()
     marker = tmp_path / "base" / "ckpt" / "latest_checkpointed_iteration.txt"
     deadline = time.monotonic() + 150
     while not marker.exists():
         if time.monotonic() > deadline or not _run("squeue", "-h", "-j", job_id, check=False).stdout.strip():
             _run("scancel", job_id, check=False)
-            pytest.fail(f"the fake trainer never wrote its checkpoint:\n{out.read_text()[-4000:] if out.exists() else ''}")
+            pytest.fail(
+                f"the fake trainer never wrote its checkpoint:\n{out.read_text()[-4000:] if out.exists() else ''}"
+            )
         time.sleep(1)
-    steps = [line.split() for line in _run("squeue", "-h", "-s", "-j", job_id, "-o", "%i %j %N").stdout.splitlines()]
-    held = min((s for s in steps if s[1] == "glmlaunch" and s[2] == "h2"), key=lambda s: int(s[0].split(".")[1]))
+    steps = [
+        line.split()
+        for line in _run("squeue", "-h", "-s", "-j", job_id, "-o", "%i %j %N").stdout.splitlines()
+    ]
+    held = min(
+        (s for s in steps if s[1] == "glmlaunch" and s[2] == "h2"), key=lambda s: int(s[0].split(".")[1])
+    )
     t0 = time.monotonic()
     _run("scancel", held[0])
     while _run("squeue", "-h", "-j", job_id, check=False).stdout.strip():
         assert time.monotonic() - t0 < 120, f"the launch did not end:\n{out.read_text()[-4000:]}"
         time.sleep(1)
     text = out.read_text()
-    assert "rc=1" in text and "1 node(s) lost their Ray step while the job was running: h2: its Slurm step ended" in text, text[-3000:]
+    assert (
+        "rc=1" in text
+        and "1 node(s) lost their Ray step while the job was running: h2: its Slurm step ended" in text
+    ), text[-3000:]
     (run_dir,) = (tmp_path / "runs").iterdir()
     run_id = run_dir.name
     for i in (1, 2):
@@ -331,7 +457,15 @@ def test_submit_bad_input_nothing_queued(slurm, tmp_path):
 
     before = _run("squeue", "-h", "-o", "%i").stdout.split()
     with pytest.raises(CheckFailed, match=r"says slots=4 but the recipe says 8"):
-        glmlaunch.slurm.submit("local-probe", overrides=["cluster.gpus_per_node=8"], nodes=3, gpus_per_node=4,
-                               partition="debug", time=10, folder=tmp_path / "sub" / "%j", **PORTS)
+        glmlaunch.slurm.submit(
+            "local-probe",
+            overrides=["cluster.gpus_per_node=8"],
+            nodes=3,
+            gpus_per_node=4,
+            partition="debug",
+            time=10,
+            folder=tmp_path / "sub" / "%j",
+            **PORTS,
+        )
     assert _run("squeue", "-h", "-o", "%i").stdout.split() == before
     assert not (tmp_path / "sub").exists()

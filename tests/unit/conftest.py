@@ -95,9 +95,10 @@ def cli() -> Cli:
     return Cli()
 
 
-
 @pytest.fixture
 def no_scontrol(monkeypatch):
     """scontrol absent: node lists are expanded by python-hostlist, GRES is not looked up."""
     real_which = shutil.which
-    monkeypatch.setattr(shutil, "which", lambda cmd, *a, **k: None if cmd == "scontrol" else real_which(cmd, *a, **k))
+    monkeypatch.setattr(
+        shutil, "which", lambda cmd, *a, **k: None if cmd == "scontrol" else real_which(cmd, *a, **k)
+    )

@@ -133,8 +133,14 @@ class FakeTransport:
 
     kind = "ssh"
 
-    def __init__(self, hosts: dict[str, FakeHost] | None = None, *, events: list | None = None,
-                 interrupt: tuple[str, str] | None = None, ray_version: str = "2.53.0"):
+    def __init__(
+        self,
+        hosts: dict[str, FakeHost] | None = None,
+        *,
+        events: list | None = None,
+        interrupt: tuple[str, str] | None = None,
+        ray_version: str = "2.53.0",
+    ):
         self.hosts = dict(hosts or {})
         self.events = events if events is not None else []
         self.interrupt = interrupt
@@ -191,7 +197,9 @@ class FakeTransport:
 
     # ------------------------------------------------------------------ Transport
 
-    def run_many(self, commands: dict[Target, str], *, timeout: float = 60.0, on_done=None) -> dict[Target, RemoteResult]:
+    def run_many(
+        self, commands: dict[Target, str], *, timeout: float = 60.0, on_done=None
+    ) -> dict[Target, RemoteResult]:
         with self._lock:
             self._batch += 1
             batch = self._batch
@@ -205,7 +213,11 @@ class FakeTransport:
                 seq = self._log("node", op, t.name)
                 self.calls.append(Call(op, t.name, args, batch, seq))
                 out[t] = self._answer(t.name, op, args)
-            if self.interrupt and self.interrupt[0] in ops and any(t.name == self.interrupt[1] for t in commands):
+            if (
+                self.interrupt
+                and self.interrupt[0] in ops
+                and any(t.name == self.interrupt[1] for t in commands)
+            ):
                 self.interrupt = None
                 self._log("interrupt", batch)
                 raise KeyboardInterrupt
@@ -214,7 +226,9 @@ class FakeTransport:
                 on_done(t, r)
         return out
 
-    def put_text(self, targets: list[Target], path: str, text: str, *, mode: int = 0o600, timeout: float = 30.0):
+    def put_text(
+        self, targets: list[Target], path: str, text: str, *, mode: int = 0o600, timeout: float = 30.0
+    ):
         out = {}
         with self._lock:
             for t in targets:
@@ -239,15 +253,32 @@ class FakeTransport:
             return RemoteResult(name, None, error=f"{name}: connection refused (fake)")
         h, n = self.host(name), self.node(name)
         if op == "preflight":
-            res = {"ports": {"busy": {}}, "inspect": {
-                "hostname": f"fake-{name}", "time": _time.time(), "python": "3.12.3", "executable": "/usr/bin/python3",
-                "ray": self.ray_version, "torch": None, "sglang": None, "megatron_core": None, "gpus": int(h.gpus),
-                "gpu_models": [], "strays": [], "files": {p: "readable" for p in a.get("files", [])},
-                "writable": {p: "ok" for p in a.get("writable", [])}, "free_gib": {p: 100.0 for p in a.get("space", [])},
-                "interface": True if a.get("interface") else None, "repos": {p: "abc123" for p in a.get("repos", [])}}}
+            res = {
+                "ports": {"busy": {}},
+                "inspect": {
+                    "hostname": f"fake-{name}",
+                    "time": _time.time(),
+                    "python": "3.12.3",
+                    "executable": "/usr/bin/python3",
+                    "ray": self.ray_version,
+                    "torch": None,
+                    "sglang": None,
+                    "megatron_core": None,
+                    "gpus": int(h.gpus),
+                    "gpu_models": [],
+                    "strays": [],
+                    "files": {p: "readable" for p in a.get("files", [])},
+                    "writable": {p: "ok" for p in a.get("writable", [])},
+                    "free_gib": {p: 100.0 for p in a.get("space", [])},
+                    "interface": True if a.get("interface") else None,
+                    "repos": {p: "abc123" for p in a.get("repos", [])},
+                },
+            }
         elif op == "start":
             if h.start_fails:
-                return RemoteResult(name, 1, stdout="", stderr=f"Traceback (most recent call last):\n{h.start_stderr}")
+                return RemoteResult(
+                    name, 1, stdout="", stderr=f"Traceback (most recent call last):\n{h.start_stderr}"
+                )
             self._pid += 1
             p = FakeProc(self._pid, 50_000 + self._pid, argv=list(a["argv"]), env=dict(a.get("env", {})))
             n.procs[p.pid] = p
@@ -277,11 +308,23 @@ class FakeTransport:
             for f in a.get("remove", []):
                 n.files.pop(f, None)
             if not pid:
-                res = {"pid": None, "was_alive": False, "killed": [], "left": [], "note": "nothing was started here"}
+                res = {
+                    "pid": None,
+                    "was_alive": False,
+                    "killed": [],
+                    "left": [],
+                    "note": "nothing was started here",
+                }
             else:
                 p = n.procs.get(pid)
                 if p and starttime is not None and p.starttime != starttime:
-                    res = {"pid": pid, "was_alive": False, "killed": [], "left": [], "note": "PID was reused by another process: not touched"}
+                    res = {
+                        "pid": pid,
+                        "was_alive": False,
+                        "killed": [],
+                        "left": [],
+                        "note": "PID was reused by another process: not touched",
+                    }
                 else:
                     res = {"pid": pid, "was_alive": bool(p and p.alive), "killed": [], "left": []}
                     if p:
@@ -311,8 +354,14 @@ class FakeTransport:
                     n.polls += 1
                     if n.polls <= h.join_after_polls:
                         continue
-                out.append({"node_ip": self.address.get(name, name), "state": "ALIVE" if alive else "DEAD",
-                            "resources_total": {"CPU": 16.0, "GPU": float(h.gpus)}, "node_name": name})
+                out.append(
+                    {
+                        "node_ip": self.address.get(name, name),
+                        "state": "ALIVE" if alive else "DEAD",
+                        "resources_total": {"CPU": 16.0, "GPU": float(h.gpus)},
+                        "node_name": name,
+                    }
+                )
         return out
 
     def api(self, path: str) -> Any:
@@ -359,10 +408,21 @@ class FakeJobs:
     ``hold``: the job stays RUNNING (lines or not) until stopped.
     """
 
-    def __init__(self, *, events: list | None = None, lines: list[str] | None = None, drops: list[int] | None = None,
-                 drop_with_error: bool = False, final_status: str = "SUCCEEDED", stop_polls: int = 2, hold: bool = False):
+    def __init__(
+        self,
+        *,
+        events: list | None = None,
+        lines: list[str] | None = None,
+        drops: list[int] | None = None,
+        drop_with_error: bool = False,
+        final_status: str = "SUCCEEDED",
+        stop_polls: int = 2,
+        hold: bool = False,
+    ):
         self.events = events if events is not None else []
-        self.default_lines = lines if lines is not None else [f"step {i}: loss {1 / (i + 1):.4f}\n" for i in range(12)]
+        self.default_lines = (
+            lines if lines is not None else [f"step {i}: loss {1 / (i + 1):.4f}\n" for i in range(12)]
+        )
         self.default_drops = list(drops or [])
         self.drop_with_error = drop_with_error
         self.final_status = final_status
@@ -389,14 +449,28 @@ class FakeJobs:
 
     # ------------------------------------------------------------------ the SDK
 
-    def submit_job(self, *, entrypoint: str, submission_id: str | None = None, runtime_env: dict | None = None,
-                   metadata: dict | None = None, entrypoint_num_cpus: float | None = None, **_kw) -> str:
+    def submit_job(
+        self,
+        *,
+        entrypoint: str,
+        submission_id: str | None = None,
+        runtime_env: dict | None = None,
+        metadata: dict | None = None,
+        entrypoint_num_cpus: float | None = None,
+        **_kw,
+    ) -> str:
         with self._lock:
             self._log("submit_job", submission_id)
             if submission_id in self.jobs:
                 raise RuntimeError(f"Job with submission_id {submission_id} already exists")
-            j = FakeJob(submission_id, entrypoint, runtime_env or {}, list(self.default_lines),
-                        list(self.default_drops), self.drop_with_error)
+            j = FakeJob(
+                submission_id,
+                entrypoint,
+                runtime_env or {},
+                list(self.default_lines),
+                list(self.default_drops),
+                self.drop_with_error,
+            )
             if self.hold:  # a long job: its log so far exists already
                 j.produced = len(j.lines)
             self.jobs[submission_id] = j
@@ -419,8 +493,12 @@ class FakeJobs:
         with self._lock:
             j = self._job(sid)
             self._log("get_job_info", sid)
-            return SimpleNamespace(status=j.status, driver_exit_code=j.exit_code, message=f"job {j.status.lower()}",
-                                   entrypoint=j.entrypoint)
+            return SimpleNamespace(
+                status=j.status,
+                driver_exit_code=j.exit_code,
+                message=f"job {j.status.lower()}",
+                entrypoint=j.entrypoint,
+            )
 
     def get_job_logs(self, sid: str) -> str:
         with self._lock:
@@ -472,8 +550,14 @@ class FakeJobs:
 # ----------------------------------------------------------------------------- wiring
 
 
-def install(monkeypatch, transport: FakeTransport, client: FakeJobs | None = None, *,
-            clock: FakeClock | None = None, job_clock: FakeClock | None = None) -> None:
+def install(
+    monkeypatch,
+    transport: FakeTransport,
+    client: FakeJobs | None = None,
+    *,
+    clock: FakeClock | None = None,
+    job_clock: FakeClock | None = None,
+) -> None:
     """Point glmlaunch at the fakes: Ray's state API and the dashboard at ``transport``, the Jobs
     client at ``client``, and (optionally) glmlaunch.cluster's / glmlaunch.jobs' ``time`` at fake
     clocks."""

@@ -67,14 +67,24 @@ def test_check_good_recipes_exit_0(cli, hostfile8, hostfile3, template):
 
 def test_check_lists_all_failures(cli, hostfile8):
     res = cli(
-        "check", GSPO, "--hostfile", hostfile8,
-        "--set", "parallelism.cp=4",                        # world % TP·PP·CP
-        "--set", "sglang.enable_dp_attention=false",        # dp without dp-attention
-        "--set", "algorithm.kl_coef=0.1",                   # kl both non-zero
-        "--set", "algorithm.kl_loss_coef=0.1",
-        "--set", "optimizer.precision_aware=false",         # cpu offload without precision-aware
-        "--set", "weight_transfer.mode=p2p",                # p2p with colocate
-        "--set", "rollout.over_sampling_batch_size=8",      # over-sampling < rbs
+        "check",
+        GSPO,
+        "--hostfile",
+        hostfile8,
+        "--set",
+        "parallelism.cp=4",  # world % TP·PP·CP
+        "--set",
+        "sglang.enable_dp_attention=false",  # dp without dp-attention
+        "--set",
+        "algorithm.kl_coef=0.1",  # kl both non-zero
+        "--set",
+        "algorithm.kl_loss_coef=0.1",
+        "--set",
+        "optimizer.precision_aware=false",  # cpu offload without precision-aware
+        "--set",
+        "weight_transfer.mode=p2p",  # p2p with colocate
+        "--set",
+        "rollout.over_sampling_batch_size=8",  # over-sampling < rbs
     )
     out = flat(clean(res, 1))
     expected = [
@@ -107,7 +117,9 @@ def test_check_recipe_file_with_set(cli, tmp_path, hostfile8):
 
     p = tmp_path / "mine.toml"
     p.write_text(template_path(GSPO).read_text().replace('name = "glm45-355b-a32b-gspo"', 'name = "mine"'))
-    out = clean(cli("check", p, "--hostfile", hostfile8, "--set", "parallelism.pp=2", "--set", "parallelism.cp=4"))
+    out = clean(
+        cli("check", p, "--hostfile", hostfile8, "--set", "parallelism.pp=2", "--set", "parallelism.cp=4")
+    )
     assert "checks of mine on 8 nodes x 8 GPUs" in flat(out)
 
 
@@ -122,14 +134,24 @@ def test_render_json(cli, hostfile8, hostfile3, template):
     d = json.loads(res.stdout)
     assert {"argv", "env_vars", "nodes", "submit"} <= set(d)
     assert d["run_id"] == "cli-test" and d["head_address"] == "10.0.0.1"
-    assert d["submit"][-len(d["argv"]):] == d["argv"]
+    assert d["submit"][-len(d["argv"]) :] == d["argv"]
     assert [n["role"] for n in d["nodes"]][0] == "head"
     assert all("ray_start" in n for n in d["nodes"])
 
 
 def test_render_json_overrides(cli, hostfile8):
-    res = cli("render", GSPO, "--hostfile", hostfile8, "--format", "json", "--set", "algorithm.eps_clip=3e-4",
-              "--head", "10.0.0.4")
+    res = cli(
+        "render",
+        GSPO,
+        "--hostfile",
+        hostfile8,
+        "--format",
+        "json",
+        "--set",
+        "algorithm.eps_clip=3e-4",
+        "--head",
+        "10.0.0.4",
+    )
     clean(res)
     d = json.loads(res.stdout)
     argv = d["argv"]

@@ -81,10 +81,21 @@ SEED_MODEL_ARGS = """
 # ---- trainer contract §1.3: the seed's runtime env constants (the ${...} and OMPI_* keys are not
 # carried over: Ray expands ${...} per node, and nothing in the run uses MPI)
 SEED_ENV_CONSTANTS = {
-    "PYTHONPATH": "/root/Megatron-LM/", "NCCL_CUMEM_ENABLE": "0", "CUDA_DEVICE_MAX_CONNECTIONS": "1",
-    "NVTE_BWD_LAYERNORM_SM_MARGIN": "20", "NCCL_IB_TC": "160", "NCCL_PXN_DISABLE": "0", "NCCL_IB_GID_INDEX": "3",
-    "NCCL_NET_GDR_LEVEL": "4", "NCCL_IB_RETRY_CNT": "7", "NCCL_IB_TIMEOUT": "32", "NCCL_IB_QPS_PER_CONNECTION": "8",
-    "NCCL_P2P_LEVEL": "NVL", "TORCH_NCCL_AVOID_RECORD_STREAMS": "1", "NCCL_NVLS_ENABLE": "0", "NCCL_MIN_CTAS": "4",
+    "PYTHONPATH": "/root/Megatron-LM/",
+    "NCCL_CUMEM_ENABLE": "0",
+    "CUDA_DEVICE_MAX_CONNECTIONS": "1",
+    "NVTE_BWD_LAYERNORM_SM_MARGIN": "20",
+    "NCCL_IB_TC": "160",
+    "NCCL_PXN_DISABLE": "0",
+    "NCCL_IB_GID_INDEX": "3",
+    "NCCL_NET_GDR_LEVEL": "4",
+    "NCCL_IB_RETRY_CNT": "7",
+    "NCCL_IB_TIMEOUT": "32",
+    "NCCL_IB_QPS_PER_CONNECTION": "8",
+    "NCCL_P2P_LEVEL": "NVL",
+    "TORCH_NCCL_AVOID_RECORD_STREAMS": "1",
+    "NCCL_NVLS_ENABLE": "0",
+    "NCCL_MIN_CTAS": "4",
 }
 
 SAVE = f"{BASE_DIR}/runs/{RUN}/checkpoints"
@@ -101,10 +112,15 @@ DOCUMENTED_FIXES: dict[str, tuple[list[tuple[str, ...]], list[tuple[str, ...]]]]
     # the model args' alltoall is removed; MISC's flex is emitted once (no argparse last-wins)
     "--moe-token-dispatcher-type": ([("alltoall",), ("flex",)], [("flex",)]),
     # $BASE_DIR resolved (it was unset in the seed) and no trailing slash on --ref-load
-    "--ref-load": ([(f"{BASE_DIR}/GLM-4.5-355B-A32B_torch_dist/",)], [(f"{BASE_DIR}/GLM-4.5-355B-A32B_torch_dist",)]),
+    "--ref-load": (
+        [(f"{BASE_DIR}/GLM-4.5-355B-A32B_torch_dist/",)],
+        [(f"{BASE_DIR}/GLM-4.5-355B-A32B_torch_dist",)],
+    ),
     # the eval set lives where `zhuzilin/aime-2024` is downloaded (contract (c)12)
-    "--eval-prompt-data": ([("aime", f"{BASE_DIR}/rl_data/aime-2024.jsonl")],
-                           [("aime", f"{BASE_DIR}/rl_data/aime-2024/aime-2024.jsonl")]),
+    "--eval-prompt-data": (
+        [("aime", f"{BASE_DIR}/rl_data/aime-2024.jsonl")],
+        [("aime", f"{BASE_DIR}/rl_data/aime-2024/aime-2024.jsonl")],
+    ),
 }
 
 
@@ -124,13 +140,17 @@ def flag_multiset(tokens: list[str]) -> dict[str, list[tuple[str, ...]]]:
 
 
 def seed_argv() -> list[str]:
-    text = " ".join([SEED_GROUPS["cluster"], SEED_MODEL_ARGS] + [SEED_GROUPS[g] for g in SEED_GROUPS if g != "cluster"])
+    text = " ".join(
+        [SEED_GROUPS["cluster"], SEED_MODEL_ARGS] + [SEED_GROUPS[g] for g in SEED_GROUPS if g != "cluster"]
+    )
     return text.replace("$BASE_DIR", BASE_DIR).split()
 
 
 @pytest.fixture
 def plan(hostfile8):
-    return checked_plan(load_recipe(RUN), read_hostfile(hostfile8), run_id="contract", python="/opt/glm/bin/python3")
+    return checked_plan(
+        load_recipe(RUN), read_hostfile(hostfile8), run_id="contract", python="/opt/glm/bin/python3"
+    )
 
 
 def test_plan_has_no_errors(plan):

@@ -83,8 +83,6 @@ TCAIR = dict(
 )
 
 
-
-
 _set, _drop = set_flag, drop_flag
 MODEL_TYPE = {"355b": "glm4.5-355B-A32B", "air": "glm4.5-106B-A12B"}
 
@@ -141,11 +139,18 @@ class Case:
         return argv
 
     def recipe_sets(self) -> list[str]:
-        sets = [f"cluster.nodes={self.world // self.gpus}", f"cluster.gpus_per_node={self.gpus}",
-                f"model.type={MODEL_TYPE[self.model]}", f"parallelism.tp={self.tp}", f"parallelism.pp={self.pp}",
-                f"parallelism.cp={self.cp}", f"parallelism.ep={self.ep}", f"parallelism.etp={self.etp or self.tp}",
-                f"parallelism.sequence_parallel={str(self.sp).lower()}",
-                "rollout.rollout_max_response_len=16384"]  # fits max_tokens_per_gpu at any CP
+        sets = [
+            f"cluster.nodes={self.world // self.gpus}",
+            f"cluster.gpus_per_node={self.gpus}",
+            f"model.type={MODEL_TYPE[self.model]}",
+            f"parallelism.tp={self.tp}",
+            f"parallelism.pp={self.pp}",
+            f"parallelism.cp={self.cp}",
+            f"parallelism.ep={self.ep}",
+            f"parallelism.etp={self.etp or self.tp}",
+            f"parallelism.sequence_parallel={str(self.sp).lower()}",
+            "rollout.rollout_max_response_len=16384",
+        ]  # fits max_tokens_per_gpu at any CP
         if self.last is not None:
             sets.append(f"parallelism.decoder_last_pipeline_num_layers={self.last}")
         if self.vpp is not None:
@@ -159,7 +164,9 @@ def resolved(case: Case, monkeypatch):
     sets = case.recipe_sets()
     if case.model_args or case.model_drop or case.spec:
         base = MODELS[MODEL_TYPE[case.model]]
-        spec = dataclasses.replace(base, type=f"{base.type}-{case.id}", args=tuple(case.model_tokens()), **case.spec)
+        spec = dataclasses.replace(
+            base, type=f"{base.type}-{case.id}", args=tuple(case.model_tokens()), **case.spec
+        )
         monkeypatch.setitem(MODELS, spec.type, spec)
         sets.append(f"model.type={spec.type}")
     recipe = load_recipe("glm45-355b-a32b-gspo", sets)

@@ -85,7 +85,9 @@ def test_engine_kwargs_355b():
     assert eng.eagle and not eng.findings
     # every --sglang-* ServerArgs token goes to SGLang's parser; miles' own router flags do not
     assert eng.sglang_tokens == SGLANG[2:]
-    assert eng.flags["dp_size"] == "--sglang-dp-size" and eng.flags["tp_size"] == "--rollout-num-gpus-per-engine"
+    assert (
+        eng.flags["dp_size"] == "--sglang-dp-size" and eng.flags["tp_size"] == "--rollout-num-gpus-per-engine"
+    )
 
 
 @pytest.mark.parametrize(
@@ -109,9 +111,22 @@ def test_engine_kwargs_defaults_and_extras():
     assert kw["enable_memory_saver"] is False and "speculative_algorithm" not in kw and not eng.eagle
     eng = engine_kwargs(
         [
-            "--sglang-data-parallel-size", "2", "--sglang-cuda-graph-bs", "1", "2", "4",
-            "--sglang-kv-cache-dtype", "fp8_e4m3", "--sglang-attention-backend=fa3", "--fp16",
-            "--sglang-max-running-requests", "64", "--sglang-ep-size", "2", "--sglang-ep-size", "8",
+            "--sglang-data-parallel-size",
+            "2",
+            "--sglang-cuda-graph-bs",
+            "1",
+            "2",
+            "4",
+            "--sglang-kv-cache-dtype",
+            "fp8_e4m3",
+            "--sglang-attention-backend=fa3",
+            "--fp16",
+            "--sglang-max-running-requests",
+            "64",
+            "--sglang-ep-size",
+            "2",
+            "--sglang-ep-size",
+            "8",
         ],
         8,
     )
@@ -138,7 +153,9 @@ def test_model_config_from_argv():
     assert (cfg["n_routed_experts"], cfg["num_experts_per_tok"], cfg["first_k_dense_replace"]) == (160, 8, 3)
     assert cfg["num_nextn_predict_layers"] == 1
     assert model_config(argv355(), eagle=False)["num_nextn_predict_layers"] == 0
-    air = model_config(["--num-layers", "46", "--num-experts", "128", "--moe-layer-freq", "[0]*1+[1]*45"], False)
+    air = model_config(
+        ["--num-layers", "46", "--num-experts", "128", "--moe-layer-freq", "[0]*1+[1]*45"], False
+    )
     assert (air["num_hidden_layers"], air["n_routed_experts"], air["first_k_dense_replace"]) == (46, 128, 1)
 
 
@@ -157,8 +174,13 @@ def test_rules_355b_clean():
 
 
 def test_rules_ep():
-    found = _sglang_findings("sglang.ep_size=3")  # 160 % 3 (SGLang's MoE layer asserts it), 32 % 3 (a warning)
-    assert {(f.field, f.severity) for f in found} == {("sglang.ep_size", "error"), ("sglang.ep_size", "warning")}
+    found = _sglang_findings(
+        "sglang.ep_size=3"
+    )  # 160 % 3 (SGLang's MoE layer asserts it), 32 % 3 (a warning)
+    assert {(f.field, f.severity) for f in found} == {
+        ("sglang.ep_size", "error"),
+        ("sglang.ep_size", "warning"),
+    }
     (err,) = [f for f in found if f.severity == "error"]
     assert err.source == "sglang/srt/layers/moe/fused_moe_triton/layer.py:414 (sglang@0.5.23)"
     # ep = 1 is fine; ep = 16 divides the experts and the engine's TP (SGLang's MoE TP is 32 // 16 = 2)
@@ -168,16 +190,28 @@ def test_rules_ep():
 
 def test_rules_eagle_nodes_heads_mem_dp():
     (f,) = _sglang_findings("sglang.speculative_eagle_topk=4")
-    assert (f.field, f.severity, f.source) == ("sglang.speculative_eagle_topk", "warning", "docs/rules.md#eagle-topk")
+    assert (f.field, f.severity, f.source) == (
+        "sglang.speculative_eagle_topk",
+        "warning",
+        "docs/rules.md#eagle-topk",
+    )
     # 12 GPUs per engine on 8-GPU nodes: not a whole number of nodes (ep follows tp here)
     found = _sglang_findings("sglang.gpus_per_engine=12", "sglang.ep_size=12", "sglang.dp_size=2")
-    assert any("not a whole number of nodes" in f.message and "sglang_engine.py:711" in f.source for f in found)
+    assert any(
+        "not a whole number of nodes" in f.message and "sglang_engine.py:711" in f.source for f in found
+    )
     found = _sglang_findings("sglang.gpus_per_engine=3", "sglang.ep_size=1", "sglang.dp_size=1")
     assert any("do not tile a node" in f.message and f.severity == "error" for f in found)
     # TP 64 without attention DP: 96 heads do not split over 64 ranks (SGLang's GLM-4.5 attention asserts it)
-    found = _sglang_findings("sglang.gpus_per_engine=64", "sglang.ep_size=32", "sglang.enable_dp_attention=false",
-                             "sglang.dp_size=1")
-    assert [f.source for f in found if "heads" in f.message] == ["sglang/srt/models/glm4_moe.py:236-247 (sglang@0.5.23)"]
+    found = _sglang_findings(
+        "sglang.gpus_per_engine=64",
+        "sglang.ep_size=32",
+        "sglang.enable_dp_attention=false",
+        "sglang.dp_size=1",
+    )
+    assert [f.source for f in found if "heads" in f.message] == [
+        "sglang/srt/models/glm4_moe.py:236-247 (sglang@0.5.23)"
+    ]
     (f,) = _sglang_findings("sglang.mem_fraction_static=1.5")
     assert f.field == "sglang.mem_fraction_static" and f.severity == "error"
     (f,) = _sglang_findings("sglang.enable_dp_attention=false")
@@ -282,16 +316,39 @@ def test_sglang_accepts_ep3(sgl):
 def test_sglang_with_checkpoint_config_and_flag_spelling(sgl, tmp_path):
     # a GLM-4.5-Air-like checkpoint config; one engine per 8-GPU node
     cfg = model_config(
-        ["--num-layers", "46", "--hidden-size", "4096", "--num-experts", "128", "--moe-layer-freq", "[0]*1+[1]*45"],
+        [
+            "--num-layers",
+            "46",
+            "--hidden-size",
+            "4096",
+            "--num-experts",
+            "128",
+            "--moe-layer-freq",
+            "[0]*1+[1]*45",
+        ],
         eagle=False,
     )
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    argv = ["--rollout-num-gpus-per-engine", "8", "--sglang-ep-size", "8", "--sglang-mem-fraction-static", "0.7"]
+    argv = [
+        "--rollout-num-gpus-per-engine",
+        "8",
+        "--sglang-ep-size",
+        "8",
+        "--sglang-mem-fraction-static",
+        "0.7",
+    ]
     assert check_sglang(argv, 8, str(tmp_path / "config.json"), flag_fields=FIELDS) == []
     # the checkpoint folder works too; a flag this SGLang's parser (reused by miles) rejects
-    found = check_sglang([*argv, "--sglang-cuda-graph-bs", "1", "2", "4"], 8, str(tmp_path), flag_fields=FIELDS)
-    assert [f.field for f in errors(found)] == ["sglang.cuda_graph_bs"]  # the recipe field, through deepcheck.FLAG_FIELDS
-    assert "sglang/srt/server_args.py:" in found[0].source and "miles/backends/sglang_utils/arguments.py" in found[0].source
+    found = check_sglang(
+        [*argv, "--sglang-cuda-graph-bs", "1", "2", "4"], 8, str(tmp_path), flag_fields=FIELDS
+    )
+    assert [f.field for f in errors(found)] == [
+        "sglang.cuda_graph_bs"
+    ]  # the recipe field, through deepcheck.FLAG_FIELDS
+    assert (
+        "sglang/srt/server_args.py:" in found[0].source
+        and "miles/backends/sglang_utils/arguments.py" in found[0].source
+    )
 
 
 def test_sglang_reports_silent_change(sgl):

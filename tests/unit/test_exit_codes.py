@@ -47,11 +47,17 @@ def test_unknown_set_key(cli, cmd):
 
 @pytest.mark.parametrize("cmd", RECIPE_COMMANDS)
 def test_conflicting_options(cli, cmd, hostfile3):
-    _bad(cli(cmd, "local-probe", "--local", "--hostfile", hostfile3), "--local and --hostfile exclude each other")
+    _bad(
+        cli(cmd, "local-probe", "--local", "--hostfile", hostfile3),
+        "--local and --hostfile exclude each other",
+    )
 
 
 def test_conflicting_gpus_for_hosts(cli, hostfile3):
-    _bad(cli("hosts", "--hostfile", hostfile3, "--gpus-per-node", "4"), "says 8 GPUs per node but --gpus-per-node 4")
+    _bad(
+        cli("hosts", "--hostfile", hostfile3, "--gpus-per-node", "4"),
+        "says 8 GPUs per node but --gpus-per-node 4",
+    )
 
 
 @pytest.mark.parametrize("cmd", ["submit", "status", "logs", "down"])
@@ -74,7 +80,9 @@ def test_render_equals_launch_dry_run(cli, hostfile8):
     def script(text: str) -> str:  # the run id is new each time
         import re
 
-        return re.sub(r"\d{8}-\d{6}-[0-9a-f]{4}", "RUN", text[text.index("#!/usr/bin/env bash"):text.rindex("\n# 5.")])
+        return re.sub(
+            r"\d{8}-\d{6}-[0-9a-f]{4}", "RUN", text[text.index("#!/usr/bin/env bash") : text.rindex("\n# 5.")]
+        )
 
     assert script(render.stdout) == script(dry.stdout)
 
@@ -101,10 +109,12 @@ def test_library_logs_go_to_the_state_dir_not_the_terminal(tmp_path, capsys):
     before = list(root.handlers), root.level
     try:
         _setup_logging()
-        logging.getLogger("paramiko.transport").error("Exception (client): Error reading SSH protocol banner\nTraceback ...")
+        logging.getLogger("paramiko.transport").error(
+            "Exception (client): Error reading SSH protocol banner\nTraceback ..."
+        )
         logging.getLogger("glmlaunch.run").warning("could not stop the job")
     finally:
-        for h in root.handlers[len(before[0]):]:
+        for h in root.handlers[len(before[0]) :]:
             h.close()
         root.handlers[:], root.level = before
     err = capsys.readouterr().err

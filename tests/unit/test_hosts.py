@@ -111,8 +111,14 @@ def test_is_loopback():
         ("", "hf: no hosts"),
         ("# only a comment\n\n   \n", "hf: no hosts"),
         ("10.0.0.1 slots=8\n10.0.0.1 slots=8\n", "hf:2: host '10.0.0.1' is listed twice; first at hf:1"),
-        ("localhost\n127.0.0.1\n", "hf:2: host '127.0.0.1' is listed twice ('localhost' and '127.0.0.1' are the same address 127.0.0.1)"),
-        ("node1 slots=8\n10.0.0.1 slots=8\n", "('node1' and '10.0.0.1' are the same address 10.0.0.1); first at hf:1"),
+        (
+            "localhost\n127.0.0.1\n",
+            "hf:2: host '127.0.0.1' is listed twice ('localhost' and '127.0.0.1' are the same address 127.0.0.1)",
+        ),
+        (
+            "node1 slots=8\n10.0.0.1 slots=8\n",
+            "('node1' and '10.0.0.1' are the same address 10.0.0.1); first at hf:1",
+        ),
         ("::1\n[::1]:8\n", "hf:2: host '::1' is listed twice"),
         ("10.0.0.1 slots=8 junk\n", "hf:1: cannot read 'junk' after the host name"),
         ("10.0.0.1 gpus=8\n", "hf:1: unknown key 'gpus'"),
@@ -162,7 +168,9 @@ def test_head_when_file_uses_names(write_hostfile, head):
 
 def test_head_not_in_file(write_hostfile):
     p = write_hostfile("10.0.0.1\n10.0.0.2\n")
-    with pytest.raises(HostfileError, match=r"(?s)--head 10\.0\.0\.9: not a host of .*pick one of: 10\.0\.0\.1, 10\.0\.0\.2"):
+    with pytest.raises(
+        HostfileError, match=r"(?s)--head 10\.0\.0\.9: not a host of .*pick one of: 10\.0\.0\.1, 10\.0\.0\.2"
+    ):
         read_hostfile(p, head="10.0.0.9")
 
 
@@ -222,7 +230,9 @@ def test_placeholder_allocation():
     assert placeholder_allocation(2, 0).gpus_per_node == 0  # CPU-only nodes
     a = placeholder_allocation(2)
     assert a.gpus_per_node is None and all(h.slots is None for h in a.hosts)
-    with pytest.raises(HostfileError, match="--gpus-per-node -1: the GPUs per node must be a whole number, 0 or more"):
+    with pytest.raises(
+        HostfileError, match="--gpus-per-node -1: the GPUs per node must be a whole number, 0 or more"
+    ):
         placeholder_allocation(2, -1)
 
 
@@ -265,8 +275,6 @@ def test_good_max_slots_and_port(write_hostfile):
 # ----------------------------------------------------------------------------- Slurm
 
 
-
-
 @pytest.mark.parametrize(
     "nodelist, names",
     [
@@ -277,8 +285,12 @@ def test_good_max_slots_and_port(write_hostfile):
     ],
 )
 def test_from_slurm_hostlist_fallback(no_scontrol, fake_resolve, nodelist, names):
-    env = {"SLURM_JOB_NODELIST": nodelist, "SLURM_JOB_NUM_NODES": str(len(names)), "SLURM_JOB_ID": "42",
-           "SLURM_GPUS_ON_NODE": "8"}
+    env = {
+        "SLURM_JOB_NODELIST": nodelist,
+        "SLURM_JOB_NUM_NODES": str(len(names)),
+        "SLURM_JOB_ID": "42",
+        "SLURM_GPUS_ON_NODE": "8",
+    }
     a = from_slurm(env)
     assert [h.name for h in a.hosts] == names
     assert [h.address for h in a.hosts] == [fake_resolve(n) for n in names]
@@ -296,7 +308,9 @@ def test_from_slurm_uses_scontrol_when_present(monkeypatch):
         calls.append(argv)
         return subprocess.CompletedProcess(argv, 0, stdout="node01\nnode02\n", stderr="")
 
-    monkeypatch.setattr(shutil, "which", lambda cmd, *a, **k: "/usr/bin/scontrol" if cmd == "scontrol" else None)
+    monkeypatch.setattr(
+        shutil, "which", lambda cmd, *a, **k: "/usr/bin/scontrol" if cmd == "scontrol" else None
+    )
     monkeypatch.setattr(subprocess, "run", fake_run)
     a = from_slurm({"SLURM_JOB_NODELIST": "node[01-02]", "SLURM_GPUS_ON_NODE": "8"})
     assert calls == [["scontrol", "show", "hostnames", "node[01-02]"]]
@@ -325,7 +339,9 @@ def test_from_slurm_gpus(no_scontrol, extra, gpus):
 
 
 def test_from_slurm_resolver_argument(no_scontrol):
-    a = from_slurm({"SLURM_JOB_NODELIST": "x[1-2]"}, resolver=lambda n: {"x1": "172.16.0.1", "x2": "172.16.0.2"}[n])
+    a = from_slurm(
+        {"SLURM_JOB_NODELIST": "x[1-2]"}, resolver=lambda n: {"x1": "172.16.0.1", "x2": "172.16.0.2"}[n]
+    )
     assert [h.address for h in a.hosts] == ["172.16.0.1", "172.16.0.2"]
 
 
@@ -333,8 +349,10 @@ def test_from_slurm_resolver_argument(no_scontrol):
     "env, message",
     [
         ({}, "not inside a Slurm allocation (SLURM_JOB_NODELIST is not set)"),
-        ({"SLURM_JOB_NODELIST": "node[01-03]", "SLURM_JOB_NUM_NODES": "4"},
-         "SLURM_JOB_NODELIST=node[01-03] expands to 3 nodes but SLURM_JOB_NUM_NODES=4"),
+        (
+            {"SLURM_JOB_NODELIST": "node[01-03]", "SLURM_JOB_NUM_NODES": "4"},
+            "SLURM_JOB_NODELIST=node[01-03] expands to 3 nodes but SLURM_JOB_NUM_NODES=4",
+        ),
         ({"SLURM_JOB_NODELIST": "node[01-"}, "SLURM_JOB_NODELIST=node[01-: cannot expand"),
         ({"SLURM_JOB_NODELIST": "ghost[1-2]", "SLURM_JOB_ID": "7"}, "slurm:7: cannot resolve node 'ghost1'"),
         ({"SLURM_JOB_NODELIST": "node[01-02]"}, "--head node09: not a host of slurm:?"),
@@ -386,7 +404,12 @@ def test_discover_local(monkeypatch):
 
 
 def test_discover_slurm_from_env(no_scontrol):
-    env = {"SLURM_JOB_NODELIST": "node[01-02]", "SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "8", "SLURM_JOB_ID": "9"}
+    env = {
+        "SLURM_JOB_NODELIST": "node[01-02]",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_GPUS_ON_NODE": "8",
+        "SLURM_JOB_ID": "9",
+    }
     a = discover(env=env)
     assert a.origin == "slurm:9" and [h.name for h in a.hosts] == ["node01", "node02"]
     assert discover(env=env, head="node02").head.name == "node02"

@@ -22,8 +22,15 @@ def test_start_then_stop_ends_the_whole_session_only(tmp_path):
     try:
         # a parent that starts a child and a grandchild in the same session, like `ray start --block`
         script = "sleep 60 & (sleep 60 &) ; sleep 60"
-        rec = nodeops.op_start({"argv": ["bash", "-c", script], "cwd": str(tmp_path), "log": str(tmp_path / "log"),
-                                "pidfile": str(tmp_path / "pid"), "settle_s": 0.5})
+        rec = nodeops.op_start(
+            {
+                "argv": ["bash", "-c", script],
+                "cwd": str(tmp_path),
+                "log": str(tmp_path / "log"),
+                "pidfile": str(tmp_path / "pid"),
+                "settle_s": 0.5,
+            }
+        )
         assert "exited" not in rec
         time.sleep(0.3)
         members = nodeops._session_members(rec["pid"])
@@ -51,8 +58,14 @@ def test_stop_never_touches_a_recycled_pid(tmp_path):
 
 
 def test_start_reports_an_immediate_failure(tmp_path):
-    rec = nodeops.op_start({"argv": ["bash", "-c", "echo boom; exit 7"], "cwd": str(tmp_path),
-                            "log": str(tmp_path / "log"), "settle_s": 3})
+    rec = nodeops.op_start(
+        {
+            "argv": ["bash", "-c", "echo boom; exit 7"],
+            "cwd": str(tmp_path),
+            "log": str(tmp_path / "log"),
+            "settle_s": 3,
+        }
+    )
     assert rec["exited"] == 7
     assert "boom" in (tmp_path / "log").read_text()
 
@@ -73,8 +86,14 @@ def test_ports_reports_a_listener_and_ignores_time_wait():
 def test_inspect_and_tail(tmp_path):
     f = tmp_path / "x.log"
     f.write_text("".join(f"line {i}\n" for i in range(50)))
-    info = nodeops.op_inspect({"files": [str(f), str(tmp_path / "nope")], "writable": [str(tmp_path / "w")],
-                               "space": ["/tmp"], "token": "t0k"})
+    info = nodeops.op_inspect(
+        {
+            "files": [str(f), str(tmp_path / "nope")],
+            "writable": [str(tmp_path / "w")],
+            "space": ["/tmp"],
+            "token": "t0k",
+        }
+    )
     assert info["files"] == {str(f): "readable", str(tmp_path / "nope"): "missing"}
     assert info["writable"] == {str(tmp_path / "w"): "ok"}
     assert info["python"] == sys.version.split()[0]
@@ -87,6 +106,11 @@ def test_the_module_runs_as_python_c_without_glmlaunch(tmp_path):
     import json
 
     src = inspect.getsource(nodeops)
-    out = subprocess.run([sys.executable, "-I", "-c", src, "tail", json.dumps({"files": ["/nonexistent"]})],
-                         capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", src, "tail", json.dumps({"files": ["/nonexistent"]})],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    ).stdout
     assert json.loads(out) == {}

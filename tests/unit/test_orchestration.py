@@ -115,7 +115,9 @@ def test_head_answers_before_any_worker_start_then_workers_start_together(plan, 
     assert {n: v["gpus"] for n, v in status.nodes.items()} == dict.fromkeys(ALL, 8.0)
 
 
-def test_token_is_written_to_every_node_before_start_and_never_in_a_command_line(plan, recipe, clock, monkeypatch):
+def test_token_is_written_to_every_node_before_start_and_never_in_a_command_line(
+    plan, recipe, clock, monkeypatch
+):
     fake = FakeTransport()
     install(monkeypatch, fake, clock=clock)
     c = make_cluster(plan, fake, recipe)
@@ -142,10 +144,14 @@ def test_token_is_written_to_every_node_before_start_and_never_in_a_command_line
 
 
 @pytest.mark.parametrize("how", ["start-exits-non-zero", "ray-start-exited-at-once", "unreachable-at-start"])
-def test_a_failed_worker_start_rolls_back_every_started_node_workers_first(how, plan, recipe, clock, monkeypatch):
-    h3 = {"start-exits-non-zero": FakeHost(start_fails=True),
-          "ray-start-exited-at-once": FakeHost(start_exits=1),
-          "unreachable-at-start": FakeHost(unreachable_ops={"start"})}[how]
+def test_a_failed_worker_start_rolls_back_every_started_node_workers_first(
+    how, plan, recipe, clock, monkeypatch
+):
+    h3 = {
+        "start-exits-non-zero": FakeHost(start_fails=True),
+        "ray-start-exited-at-once": FakeHost(start_exits=1),
+        "unreachable-at-start": FakeHost(unreachable_ops={"start"}),
+    }[how]
     fake = FakeTransport({H3: h3})
     install(monkeypatch, fake, clock=clock)
     c = make_cluster(plan, fake, recipe)
@@ -178,8 +184,10 @@ def test_a_failed_head_start_sends_no_worker_start(plan, recipe, clock, monkeypa
 
 @pytest.mark.parametrize("how", ["head-start-fails", "token-write-fails-on-h3"])
 def test_a_rollback_removes_the_token_from_every_node(how, plan, recipe, clock, monkeypatch):
-    host = {"head-start-fails": (H1, FakeHost(start_fails=True)),
-            "token-write-fails-on-h3": (H3, FakeHost(unreachable_ops={"put_text"}))}[how]
+    host = {
+        "head-start-fails": (H1, FakeHost(start_fails=True)),
+        "token-write-fails-on-h3": (H3, FakeHost(unreachable_ops={"put_text"})),
+    }[how]
     fake = FakeTransport(dict([host]))
     install(monkeypatch, fake, clock=clock)
     c = make_cluster(plan, fake, recipe)
@@ -208,7 +216,9 @@ def test_an_unreachable_node_stops_the_launch_before_anything_starts(plan, recip
 
 
 @pytest.mark.parametrize("alive_checks", [0, 1, 2])
-def test_a_node_whose_ray_start_dies_ends_the_join_wait_at_once(alive_checks, plan, recipe, clock, monkeypatch):
+def test_a_node_whose_ray_start_dies_ends_the_join_wait_at_once(
+    alive_checks, plan, recipe, clock, monkeypatch
+):
     fake = FakeTransport({H3: FakeHost(joins=False, dies_after_alive_checks=alive_checks)})
     install(monkeypatch, fake, clock=clock)
     c = make_cluster(plan, fake, recipe, join_timeout_s=120)
@@ -266,7 +276,9 @@ def test_a_node_joining_with_the_wrong_gpu_count_is_named(plan, recipe, clock, m
 
 
 def _up(hostfile, runs, fake, **kw):
-    return run_mod.up("local-probe", str(hostfile), transport=fake, runs_dir=str(runs), join_timeout_s=5, **kw)
+    return run_mod.up(
+        "local-probe", str(hostfile), transport=fake, runs_dir=str(runs), join_timeout_s=5, **kw
+    )
 
 
 def test_up_returns_the_current_run_when_it_is_up_on_the_same_nodes(hostfile3, dirs, clock, monkeypatch):
@@ -340,8 +352,9 @@ def test_follow_reconnects_and_delivers_every_line_once(drop_with_error, job_clo
 # ----------------------------------------------------------------------------- (8) down with a job
 
 
-def test_down_stops_the_running_job_and_waits_for_it_before_stopping_any_node(plan, recipe, dirs, clock, job_clock,
-                                                                              monkeypatch):
+def test_down_stops_the_running_job_and_waits_for_it_before_stopping_any_node(
+    plan, recipe, dirs, clock, job_clock, monkeypatch
+):
     runs, _ = dirs
     events: list = []
     fake = FakeTransport(events=events)
@@ -374,7 +387,9 @@ def test_down_stops_the_running_job_and_waits_for_it_before_stopping_any_node(pl
 # ----------------------------------------------------------------------------- (9) Ctrl-C
 
 
-def test_ctrl_c_during_the_workers_start_rolls_back_everything_started(plan, recipe, dirs, clock, monkeypatch):
+def test_ctrl_c_during_the_workers_start_rolls_back_everything_started(
+    plan, recipe, dirs, clock, monkeypatch
+):
     runs, state = dirs
     fake = FakeTransport(interrupt=("start", H2))  # both workers start; their answers never arrive
     install(monkeypatch, fake, clock=clock)
@@ -412,8 +427,9 @@ def test_ctrl_c_during_the_head_start_stops_the_head_by_its_pid_file(plan, recip
 # ----------------------------------------------------------------------------- down, incomplete
 
 
-def test_down_with_an_unreachable_node_is_incomplete_and_a_second_down_finishes_it(plan, recipe, dirs, clock,
-                                                                                   monkeypatch):
+def test_down_with_an_unreachable_node_is_incomplete_and_a_second_down_finishes_it(
+    plan, recipe, dirs, clock, monkeypatch
+):
     runs, _ = dirs
     fake = FakeTransport()
     install(monkeypatch, fake, clock=clock)

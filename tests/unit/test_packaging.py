@@ -21,7 +21,9 @@ from glmlaunch.render import BASH_TEMPLATE
 REPO = Path(glmlaunch.__file__).resolve().parents[1]
 PACKAGE_TEMPLATES = REPO / "glmlaunch" / "templates"
 
-pytestmark = pytest.mark.skipif(not (REPO / "setup.cfg").is_file(), reason="glmlaunch is not run from a checkout")
+pytestmark = pytest.mark.skipif(
+    not (REPO / "setup.cfg").is_file(), reason="glmlaunch is not run from a checkout"
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +31,39 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
     tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"
     shutil.copytree(
-        REPO, src, symlinks=True,
-        ignore=shutil.ignore_patterns(".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", "runs",
-                                      ".pytest_cache", ".ruff_cache"),
+        REPO,
+        src,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv*",
+            "build",
+            "dist",
+            "*.egg-info",
+            "__pycache__",
+            "runs",
+            ".pytest_cache",
+            ".ruff_cache",
+        ),
     )
     out = tmp / "dist"
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-         "-w", str(out), str(src)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(out),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (whl,) = out.glob("glmlaunch-*.whl")

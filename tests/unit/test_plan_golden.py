@@ -41,7 +41,9 @@ def _hostfile(tmp_path: Path, template: str) -> Path:
 
 
 def _plan(tmp_path: Path, template: str):
-    return checked_plan(load_recipe(template), read_hostfile(_hostfile(tmp_path, template)), run_id="golden", python=PYTHON)
+    return checked_plan(
+        load_recipe(template), read_hostfile(_hostfile(tmp_path, template)), run_id="golden", python=PYTHON
+    )
 
 
 def _normalise(text: str, tmp_path: Path) -> str:
@@ -59,7 +61,9 @@ def _compare(name: str, text: str) -> None:
         return
     assert path.exists(), f"{path} is missing: run GLMLAUNCH_UPDATE_GOLDEN=1 pytest {__file__}"
     want = path.read_text()
-    assert text == want, f"{name} differs from the golden file; if the change is intended, regenerate with GLMLAUNCH_UPDATE_GOLDEN=1"
+    assert text == want, (
+        f"{name} differs from the golden file; if the change is intended, regenerate with GLMLAUNCH_UPDATE_GOLDEN=1"
+    )
 
 
 def test_every_template_has_goldens():

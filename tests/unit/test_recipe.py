@@ -36,7 +36,9 @@ def test_every_template_loads_and_builds(name):
     r = load_recipe(name)
     assert r.run.name == name
     assert r.source == str(template_path(name))
-    plan = checked_plan(r, placeholder_allocation(r.cluster.nodes or 3, 8), run_id="t", python="/py/bin/python3")
+    plan = checked_plan(
+        r, placeholder_allocation(r.cluster.nodes or 3, 8), run_id="t", python="/py/bin/python3"
+    )
     assert plan.argv and not plan.errors, [str(f) for f in plan.errors]
 
 
@@ -99,13 +101,23 @@ def test_override_float_kept_as_text(item, flag, rendered):
 
 @pytest.mark.parametrize(
     "toml_value, text",
-    [("3e-4", "3e-4"), ("0.0003", "3e-4"), ("1e-06", "1e-6"), ("0.1", "0.1"), ("0.98", "0.98"), ("2", "2"),
-     ("1.5e3", "1500.0")],
+    [
+        ("3e-4", "3e-4"),
+        ("0.0003", "3e-4"),
+        ("1e-06", "1e-6"),
+        ("0.1", "0.1"),
+        ("0.98", "0.98"),
+        ("2", "2"),
+        ("1.5e3", "1500.0"),
+    ],
 )
 def test_toml_floats_become_text(tmp_path, toml_value, text):
     # numbers written as TOML floats (not strings) are rendered without float noise
-    src = (template_path("glm45-355b-a32b-gspo").read_text()
-           .replace('eps_clip = "1e-4"', f"eps_clip = {toml_value}"))
+    src = (
+        template_path("glm45-355b-a32b-gspo")
+        .read_text()
+        .replace('eps_clip = "1e-4"', f"eps_clip = {toml_value}")
+    )
     p = tmp_path / "r.toml"
     p.write_text(src)
     assert load_recipe(p).algorithm.eps_clip == text
@@ -119,7 +131,12 @@ def test_override_applies_in_order_and_creates_sections():
 def test_empty_value_unsets_optional_fields():
     r = load_recipe(
         "glm45-355b-a32b-gspo",
-        ["checkpoint.save_interval=", "algorithm.eps_clip_high=", "sglang.moe_dense_tp_size=", "cluster.nodes="],
+        [
+            "checkpoint.save_interval=",
+            "algorithm.eps_clip_high=",
+            "sglang.moe_dense_tp_size=",
+            "cluster.nodes=",
+        ],
     )
     assert r.checkpoint.save_interval is None and r.algorithm.eps_clip_high is None
     assert r.sglang.moe_dense_tp_size is None and r.cluster.nodes is None
@@ -207,7 +224,9 @@ def test_model_dir_follows_model_type():
 def test_default_paths_without_template_paths():
     r = load_recipe({"run": {"name": "bare", "base_dir": "/b"}, "cluster": {}})
     cp = paths(r)
-    assert cp["hf_checkpoint"] == "/b/GLM-4.5-355B-A32B" and cp["ref_load"] == "/b/GLM-4.5-355B-A32B_torch_dist"
+    assert (
+        cp["hf_checkpoint"] == "/b/GLM-4.5-355B-A32B" and cp["ref_load"] == "/b/GLM-4.5-355B-A32B_torch_dist"
+    )
     assert cp["save"] == cp["load"] == "/b/runs/bare/checkpoints"
     assert paths(r)["eval_data"] == "/b/rl_data/aime-2024/aime-2024.jsonl"
 
@@ -218,7 +237,9 @@ def test_explicit_load():
 
 
 def test_probe_paths_and_setup_expand():
-    r = load_recipe("local-probe", ["trainer.probe_paths=['{base_dir}/a', '/abs']", "cluster.setup=['cd {base_dir}']"])
+    r = load_recipe(
+        "local-probe", ["trainer.probe_paths=['{base_dir}/a', '/abs']", "cluster.setup=['cd {base_dir}']"]
+    )
     plan = checked_plan(r, placeholder_allocation(1, 8), run_id="t", python="/py/bin/python3")
     assert values(plan.argv, "--path")[:1] == ["/tmp/a"] and plan.argv[-2:] == ["--path", "/abs"]
     assert plan.setup == ["cd /tmp"]
@@ -226,7 +247,9 @@ def test_probe_paths_and_setup_expand():
 
 def test_unknown_placeholder():
     r = load_recipe("glm45-355b-a32b-gspo", ["checkpoint.save={base_dir}/{nope}"])
-    with pytest.raises(RecipeError, match=r"cannot expand '\{base_dir\}/\{nope\}': unknown placeholder 'nope'"):
+    with pytest.raises(
+        RecipeError, match=r"cannot expand '\{base_dir\}/\{nope\}': unknown placeholder 'nope'"
+    ):
         paths(r)
 
 
@@ -245,19 +268,30 @@ def test_grpo_small_layout_up_to_4_nodes():
     plan = _plan("glm45-355b-a32b-grpo", ["cluster.nodes=4"], nodes=4)
     assert not plan.errors, [str(f) for f in plan.errors]
     a = plan.argv
-    assert [values(a, f)[0] for f in ("--tensor-model-parallel-size", "--pipeline-model-parallel-size",
-                                      "--context-parallel-size", "--expert-model-parallel-size")] == ["4", "1", "1", "4"]
+    assert [
+        values(a, f)[0]
+        for f in (
+            "--tensor-model-parallel-size",
+            "--pipeline-model-parallel-size",
+            "--context-parallel-size",
+            "--expert-model-parallel-size",
+        )
+    ] == ["4", "1", "1", "4"]
     assert "--decoder-last-pipeline-num-layers" not in a
     big = _plan("glm45-355b-a32b-grpo", []).argv
-    assert values(big, "--pipeline-model-parallel-size") == ["8"] and values(big, "--decoder-last-pipeline-num-layers") == ["8"]
+    assert values(big, "--pipeline-model-parallel-size") == ["8"] and values(
+        big, "--decoder-last-pipeline-num-layers"
+    ) == ["8"]
 
 
 def test_hardware_sets_gpus_when_hostfile_has_no_slots():
     # GB200: 4 GPUs per node; the 8-node GRPO layout no longer fits (contract §2.3's arithmetic)
     plan = _plan("glm45-355b-a32b-grpo", ["cluster.hardware=GB200"], gpus=None)
     assert plan.gpus_per_node == 4 and plan.world_size == 32
-    assert {f.field for f in plan.errors} == {"parallelism.tp/parallelism.pp/parallelism.cp",
-                                              "parallelism.etp/parallelism.ep/parallelism.pp"}
+    assert {f.field for f in plan.errors} == {
+        "parallelism.tp/parallelism.pp/parallelism.cp",
+        "parallelism.etp/parallelism.ep/parallelism.pp",
+    }
     assert values(plan.argv, "--sglang-attention-backend") == ["trtllm_mha"]  # Blackwell option
 
 
@@ -282,7 +316,13 @@ def test_air_template_matches_its_seed():
     assert values(a, "--eps-clip") == ["4e-4"] and "--eps-clip-high" not in a
     assert values(a, "--sglang-dp-size") == ["1"] and "--sglang-moe-dense-tp-size" not in a
     assert values(a, "--rollout-num-gpus") == ["32"] and "--colocate" not in a
-    assert values(a, "--actor-num-nodes") == ["4"] and values(a, "--sglang-cuda-graph-bs") == ["1", "2", "4", "8", "16"]
+    assert values(a, "--actor-num-nodes") == ["4"] and values(a, "--sglang-cuda-graph-bs") == [
+        "1",
+        "2",
+        "4",
+        "8",
+        "16",
+    ]
     assert values(a, "--update-weight-transfer-mode") == ["p2p"]
 
 
@@ -302,7 +342,10 @@ def test_probe_template_takes_the_allocation_size():
         ("cluster.colocate=yes", "cluster.colocate: Input should be a valid boolean (got 'yes')"),
         ("cluster.colocate=1", "cluster.colocate: Input should be a valid boolean (got 1)"),
         ("cluster.nodes=2.5", "cluster.nodes: Input should be a valid integer (got '2.5')"),
-        ("rollout.stop_token_ids=[1.5]", "rollout.stop_token_ids.0: Input should be a valid integer (got 1.5)"),
+        (
+            "rollout.stop_token_ids=[1.5]",
+            "rollout.stop_token_ids.0: Input should be a valid integer (got 1.5)",
+        ),
     ],
 )
 def test_strict_types(item, message):
@@ -314,8 +357,13 @@ def test_strict_types(item, message):
 def test_strict_types_keep_numbers_literals_and_env_text():
     r = load_recipe(
         "glm45-355b-a32b-gspo",
-        ["algorithm.eps_clip=3e-4", "optimizer.lr=1", "cluster.hardware=GB200", "env.vars.NCCL_DEBUG_SUBSYS=1",
-         "parallelism.pp='2'"],
+        [
+            "algorithm.eps_clip=3e-4",
+            "optimizer.lr=1",
+            "cluster.hardware=GB200",
+            "env.vars.NCCL_DEBUG_SUBSYS=1",
+            "parallelism.pp='2'",
+        ],
     )
     assert r.algorithm.eps_clip == "3e-4" and r.optimizer.lr == "1" and r.cluster.hardware == "GB200"
     assert r.env.vars["NCCL_DEBUG_SUBSYS"] == "1" and r.parallelism.pp == 2
@@ -323,9 +371,11 @@ def test_strict_types_keep_numbers_literals_and_env_text():
 
 def test_yaml_recipe_with_proper_types(tmp_path):
     p = tmp_path / "r.yaml"
-    p.write_text("run: {name: x, base_dir: /x}\ncluster: {nodes: 2, colocate: true}\n"
-                 "parallelism: {tp: 4, small_layouts: [{max_nodes: 4, tp: 2, pp: 1, cp: 1, ep: 2}]}\n"
-                 "optimizer: {lr: 1.0e-6}\n")
+    p.write_text(
+        "run: {name: x, base_dir: /x}\ncluster: {nodes: 2, colocate: true}\n"
+        "parallelism: {tp: 4, small_layouts: [{max_nodes: 4, tp: 2, pp: 1, cp: 1, ep: 2}]}\n"
+        "optimizer: {lr: 1.0e-6}\n"
+    )
     r = load_recipe(p)
     assert r.parallelism.tp == 4 and r.parallelism.small_layouts[0].ep == 2 and r.optimizer.lr == "1e-6"
 
@@ -350,7 +400,9 @@ def test_overrides_wrong_type(bad):
 def test_template_path_unsupported_file(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / name).write_text('[run]\nname = "x"\n')
-    with pytest.raises(RecipeError, match=r"unsupported recipe file type \('(\.txt|no extension)'\), use \.toml/\.yaml/\.yml"):
+    with pytest.raises(
+        RecipeError, match=r"unsupported recipe file type \('(\.txt|no extension)'\), use \.toml/\.yaml/\.yml"
+    ):
         template_path(name)
 
 

@@ -98,7 +98,9 @@ def test_every_docs_anchor_in_the_package_exists():
 def test_no_citations_of_documents_outside_the_repo():
     for p in (REPO / "glmlaunch").rglob("*.py"):
         for i, line in enumerate(p.read_text().splitlines(), 1):
-            assert not re.search(r"contract|deps\.md|anchors\.md|mission\.md", line), f"{p}:{i}: {line.strip()}"
+            assert not re.search(r"contract|deps\.md|anchors\.md|mission\.md", line), (
+                f"{p}:{i}: {line.strip()}"
+            )
 
 
 def test_source_pattern():

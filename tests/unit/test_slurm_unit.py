@@ -36,8 +36,6 @@ from glmlaunch.transport import Target
 # ----------------------------------------------------------------------------- node lists
 
 
-
-
 @pytest.mark.parametrize(
     "nodelist, names",
     [
@@ -45,7 +43,10 @@ from glmlaunch.transport import Target
         ("gpu-a[1-2],cpu[9-11]", ["gpu-a1", "gpu-a2", "cpu9", "cpu10", "cpu11"]),
         ("node[001-003]", ["node001", "node002", "node003"]),  # zero padding kept
         ("node[098-101]", ["node098", "node099", "node100", "node101"]),  # padding across a digit
-        ("rack[1-2]-n[01-02]", ["rack1-n01", "rack1-n02", "rack2-n01", "rack2-n02"]),  # several bracket groups
+        (
+            "rack[1-2]-n[01-02]",
+            ["rack1-n01", "rack1-n02", "rack2-n01", "rack2-n02"],
+        ),  # several bracket groups
         ("a[1,3],b[05-06],c", ["a1", "a3", "b05", "b06", "c"]),
         ("h1", ["h1"]),
     ],
@@ -63,8 +64,12 @@ def test_expand_nodelist_fallback(no_scontrol, nodelist, names):
     ],
 )
 def test_from_slurm_fake_env(no_scontrol, fake_resolve, nodelist, names):
-    env = {"SLURM_JOB_NODELIST": nodelist, "SLURM_JOB_NUM_NODES": str(len(names)), "SLURM_JOB_ID": "77",
-           "SLURM_GPUS_ON_NODE": "8"}
+    env = {
+        "SLURM_JOB_NODELIST": nodelist,
+        "SLURM_JOB_NUM_NODES": str(len(names)),
+        "SLURM_JOB_ID": "77",
+        "SLURM_GPUS_ON_NODE": "8",
+    }
     a = from_slurm(env)
     assert [h.name for h in a.hosts] == names
     assert [h.address for h in a.hosts] == [fake_resolve(n) for n in names]
@@ -72,7 +77,11 @@ def test_from_slurm_fake_env(no_scontrol, fake_resolve, nodelist, names):
 
 
 def test_from_slurm_cartesian_with_resolver(no_scontrol):
-    env = {"SLURM_JOB_NODELIST": "rack[1-2]-n[01-02]", "SLURM_JOB_NUM_NODES": "4", "SLURM_GPUS_PER_NODE": "gpu:h200:8"}
+    env = {
+        "SLURM_JOB_NODELIST": "rack[1-2]-n[01-02]",
+        "SLURM_JOB_NUM_NODES": "4",
+        "SLURM_GPUS_PER_NODE": "gpu:h200:8",
+    }
     a = from_slurm(env, resolver=lambda n: f"10.9.{int(n[4])}.{int(n[-2:])}")
     assert [h.address for h in a.hosts] == ["10.9.1.1", "10.9.1.2", "10.9.2.1", "10.9.2.2"]
     assert a.gpus_per_node == 8
@@ -89,9 +98,20 @@ def test_bad_nodelist_is_named(no_scontrol):
 @pytest.mark.parametrize(
     "text, gpus",
     [
-        ("gpu:8", 8), ("gpu:h100:8", 8), ("gpu:h100:8(IDX:0-7)", 8), ("gres:gpu:8", 8), ("gres/gpu=8", 8),
-        ("gres/gpu:h200=4", 4), ("gpu", 1), ("gpu:h100", 1), ("gpu:a100:4,gpu:v100:4", 8),
-        ("gpu:8(S:0-1),nic:2", 8), ("nic:1", None), ("(null)", None), ("N/A", None), ("", None),
+        ("gpu:8", 8),
+        ("gpu:h100:8", 8),
+        ("gpu:h100:8(IDX:0-7)", 8),
+        ("gres:gpu:8", 8),
+        ("gres/gpu=8", 8),
+        ("gres/gpu:h200=4", 4),
+        ("gpu", 1),
+        ("gpu:h100", 1),
+        ("gpu:a100:4,gpu:v100:4", 8),
+        ("gpu:8(S:0-1),nic:2", 8),
+        ("nic:1", None),
+        ("(null)", None),
+        ("N/A", None),
+        ("", None),
     ],
 )
 def test_parse_gres(text, gpus):
@@ -115,11 +135,15 @@ def test_slurm_gpus_from_env(no_scontrol, env, gpus):
 
 def test_gres_of_job_from_scontrol(monkeypatch):
     """A ``--gres=gpu:8`` job whose environment has no GPU variable: the job's GRES."""
-    out = ("JobId=42 JobName=x\n   TRES=cpu=2,node=2,billing=2\n   JOB_GRES=gpu:8\n"
-           "     Nodes=n[1-2] CPU_IDs=0 Mem=0 GRES=gpu:8(IDX:0-7)\n   TresPerNode=gres:gpu:8\n")
+    out = (
+        "JobId=42 JobName=x\n   TRES=cpu=2,node=2,billing=2\n   JOB_GRES=gpu:8\n"
+        "     Nodes=n[1-2] CPU_IDs=0 Mem=0 GRES=gpu:8(IDX:0-7)\n   TresPerNode=gres:gpu:8\n"
+    )
     calls = []
     monkeypatch.setattr(shutil, "which", lambda cmd, *a, **k: f"/usr/bin/{cmd}")
-    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: calls.append(argv) or SimpleNamespace(stdout=out, returncode=0))
+    monkeypatch.setattr(
+        subprocess, "run", lambda argv, **kw: calls.append(argv) or SimpleNamespace(stdout=out, returncode=0)
+    )
     assert _slurm_gpus({"SLURM_JOB_ID": "42"}) == 8
     assert calls == [["scontrol", "show", "job", "-d", "42"]]
 
@@ -131,35 +155,75 @@ def test_sbatch_script_rendering():
     from glmlaunch.slurm import render_sbatch
 
     text = render_sbatch(
-        "/shared/sub/%j", command="python -u -m submitit.core._submit /shared/sub/%j", nodes=8, gpus_per_node=8,
-        timeout_min=240, partition="batch", account="acct", name="glmlaunch-glm45-355b-a32b-gspo", cpus_per_task=4,
-        exclusive=True, signal_delay_s=300, slurm_extra={"qos": "high"}, setup=["module load cuda"],
+        "/shared/sub/%j",
+        command="python -u -m submitit.core._submit /shared/sub/%j",
+        nodes=8,
+        gpus_per_node=8,
+        timeout_min=240,
+        partition="batch",
+        account="acct",
+        name="glmlaunch-glm45-355b-a32b-gspo",
+        cpus_per_task=4,
+        exclusive=True,
+        signal_delay_s=300,
+        slurm_extra={"qos": "high"},
+        setup=["module load cuda"],
     )
     lines = text.splitlines()
     sb = [x for x in lines if x.startswith("#SBATCH")]
-    for want in ("--nodes=8", "--ntasks-per-node=1", "--gpus-per-node=8", "--cpus-per-task=4", "--partition=batch",
-                 "--account=acct", "--time=240", "--signal=USR2@300", "--exclusive", "--mem=0", "--qos=high",
-                 "--job-name=glmlaunch-glm45-355b-a32b-gspo", "--output=/shared/sub/%j/%j_0_log.out", "--open-mode=append"):
+    for want in (
+        "--nodes=8",
+        "--ntasks-per-node=1",
+        "--gpus-per-node=8",
+        "--cpus-per-task=4",
+        "--partition=batch",
+        "--account=acct",
+        "--time=240",
+        "--signal=USR2@300",
+        "--exclusive",
+        "--mem=0",
+        "--qos=high",
+        "--job-name=glmlaunch-glm45-355b-a32b-gspo",
+        "--output=/shared/sub/%j/%j_0_log.out",
+        "--open-mode=append",
+    ):
         assert f"#SBATCH {want}" in sb, want
     assert len([x for x in sb if x.startswith("#SBATCH --nodes=")]) == 1  # submitit's nodes=1 is overridden
     assert lines[0] == "#!/bin/bash" and "module load cuda" in lines
     srun = next(x for x in lines if x.startswith("srun "))
-    assert "--kill-on-bad-exit=1" in srun and "--unbuffered" in srun and srun.endswith("python -u -m submitit.core._submit /shared/sub/%j")
+    assert (
+        "--kill-on-bad-exit=1" in srun
+        and "--unbuffered" in srun
+        and srun.endswith("python -u -m submitit.core._submit /shared/sub/%j")
+    )
     assert "export SUBMITIT_EXECUTOR=slurm" in lines
 
 
 def test_sbatch_script_minimal():
     from glmlaunch.slurm import render_sbatch
 
-    sb = [x for x in render_sbatch("/f", nodes=3, gpus_per_node=0, timeout_min=10).splitlines() if x.startswith("#SBATCH")]
+    sb = [
+        x
+        for x in render_sbatch("/f", nodes=3, gpus_per_node=0, timeout_min=10).splitlines()
+        if x.startswith("#SBATCH")
+    ]
     assert "#SBATCH --nodes=3" in sb and "#SBATCH --signal=USR2@300" in sb
     assert not [x for x in sb if "gpus" in x or "partition" in x or "account" in x or "exclusive" in x]
 
 
 @pytest.mark.parametrize(
     "value, minutes",
-    [(90, 90), ("90", 90), ("04:00:00", 240), ("1-00:00:00", 1440), ("2-12", 3600), ("0-01:30", 90), ("10:30", 11),
-     ("00:00:01", 1), (0.5, 1)],
+    [
+        (90, 90),
+        ("90", 90),
+        ("04:00:00", 240),
+        ("1-00:00:00", 1440),
+        ("2-12", 3600),
+        ("0-01:30", 90),
+        ("10:30", 11),
+        ("00:00:01", 1),
+        (0.5, 1),
+    ],
 )
 def test_parse_time(value, minutes):
     from glmlaunch.slurm import parse_time
@@ -194,17 +258,31 @@ def no_submit(monkeypatch):
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        (dict(nodes=8, gpus_per_node=4), CheckFailed,
-         "cluster.gpus_per_node: slurm.submit(nodes=8, gpus_per_node=4) says slots=4 but the recipe says 8"),
-        (dict(nodes=6, gpus_per_node=8), CheckFailed, "the recipe wants 8 nodes but slurm.submit(nodes=6, gpus_per_node=8) has 6"),
+        (
+            dict(nodes=8, gpus_per_node=4),
+            CheckFailed,
+            "cluster.gpus_per_node: slurm.submit(nodes=8, gpus_per_node=4) says slots=4 but the recipe says 8",
+        ),
+        (
+            dict(nodes=6, gpus_per_node=8),
+            CheckFailed,
+            "the recipe wants 8 nodes but slurm.submit(nodes=6, gpus_per_node=8) has 6",
+        ),
         (dict(nodes=0, gpus_per_node=8), GlmlaunchError, "nodes=0: need a whole number of nodes, at least 1"),
         (dict(nodes=8, gpus_per_node=-1), GlmlaunchError, "gpus_per_node=-1: need a whole number of GPUs"),
         (dict(nodes=8, gpus_per_node=8, cluster="pbs"), GlmlaunchError, "cluster='pbs': unknown"),
         (dict(nodes=8, gpus_per_node=8, time="4h"), GlmlaunchError, "time='4h': not a Slurm time limit"),
-        (dict(nodes=8, gpus_per_node=8, time=5, signal_delay_s=300), GlmlaunchError,
-         "signal_delay_s=300 is not shorter than the time limit (5 min)"),
+        (
+            dict(nodes=8, gpus_per_node=8, time=5, signal_delay_s=300),
+            GlmlaunchError,
+            "signal_delay_s=300 is not shorter than the time limit (5 min)",
+        ),
         (dict(nodes=8, gpus_per_node=8, max_requeues=-1), GlmlaunchError, "max_requeues=-1: need 0 or more"),
-        (dict(nodes=8, gpus_per_node=8, cluster="local"), GlmlaunchError, 'cluster="local" runs on this machine alone, but nodes=8'),
+        (
+            dict(nodes=8, gpus_per_node=8, cluster="local"),
+            GlmlaunchError,
+            'cluster="local" runs on this machine alone, but nodes=8',
+        ),
         (dict(nodes=8, gpus_per_node=8, overrides=["parallelism.tp=3"]), CheckFailed, "parallelism"),
     ],
 )
@@ -230,7 +308,9 @@ def test_submit_without_slurm_client(monkeypatch):
     from glmlaunch.slurm import submit
 
     real_which = shutil.which
-    monkeypatch.setattr(shutil, "which", lambda cmd, *a, **k: None if cmd in ("sbatch", "srun") else real_which(cmd, *a, **k))
+    monkeypatch.setattr(
+        shutil, "which", lambda cmd, *a, **k: None if cmd in ("sbatch", "srun") else real_which(cmd, *a, **k)
+    )
     with pytest.raises(GlmlaunchError, match="sbatch/srun not found: this machine is not a Slurm login node"):
         submit("local-probe", nodes=3, gpus_per_node=8)
 
@@ -248,7 +328,9 @@ def test_no_allocation_library(outside_slurm):
     """A multi-node recipe with no hostfile, outside Slurm: refused before anything starts."""
     from glmlaunch.run import up
 
-    with pytest.raises(UsageError, match="the nodes are placeholders .*no hostfile given.*not a Slurm allocation") as ei:
+    with pytest.raises(
+        UsageError, match="the nodes are placeholders .*no hostfile given.*not a Slurm allocation"
+    ) as ei:
         up("glm45-355b-a32b-gspo", env={})
     assert "run inside salloc/sbatch" in ei.value.hint
 
@@ -268,8 +350,13 @@ def test_no_allocation_srun_transport(outside_slurm):
 
 
 def _slurm_env(gpus="4", **extra):
-    return {"SLURM_JOB_NODELIST": "node[01-02]", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_ID": "42",
-            "SLURM_GPUS_ON_NODE": gpus, **extra}
+    return {
+        "SLURM_JOB_NODELIST": "node[01-02]",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_JOB_ID": "42",
+        "SLURM_GPUS_ON_NODE": gpus,
+        **extra,
+    }
 
 
 def test_gpu_mismatch_inside_allocation(no_scontrol, outside_slurm):
@@ -277,7 +364,9 @@ def test_gpu_mismatch_inside_allocation(no_scontrol, outside_slurm):
     from glmlaunch.run import plan_launch
 
     with pytest.raises(CheckFailed) as ei:
-        plan_launch("local-probe", overrides=["cluster.gpus_per_node=8"], env=_slurm_env("4")).findings.raise_for_errors()
+        plan_launch(
+            "local-probe", overrides=["cluster.gpus_per_node=8"], env=_slurm_env("4")
+        ).findings.raise_for_errors()
     assert "cluster.gpus_per_node: slurm:42 says slots=4 but the recipe says 8" in str(ei.value)
 
 
@@ -294,12 +383,23 @@ def test_allocation_picks_srun_transport(no_scontrol, outside_slurm, monkeypatch
 
     p = plan_launch("local-probe", env=_slurm_env("8"))
     alloc, plan = p.alloc, p.plan
-    assert alloc.origin == "slurm:42" and [n.name for n in plan.nodes] == ["node01", "node02"] and plan.gpus_per_node == 8
+    assert (
+        alloc.origin == "slurm:42"
+        and [n.name for n in plan.nodes] == ["node01", "node02"]
+        and plan.gpus_per_node == 8
+    )
     monkeypatch.setattr(shutil, "which", lambda cmd, *a, **k: f"/usr/bin/{cmd}")
     t = make_transport(alloc)
     assert isinstance(t, SrunTransport) and t.job_id == "42" and t.start_options["hold"] is True
     argv = t.argv(Target("node02", "10.0.1.2"), "hostname")
-    assert argv[1:7] == ["--jobid=42", "--overlap", "--nodes=1", "--ntasks=1", "--nodelist=node02", "--kill-on-bad-exit=1"]
+    assert argv[1:7] == [
+        "--jobid=42",
+        "--overlap",
+        "--nodes=1",
+        "--ntasks=1",
+        "--nodelist=node02",
+        "--kill-on-bad-exit=1",
+    ]
     assert argv[-3:] == ["bash", "-c", "hostname"]
 
 
@@ -342,18 +442,33 @@ NODE = Target("node01", "10.0.1.1")
 
 
 def test_srun_run_many(fake_srun):
-    res = fake_srun.run_many({NODE: "echo out; echo err >&2; echo ${SLURM_NTASKS:-unset} $SLURM_CONF; exit 3",
-                              Target("node02", "10.0.1.2"): "true"}, timeout=20)
+    res = fake_srun.run_many(
+        {
+            NODE: "echo out; echo err >&2; echo ${SLURM_NTASKS:-unset} $SLURM_CONF; exit 3",
+            Target("node02", "10.0.1.2"): "true",
+        },
+        timeout=20,
+    )
     r = res[NODE]
-    assert r.exit_code == 3 and r.stdout.split() == ["out", "unset", "/etc/slurm/slurm.conf"] and "err" in r.stderr
+    assert (
+        r.exit_code == 3
+        and r.stdout.split() == ["out", "unset", "/etc/slurm/slurm.conf"]
+        and "err" in r.stderr
+    )
     assert res[Target("node02", "10.0.1.2")].ok
-    assert "--jobid=42 --overlap --nodes=1 --ntasks=1 --nodelist=node01" in Path(os.environ["FAKE_SRUN_LOG"]).read_text()
+    assert (
+        "--jobid=42 --overlap --nodes=1 --ntasks=1 --nodelist=node01"
+        in Path(os.environ["FAKE_SRUN_LOG"]).read_text()
+    )
 
 
 def test_srun_step_error_names_node(fake_srun):
     r = fake_srun.run_many({Target("ghost1", "10.0.9.1"): "true"}, timeout=20)[Target("ghost1", "10.0.9.1")]
     assert r.exit_code is None and not r.ok
-    assert r.error == "ghost1: srun could not start a step in job 42: srun: error: Unable to create step for job 42: Invalid node name specified"
+    assert (
+        r.error
+        == "ghost1: srun could not start a step in job 42: srun: error: Unable to create step for job 42: Invalid node name specified"
+    )
 
 
 def test_srun_timeout(fake_srun):
@@ -388,8 +503,14 @@ def _wait(cond, timeout=15.0) -> bool:
 
 
 def _start_held(t, tmp_path, argv):
-    args = {"argv": argv, "env": {}, "cwd": str(tmp_path), "log": str(tmp_path / "start.log"), "settle_s": 0.3,
-            **t.start_options}
+    args = {
+        "argv": argv,
+        "env": {},
+        "cwd": str(tmp_path),
+        "log": str(tmp_path / "start.log"),
+        "settle_s": 0.3,
+        **t.start_options,
+    }
     t0 = time.monotonic()
     r = t.run_many({NODE: _nodeop("start", args)}, timeout=30)[NODE]
     assert r.ok, r.reason()
@@ -404,7 +525,9 @@ def test_srun_held_step_lives_until_stopped(fake_srun, tmp_path):
     os.kill(pid, signal.SIGUSR2)  # Slurm's preemption signal reaches every step: ignored
     time.sleep(0.5)
     assert _alive(pid)
-    r = fake_srun.run_many({NODE: _nodeop("stop", {"pid": pid, "starttime": rec["starttime"], "grace_s": 5})}, timeout=30)[NODE]
+    r = fake_srun.run_many(
+        {NODE: _nodeop("stop", {"pid": pid, "starttime": rec["starttime"], "grace_s": 5})}, timeout=30
+    )[NODE]
     assert r.ok and json.loads(r.stdout)["was_alive"]
     assert _wait(lambda: "node01" in fake_srun.ended_steps())  # the step ended with its session
     assert "its Slurm step ended (srun exit code 0)" in fake_srun.ended_steps()["node01"]
@@ -458,8 +581,12 @@ def entry(tmp_path, monkeypatch):
     monkeypatch.setattr(submitit, "JobEnvironment", lambda: FakeEnv(tmp_path))
     stops = []
     monkeypatch.setattr(jobs, "client_for", lambda plan, token: "client")
-    monkeypatch.setattr(jobs, "stop_job", lambda client, sid, grace_s: stops.append((sid, grace_s)) or "STOPPED")
-    job = LaunchJob(load_recipe("local-probe"), runs_dir=str(tmp_path / "runs"), stop_grace_s=77, max_requeues=2)
+    monkeypatch.setattr(
+        jobs, "stop_job", lambda client, sid, grace_s: stops.append((sid, grace_s)) or "STOPPED"
+    )
+    job = LaunchJob(
+        load_recipe("local-probe"), runs_dir=str(tmp_path / "runs"), stop_grace_s=77, max_requeues=2
+    )
     rd = RunDir.create("run-1", tmp_path / "runs")
     rd.update(submission_id="glmlaunch-x-1", slurm={"job_id": "42", "requeues": 0})
     job._cluster = FakeCluster(rd)
