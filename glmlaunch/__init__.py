@@ -5,72 +5,38 @@ Public API::
 
     from glmlaunch import launch, up, Run, plan_launch, load_recipe, read_hostfile, from_slurm, discover
 
-``launch``, ``up``, ``Run`` and ``plan_launch`` are imported on first use (they pull in the
-executor); the rest is light.
+Every name is imported on first use, so ``import glmlaunch`` (and ``glmlaunch --help``) stays
+fast: the executor pulls in Ray and Fabric only when a cluster is started.
 """
 
-from .errors import (
-    CheckFailed,
-    ClusterError,
-    Finding,
-    Findings,
-    GlmlaunchError,
-    HostfileError,
-    JobError,
-    RecipeError,
-    TransportError,
-    UsageError,
-)
-from .hosts import Allocation, AllocationKind, Host, discover, from_slurm, read_hostfile
-from .options import Defaults, SSHOptions
-from .plan import LaunchPlan, PortPlan, build_plan
-from .recipe import Recipe, load_recipe
-from .render import render_bash, render_json
-from .resolve import Resolved, resolve
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-_LAZY = {"launch", "up", "Run", "plan_launch", "open_run", "RayCluster"}
+_HOMES = {
+    "errors": [
+        "CheckFailed", "ClusterError", "Finding", "Findings", "GlmlaunchError", "HostfileError", "JobError",
+        "RecipeError", "TransportError", "UsageError",
+    ],
+    "hosts": ["Allocation", "AllocationKind", "Host", "discover", "from_slurm", "read_hostfile"],
+    "options": ["Defaults", "SSHOptions"],
+    "plan": ["LaunchPlan", "PortPlan", "build_plan"],
+    "recipe": ["Recipe", "load_recipe"],
+    "render": ["render_bash", "render_json"],
+    "resolve": ["Resolved", "resolve"],
+    "run": ["Run", "launch", "open_run", "plan_launch", "up"],
+    "cluster": ["RayCluster"],
+}  # fmt: skip
+_WHERE = {name: module for module, names in _HOMES.items() for name in names}
 
-__all__ = [
-    "Allocation",
-    "AllocationKind",
-    "CheckFailed",
-    "ClusterError",
-    "Defaults",
-    "Finding",
-    "Findings",
-    "GlmlaunchError",
-    "Host",
-    "HostfileError",
-    "JobError",
-    "LaunchPlan",
-    "PortPlan",
-    "Recipe",
-    "RecipeError",
-    "Resolved",
-    "SSHOptions",
-    "TransportError",
-    "UsageError",
-    "build_plan",
-    "discover",
-    "from_slurm",
-    "load_recipe",
-    "read_hostfile",
-    "render_bash",
-    "render_json",
-    "resolve",
-    *sorted(_LAZY),
-]
+__all__ = sorted(_WHERE)
 
 
-def __getattr__(name):  # lazy: the executor imports Ray and Fabric only when used
-    if name == "RayCluster":
-        from .cluster import RayCluster
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module 'glmlaunch' has no attribute {name!r}")
 
-        return RayCluster
-    if name in _LAZY:
-        from . import run
 
-        return getattr(run, name)
-    raise AttributeError(name)
+def __dir__() -> list[str]:
+    return __all__
