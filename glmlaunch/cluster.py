@@ -5,16 +5,21 @@ Order (each step bounded in time, each failure naming the host):
 
 1. preflight, one parallel round over every node: reachable, the plan's Python and Ray present,
    every planned port free (a foreign Ray cluster on our ports is reported, never touched);
-2. a random token per run (Ray token auth, ``RAY_AUTH_MODE=token``) written to each node with mode
-   600 and read by ``ray start`` through ``RAY_AUTH_TOKEN_PATH``: never in argv or logs;
+2. a random token per run (Ray token auth, ``RAY_AUTH_MODE=token``) written to each node by
+   ``nodeops write_secret`` (on stdin: never in argv or logs) into the node's state directory,
+   which that op creates fresh with mode 700 (an existing one, a symlink or another user's is
+   refused and named), with mode 600 (``O_EXCL|O_NOFOLLOW``); ``ray start`` reads it through
+   ``RAY_AUTH_TOKEN_PATH``. The directories it created are recorded in the manifest (``down
+   --purge`` removes only those);
 3. the head: ``ray start --head ... --block`` in a session of its own (its PID and start time
    recorded), then wait until its GCS and dashboard answer;
 4. every worker in parallel, the same way;
 5. wait until N nodes are alive with exactly G GPUs each, at the planned addresses. On timeout,
    or as soon as any node's ``ray start`` dies, name the missing hosts with the last lines of
    their Ray logs, and roll back (stop everything started);
-6. ``down``: stop each recorded session (SIGTERM, grace, then SIGKILL of that session only).
-   Never ``ray stop`` (it stops every Ray on the machine) and never kill by name.
+6. ``down``: stop each recorded session (SIGTERM, grace, then SIGKILL of that session only),
+   only where host, boot id, PID and start time all match the record. Never ``ray stop`` (it
+   stops every Ray on the machine) and never kill by name.
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ class NodeState:
     role: str
     pid: int | None = None
     starttime: int | None = None
+    host: str | None = None  # the node's hostname and boot id when ray start was started
+    boot_id: str | None = None
+    created: list[str] = field(default_factory=list)  # directories this run created there
     joined: bool = False
     gpus: float | None = None
     start_sent: bool = False  # a start was sent: if its answer never came (Ctrl-C), down() reads the pid file
@@ -108,6 +116,7 @@ class RayCluster:
         self.command_timeout_s = command_timeout_s
         self.stop_grace_s = stop_grace_s
         self.token = token
+        self.sentinel = ""
         self.nodes: dict[str, NodeState] = {n.name: NodeState(n.name, n.address, n.role) for n in plan.nodes}
         self._targets = {n.name: target_of(n) for n in plan.nodes}
         self._node_plan = {n.name: n for n in plan.nodes}
@@ -122,6 +131,10 @@ class RayCluster:
         """Whether node ``n`` may hold something of this run: a process or the token."""
         return bool(n.pid or n.start_sent or n.token_sent)
 
+    def _proc(self, n: NodeState) -> dict:
+        """The record ``stop``/``alive`` match against the node: pid, start time, host, boot id."""
+        return {"pid": n.pid, "starttime": n.starttime, "host": n.host, "boot_id": n.boot_id}
+
     # ------------------------------------------------------------------ helpers
 
     def _prefix(self) -> str:
@@ -132,11 +145,22 @@ class RayCluster:
         return f"{self._prefix()}{shlex.quote(py)} -c {shlex.quote(_NODEOPS_SRC)} {op} {shlex.quote(json.dumps(args))}"
 
     def _nodeop(
-        self, op: str, per_node: dict[str, dict], *, timeout: float | None = None, step: str | None = None
+        self,
+        op: str,
+        per_node: dict[str, dict],
+        *,
+        timeout: float | None = None,
+        step: str | None = None,
+        stdin: str | None = None,
     ) -> dict[str, tuple[dict | None, RemoteResult]]:
-        """Run a node operation on several nodes at once; returns host -> (parsed JSON or None, result)."""
+        """Run a node operation on several nodes at once; returns host -> (parsed JSON or None,
+        result). ``stdin``: text for every node's stdin (a secret: never in argv or the logs)."""
         cmds = {self._targets[name]: self._nodeop_cmd(op, args) for name, args in per_node.items()}
-        res = self.transport.run_many(cmds, timeout=timeout or self.command_timeout_s)
+        limit = timeout or self.command_timeout_s
+        if stdin is None:
+            res = self.transport.run_many(cmds, timeout=limit)
+        else:
+            res = self.transport.run_many(cmds, timeout=limit, stdin=stdin)
         out = {}
         for t, r in res.items():
             parsed = None
@@ -156,7 +180,15 @@ class RayCluster:
         if self.run_dir:
             self.run_dir.update(
                 nodes={
-                    n.name: NodeRecord(address=n.address, role=n.role, pid=n.pid, starttime=n.starttime)
+                    n.name: NodeRecord(
+                        address=n.address,
+                        role=n.role,
+                        pid=n.pid,
+                        starttime=n.starttime,
+                        host=n.host,
+                        boot_id=n.boot_id,
+                        created=list(n.created),
+                    )
                     for n in self.nodes.values()
                 }
             )
@@ -199,11 +231,12 @@ class RayCluster:
 
         step = "preflight"
         self.token = self.token or secrets.token_hex(32)
+        self.sentinel = secrets.token_hex(8)  # the shared --save check's nonce: nothing of the token
         self.reporter.step(
             "preflight: reach every node, check ports, versions, GPUs and files", total=len(self.nodes)
         )
         sent = time.time()
-        res = self._nodeop("preflight", pf.requests(self.plan, self.recipe, self.token[:16]), step=step)
+        res = self._nodeop("preflight", pf.requests(self.plan, self.recipe, self.sentinel), step=step)
         unreachable, busy, answers = {}, {}, {}
         for h, (parsed, r) in res.items():
             if parsed is None:
@@ -229,7 +262,7 @@ class RayCluster:
         for h, ports in busy.items():  # one finding per host, naming each port and its holder
             owners = "; ".join(f"{p} {why}" for p, why in sorted(ports.items(), key=lambda kv: int(kv[0])))
             text = " ".join(ports.values())
-            glr = re.search(r"/glr-([A-Za-z0-9_.-]+?)/n\d+", text)
+            glr = re.search(r"/glr-([A-Za-z0-9_.-]+?)(?:-[0-9a-f]{16})?/n\d+", text)
             if glr:
                 what = (
                     f"; they are held by glmlaunch run {glr.group(1)}: `glmlaunch down --run {glr.group(1)}`, "
@@ -253,10 +286,7 @@ class RayCluster:
         if writable:  # leave --save as it was: remove each node's sentinel
             self._nodeop(
                 "remove",
-                {
-                    h: {"files": [f"{writable[0]}/.glmlaunch-probe-{a['inspect']['hostname']}"]}
-                    for h, a in answers.items()
-                },
+                {h: {"files": [f"{writable[0]}/{self._sentinel_file(a)}"]} for h, a in answers.items()},
                 timeout=60,
             )
         self.preflight_findings = findings
@@ -296,11 +326,7 @@ class RayCluster:
         if not writable or len(self.plan.nodes) < 2:
             return []
         d = writable[0]
-        others = {
-            h: f"{d}/.glmlaunch-probe-{a['inspect']['hostname']}"
-            for h, a in answers.items()
-            if h != self.plan.head.name
-        }
+        others = {h: f"{d}/{self._sentinel_file(a)}" for h, a in answers.items() if h != self.plan.head.name}
         res = self._nodeop(
             "inspect", {self.plan.head.name: {"shared_read": list(others.values())}}, timeout=60
         )
@@ -317,7 +343,7 @@ class RayCluster:
             ]
         out = []
         for h, path in others.items():
-            if parsed.get("shared", {}).get(path) != (self.token or "")[:16]:
+            if parsed.get("shared", {}).get(path) != self.sentinel:
                 out.append(
                     Finding(
                         "checkpoint.save",
@@ -328,20 +354,49 @@ class RayCluster:
                 )
         return out
 
+    def _sentinel_file(self, answer: dict) -> str:
+        return nodeops.sentinel_name(self.sentinel, answer["inspect"]["hostname"])
+
+    def _state_dirs(self, n: NodePlan) -> list[list]:
+        """What ``write_secret`` creates on node ``n``: the run's directory (shared by the nodes
+        of one machine: accepted when it is this user's and private) and the node's own (always
+        new)."""
+        parent = self.plan.state_dir.rstrip("/")
+        if n.state_dir.startswith(parent + "/"):
+            return [[parent, True], [n.state_dir, False]]
+        return [[n.state_dir, False]]
+
     def _write_token(self) -> None:
-        bad = {}
+        """Create each node's state directory and write the token there (``nodeops
+        write_secret``, the token on stdin). Raises :class:`TransportError` naming each node
+        that refused (a directory that is not this run's) or could not be reached."""
         assert self.token, "preflight() sets the token"
-        for n in self.plan.nodes:  # one small write per node: each has its own state dir
+        for n in self.plan.nodes:
             self.nodes[n.name].token_sent = True  # even a failed write may have left a file
-            res = self.transport.put_text(
-                [self._targets[n.name]], f"{n.state_dir}/auth_token", self.token + "\n", mode=0o600
-            )
-            bad.update({t.name: r.reason() for t, r in res.items() if not r.ok})
+        per_node = {
+            n.name: {"path": f"{n.state_dir}/auth_token", "mode": 0o600, "dirs": self._state_dirs(n)}
+            for n in self.plan.nodes
+        }
+        res = self._nodeop("write_secret", per_node, step="token", stdin=self.token + "\n")
+        bad = {}
+        for h, (parsed, r) in res.items():
+            if parsed is None:
+                bad[h] = r.reason()
+            else:
+                self.nodes[h].created = list(parsed.get("created", []))
+        self._record()
         if bad:
+            refused = any("refused" in why for why in bad.values())
             raise TransportError(
-                "cannot write the Ray auth token on " + ", ".join(bad),
+                "cannot write the Ray auth token on "
+                + ", ".join(bad)
+                + ":\n"
+                + "\n".join(f"  - {h}: {why}" for h, why in bad.items()),
                 failures=bad,
-                hint="check that /tmp is writable on every node",
+                hint="a state directory that is not this run's (another user's, a symlink, open to others) "
+                "is never used: remove it or launch again (each run gets a new random directory)"
+                if refused
+                else "check that /tmp is writable on every node",
             )
 
     def _start(self, nodes: list[NodePlan], step: str) -> dict[str, str]:
@@ -366,7 +421,9 @@ class RayCluster:
             if parsed is None:
                 failed[h] = r.reason()
                 continue
-            self.nodes[h].pid, self.nodes[h].starttime = parsed["pid"], parsed.get("starttime")
+            ns = self.nodes[h]
+            ns.pid, ns.starttime = parsed["pid"], parsed.get("starttime")
+            ns.host, ns.boot_id = parsed.get("host"), parsed.get("boot_id")
             if "exited" in parsed:
                 failed[h] = f"ray start exited at once with code {parsed['exited']}"
         self._record()
@@ -387,11 +444,7 @@ class RayCluster:
         return res.get("result", res) if isinstance(res, dict) else res
 
     def _alive_procs(self) -> dict[str, bool]:
-        per = {
-            n.name: {"procs": [{"pid": n.pid, "starttime": n.starttime}]}
-            for n in self.nodes.values()
-            if n.pid
-        }
+        per = {n.name: {"procs": [self._proc(n)]} for n in self.nodes.values() if n.pid}
         res = self._nodeop("alive", per, timeout=30)
         out = {}
         for h, (parsed, _r) in res.items():
@@ -579,21 +632,28 @@ class RayCluster:
 
     def down(self, purge: bool = False) -> dict[str, dict]:
         """Stop this cluster's Ray processes on every node (workers first, then the head), by
-        recorded session only, and remove the run's token from the nodes. With ``purge`` each
-        node's state directory (Ray's logs of this run) goes too. Returns host -> what was
-        stopped. Idempotent."""
+        recorded session only (host, boot id, PID and start time must match), and remove the
+        run's token from the nodes. With ``purge`` the state directories this run created (Ray's
+        logs of this run) go too, each only while it is still this user's private directory.
+        Returns host -> what was stopped. Idempotent."""
         self.reporter.step("stopping Ray on every node", total=len(self.nodes))
+        parent = self.plan.state_dir.rstrip("/")
+        parent_ours = any(parent in n.created for n in self.nodes.values())
         per_node = {}
         for n in self.nodes.values():
-            if self._touched(n):
+            if self._touched(n) or (purge and n.created):
                 sd = self._node_plan[n.name].state_dir
                 per_node[n.name] = {
-                    "pid": n.pid,
-                    "starttime": n.starttime,
+                    **self._proc(n),
                     "grace_s": self.stop_grace_s,
-                    "pidfile": f"{sd}/ray.pid",
-                    "remove": [f"{sd}/auth_token"] + ([f"{sd}/"] if purge else []),
+                    # a start whose answer never came: the node's own record (read only if trusted)
+                    "pidfile": f"{sd}/ray.pid" if n.start_sent else None,
+                    "remove": [f"{sd}/auth_token"],
                 }
+                if purge:
+                    per_node[n.name]["purge"] = [d for d in n.created if d != parent]
+                    if parent_ours:
+                        per_node[n.name]["purge_parent"] = parent
         results = {}
         workers = {h: a for h, a in per_node.items() if self.nodes[h].role != "head"}
         head = {h: a for h, a in per_node.items() if self.nodes[h].role == "head"}
@@ -605,8 +665,17 @@ class RayCluster:
                 results[h] = parsed or {"error": r.reason()}
                 self.reporter.host("down", h, "ok" if parsed else "failed", "" if parsed else r.reason())
         for h in per_node:
-            if "error" not in results.get(h, {}):
-                self.nodes[h].pid, self.nodes[h].start_sent, self.nodes[h].token_sent = None, False, False
+            got = results.get(h, {})
+            if "error" in got:
+                continue
+            ns = self.nodes[h]
+            if str(got.get("note", "")).startswith(("not touched", "pid file not trusted")):
+                log.warning("%s: %s", h, got["note"])  # kept in the record: not ours to stop here
+            else:
+                ns.pid, ns.start_sent = None, False
+            ns.token_sent = False
+            gone = set(got.get("removed", []))
+            ns.created = [d for d in ns.created if d not in gone]
         self.is_up = False
         self._record()
         if self.run_dir:
@@ -626,7 +695,10 @@ class RayCluster:
 
     @classmethod
     def from_run(cls, run_dir: RunDir, transport: Transport, reporter: Reporter | None = None) -> RayCluster:
-        """Rebuild the handle of a run started elsewhere (``status``/``down`` from another shell)."""
+        """Rebuild the handle of a run started elsewhere (``status``/``down`` from another shell).
+        The run directory must pass :meth:`RunDir.verify` first: its plan's ``setup`` lines are
+        shell commands run on every node, and its token opens the cluster."""
+        run_dir.verify()
         plan = LaunchPlan.model_validate_json((run_dir.path / "plan.json").read_text())
         token = None
         tok = run_dir.path / "auth_token"
@@ -636,7 +708,9 @@ class RayCluster:
         m = run_dir.manifest
         for name, rec in m.nodes.items():
             if name in c.nodes:
-                c.nodes[name].pid, c.nodes[name].starttime = rec.pid, rec.starttime
+                n = c.nodes[name]
+                n.pid, n.starttime, n.host, n.boot_id = rec.pid, rec.starttime, rec.host, rec.boot_id
+                n.created = list(rec.created)
         if m.state is RunState.STARTING:  # the launcher died while starting nodes
             for n in c.nodes.values():
                 n.start_sent = True

@@ -5,11 +5,22 @@ This module is standard-library only and self-contained: the launcher sends its 
 node (``python -c <source> OP JSON``), so nodes need Python but not glmlaunch. Every operation
 prints one JSON object on stdout.
 
-Scoped teardown: ``start`` runs the command with ``start_new_session=True`` and records its PID
-and its start time (``/proc/PID/stat`` field 22). ``stop`` acts only on a process whose PID *and*
-start time match the record (a recycled PID is never touched), sends it SIGTERM (``ray start
---block`` then stops the daemons it started), waits, and finally SIGKILLs what is left of *that
-session* (processes whose session id is the recorded PID). Nothing is ever killed by name.
+Scoped teardown: ``start`` runs the command with ``start_new_session=True`` and records its PID,
+its start time (``/proc/PID/stat`` field 22), the host name and the boot id
+(``/proc/sys/kernel/random/boot_id``). ``stop`` acts only on a process whose host, boot id, PID
+*and* start time match the record (a recycled PID, a rebooted node or another machine is never
+touched; a record without a start time is refused), sends it SIGTERM (``ray start --block`` then
+stops the daemons it started), waits, and finally SIGKILLs what is left of *that session*
+(processes whose session id is the recorded PID). Nothing is ever killed by name.
+
+Trust (``/tmp`` is shared): the run's state directory is made by ``write_secret``, the run's
+first operation on a node, with ``os.mkdir(path, 0o700)`` (an existing node directory is refused:
+it was not made by this run) and checked with ``os.lstat`` (a directory, not a symlink, owned by
+this user, no group/other permission). Every later operation checks the same before it writes
+there, and creates its files with ``O_CREAT|O_EXCL|O_NOFOLLOW`` (a planted file or symlink is
+refused, never followed). A pid file is read only when it passes the same checks. The token
+comes on stdin, never in argv. ``start`` gives its command an environment built from
+:data:`ENV_ALLOW` (plus the plan's variables), never the caller's secrets.
 
 Inside a Slurm job every process of a step dies when the step's task exits (proctrack/cgroup), so
 the srun transport runs ``start`` with ``hold``: the node op stays alive as the step's task,
@@ -20,8 +31,226 @@ import json
 import os
 import signal
 import socket
+import stat
 import sys
 import time
+
+
+class Refused(Exception):
+    """A path or a record this run cannot trust: nothing was done with it (the message names it)."""
+
+
+# ----------------------------------------------------------------------------- environment
+
+ENV_ALLOW = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "TZ",
+    "TMPDIR",
+    "CUDA_VISIBLE_DEVICES",
+    "CUDA_HOME",
+    "LD_LIBRARY_PATH",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+)
+"""Variables of the node's (or the transport's) environment that a started command keeps; every
+other one is dropped, except those of :data:`ENV_ALLOW_PREFIXES` (and ``SLURM_*`` inside a Slurm
+step). The plan's own variables are added on top. The one place this list lives: ``start``, the
+local transport and the srun transport all use it."""
+
+ENV_ALLOW_PREFIXES = ("LC_", "NVIDIA_")
+ENV_SETUP = ("MODULEPATH", "MODULESHOME", "LOADEDMODULES", "_LMFILES_", "MODULEPATH_ROOT")
+ENV_SETUP_PREFIXES = ("LMOD_", "MODULES_")
+"""Kept for the node operations only (so that ``cluster.setup`` lines such as ``module load``
+work), not passed on to a started command."""
+SLURM_PREFIX = "SLURM_"
+ENV_DROP = ("RAY_AUTH_TOKEN",)
+"""Never passed on, even from the plan: the run's token file (``RAY_AUTH_TOKEN_PATH``) wins."""
+
+
+def secret_name(name):
+    """Whether a variable's name says it holds a secret (``*_TOKEN``, ``*_KEY``, ``*SECRET*``,
+    ``*PASSWORD*``, ...): such a variable is never inherited, whatever the allowlist says."""
+    u = name.upper()
+    return (
+        "TOKEN" in u
+        or "SECRET" in u
+        or "PASSWORD" in u
+        or "PASSWD" in u
+        or "CREDENTIAL" in u
+        or u.endswith("_KEY")
+        or u == "KEY"
+    )
+
+
+def allowed(name, slurm=False, setup=False):
+    """Whether a variable of the caller's environment is passed on (:data:`ENV_ALLOW`; ``slurm``:
+    also ``SLURM_*``; ``setup``: also :data:`ENV_SETUP`, for the node operations themselves)."""
+    if secret_name(name) or name in ENV_DROP:
+        return False
+    return (
+        name in ENV_ALLOW
+        or name.startswith(ENV_ALLOW_PREFIXES)
+        or (slurm and name.startswith(SLURM_PREFIX))
+        or (setup and (name in ENV_SETUP or name.startswith(ENV_SETUP_PREFIXES)))
+    )
+
+
+def ops_env(environ, slurm=False):
+    """The environment a transport gives the node operations (and ``cluster.setup``): the allowed
+    part of ``environ``, with :data:`ENV_SETUP`."""
+    return {k: v for k, v in environ.items() if allowed(k, slurm, setup=True)}
+
+
+def child_env(environ, plan_env=None, slurm=False):
+    """The explicit environment of a started command: the allowed part of ``environ``, then the
+    plan's variables (``plan_env``), without :data:`ENV_DROP`."""
+    env = {k: v for k, v in environ.items() if allowed(k, slurm)}
+    env.update({k: str(v) for k, v in (plan_env or {}).items()})
+    for k in ENV_DROP:
+        env.pop(k, None)
+    return env
+
+
+def shell_env_filter(slurm=False):
+    """A bash prefix that unsets every exported variable :func:`ops_env` would drop (for a
+    transport whose commands start in an environment it does not choose: a Slurm step)."""
+    keep = "|".join(
+        [*ENV_ALLOW, *ENV_SETUP]
+        + [x + "*" for x in ENV_ALLOW_PREFIXES + ENV_SETUP_PREFIXES + ((SLURM_PREFIX,) if slurm else ())]
+    )
+    return (
+        "for __v in $(compgen -e); do case $__v in "
+        "*TOKEN*|*SECRET*|*PASSWORD*|*PASSWD*|*CREDENTIAL*|*_KEY|KEY) unset $__v 2>/dev/null;; "
+        f"{keep}) ;; *) unset $__v 2>/dev/null;; esac; done; unset __v; "
+    )
+
+
+# ----------------------------------------------------------------------------- trusted paths
+
+
+def check_private_dir(path):
+    """Raise :class:`Refused` unless ``path`` is a directory (not a symlink) owned by this user
+    with no permission for group or others; returns its ``lstat``."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise Refused(f"{path} does not exist") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise Refused(f"{path} is a symlink: not this run's directory")
+    if not stat.S_ISDIR(st.st_mode):
+        raise Refused(f"{path} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise Refused(f"{path} is owned by uid {st.st_uid}, not {os.geteuid()}: not this run's directory")
+    if st.st_mode & 0o077:
+        raise Refused(
+            f"{path} has mode {stat.S_IMODE(st.st_mode):o}: group/others may use it; not this run's directory"
+        )
+    return st
+
+
+def make_private_dir(path, shared=False):
+    """Create ``path`` with ``os.mkdir(path, 0o700)`` (mkdir never follows a symlink) and check it
+    (:func:`check_private_dir`). An existing directory is refused (not made by this run), unless
+    ``shared``: the run's directory, which nodes of one machine share, is accepted when it passes
+    the check. Returns whether this call created it."""
+    try:
+        os.mkdir(path, 0o700)
+        created = True
+    except FileExistsError:
+        if not shared:
+            raise Refused(f"{path} exists already: not created by this run") from None
+        created = False
+    check_private_dir(path)
+    if created:  # the umask may have taken more than group/other bits
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
+    return created
+
+
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_new(path, mode=0o600):
+    """A new file of this run in a private directory: ``O_CREAT|O_EXCL|O_NOFOLLOW`` with ``mode``
+    (an existing file or symlink there is refused, never followed). Returns the fd."""
+    check_private_dir(os.path.dirname(path) or ".")
+    try:
+        fd = os.open(path, _NEW, mode)
+    except FileExistsError:
+        raise Refused(f"{path} exists already: not written by this run") from None
+    os.fchmod(fd, mode)
+    return fd
+
+
+def read_trusted(path, limit=1 << 16):
+    """The text of a file this run wrote: in a private directory, a regular file (not a symlink:
+    ``O_NOFOLLOW``) owned by this user and not writable by group/others; else :class:`Refused`."""
+    check_private_dir(os.path.dirname(path) or ".")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == 40:  # ELOOP: a symlink
+            raise Refused(f"{path} is a symlink: not this run's file") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise Refused(
+                f"{path} is not a file of this run (owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})"
+            )
+        return os.read(fd, limit).decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
+def write_secret(path, text, mode=0o600, dirs=()):
+    """Create ``dirs`` (``(path, shared)`` pairs, :func:`make_private_dir`), then write ``text``
+    to the new file ``path`` (:func:`open_new`, ``mode`` 600). Returns the directories created."""
+    created = []
+    for d, shared in dirs:
+        if make_private_dir(d, shared):
+            created.append(d)
+    fd = open_new(path, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return {"path": path, "created": created}
+
+
+def op_write_secret(a):
+    """The run's first operation on a node: make its state directory and write the token, which
+    comes on stdin (never in argv)."""
+    return write_secret(
+        a["path"], sys.stdin.read(), int(a.get("mode", 0o600)), [tuple(d) for d in a.get("dirs", [])]
+    )
+
+
+def boot_id():
+    """This node's boot id (a new one after every reboot), or None."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def mismatch(starttime, host, boot):
+    """Why a record (start time, host, boot id) cannot be this node's process, or None. A record
+    without a start time is refused; the host and boot id are compared where recorded (``start``
+    records both; a record from an older glmlaunch may lack them)."""
+    if starttime is None:
+        return "no start time was recorded"
+    if boot and boot != boot_id():
+        return f"recorded in another boot of the node (boot id {boot}, now {boot_id()})"
+    if host and host != socket.gethostname():
+        return f"recorded on host {host}, this is {socket.gethostname()}"
+    return None
 
 
 def _stat(pid):
@@ -56,22 +285,26 @@ def _session_members(sid):
 
 def _alive(pid, starttime):
     st = _stat(pid)
-    return bool(st) and st[0] != "Z" and (starttime is None or st[2] == starttime)
+    return bool(st) and st[0] != "Z" and starttime is not None and st[2] == starttime
 
 
 def op_start(a):
-    """Start ``argv`` with ``env`` in a new session; stdout+stderr to ``log``; return pid+starttime."""
+    """Start ``argv`` in a new session, in the run's private directory ``cwd``, with an explicit
+    environment (:func:`child_env` of this process's environment and the plan's ``env``;
+    ``slurm_env``: keep ``SLURM_*``); stdout+stderr to the new file ``log``; the record (pid,
+    start time, host, boot id) to the new file ``pidfile``. Returns the record."""
     import subprocess
 
-    os.makedirs(a["cwd"], exist_ok=True)
-    env = dict(os.environ)
-    env.update(a.get("env", {}))
+    check_private_dir(a["cwd"])  # made by write_secret: never created (or trusted) here
+    env = child_env(os.environ, a.get("env", {}), slurm=bool(a.get("slurm_env")))
+    logfd = open_new(a["log"], 0o600)
+    pidfd = open_new(a["pidfile"], 0o600) if a.get("pidfile") else None
     for name in a.get("ignore_signals", []):  # inherited by the command (e.g. Slurm's USR2 to every step)
         signal.signal(getattr(signal, "SIG" + name), signal.SIG_IGN)
     if a.get("hold"):  # caught from now on (handlers, unlike SIG_IGN, are not inherited)
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(s, lambda signum, frame: _ASKED.append(signum))
-    with open(a["log"], "ab") as log, open(os.devnull, "rb") as devnull:
+    with os.fdopen(logfd, "ab") as log, open(os.devnull, "rb") as devnull:
         p = subprocess.Popen(
             a["argv"],
             cwd=a["cwd"],
@@ -87,10 +320,11 @@ def op_start(a):
         "pid": p.pid,
         "starttime": st[2] if st else None,
         "host": socket.gethostname(),
+        "boot_id": boot_id(),
         "started": time.time(),
     }
-    if a.get("pidfile"):
-        with open(a["pidfile"], "w") as f:
+    if pidfd is not None:
+        with os.fdopen(pidfd, "w") as f:
             json.dump(rec, f)
     # a command that fails at once (bad flag, busy port) is reported now, not after the timeout
     deadline = time.time() + float(a.get("settle_s", 0))
@@ -131,38 +365,74 @@ def _hold(p, rec, grace):
     deadline = time.time() + 30
     while not asked and time.time() < deadline and _session_members(p.pid):
         time.sleep(0.2)
-    op_stop({"pid": p.pid, "starttime": rec["starttime"], "grace_s": grace if asked else 0})
+    op_stop(
+        {
+            "pid": p.pid,
+            "starttime": rec["starttime"],
+            "host": rec["host"],
+            "boot_id": rec["boot_id"],
+            "grace_s": grace if asked else 0,
+        }
+    )
     os._exit(0)  # `ray start --block` exits non-zero when stopped; its log says how it ended
 
 
 def op_alive(a):
-    """Whether each recorded process is alive: {pid: bool}."""
-    return {str(r["pid"]): _alive(r["pid"], r.get("starttime")) for r in a["procs"]}
+    """Whether each recorded process is alive here: {pid: bool} (false for a record of another
+    host or boot, or without a start time)."""
+    return {
+        str(r["pid"]): mismatch(r.get("starttime"), r.get("host"), r.get("boot_id")) is None
+        and _alive(r["pid"], r.get("starttime"))
+        for r in a["procs"]
+    }
 
 
 def op_stop(a):
     """Stop the recorded session: SIGTERM the leader, wait ``grace_s``, SIGKILL what is left of it.
+    Then remove the run's files ``remove`` and (``down --purge``) its directories ``purge`` and
+    ``purge_parent`` (each only while it still passes :func:`check_private_dir`).
 
-    Linux never reuses a PID while a session of that id still has members, so processes whose
-    session id is the recorded PID are ours; a live process with that PID but another start time
-    is someone else's, and nothing is touched then."""
+    The record (``pid``, ``starttime``, ``host``, ``boot_id``; or, when the launcher never read
+    start's answer, the node's trusted ``pidfile``) must match this node: a record without a start
+    time, of another host or of another boot is refused (reported, nothing touched, nothing
+    purged). Linux never reuses a PID while a session of that id still has members, so processes
+    whose session id is the recorded PID are ours; a live process with that PID but another start
+    time is someone else's, and nothing is touched then."""
     pid, starttime, grace = a.get("pid"), a.get("starttime"), float(a.get("grace_s", 20))
+    host, boot = a.get("host"), a.get("boot_id")
     if not pid and a.get(
         "pidfile"
     ):  # the launcher never read start's answer (interrupted): the node's record
         try:
-            with open(a["pidfile"]) as f:
-                rec = json.load(f)
-            pid, starttime = rec["pid"], rec.get("starttime")
-        except (OSError, ValueError, KeyError):
+            rec = json.loads(read_trusted(a["pidfile"]))
+            pid, starttime, host, boot = rec["pid"], rec.get("starttime"), rec.get("host"), rec.get("boot_id")
+        except Refused as e:
+            res = {
+                "pid": None,
+                "was_alive": False,
+                "killed": [],
+                "left": [],
+                "note": f"pid file not trusted: {e}",
+            }
+            res.update(_remove(a.get("remove", []), [], None))
+            return res
+        except (OSError, ValueError, KeyError, TypeError):
             pass
     if not pid:
-        _remove(a.get("remove", []))
-        return {"pid": None, "was_alive": False, "killed": [], "left": [], "note": "nothing was started here"}
-    res = {"pid": pid, "was_alive": _alive(pid, starttime), "killed": [], "left": []}
+        res = {"pid": None, "was_alive": False, "killed": [], "left": [], "note": "nothing was started here"}
+        res.update(_remove(a.get("remove", []), a.get("purge", []), a.get("purge_parent")))
+        return res
+    res = {"pid": pid, "was_alive": False, "killed": [], "left": []}
+    why = mismatch(starttime, host, boot)
+    if why:
+        res["note"] = f"not touched: {why}"
+        res.update(_remove(a.get("remove", []), [], None))
+        return res
+    res["was_alive"] = _alive(pid, starttime)
     st = _stat(pid)
-    if st and starttime is not None and st[2] != starttime:
+    if st and st[2] != starttime:
         res["note"] = "PID was reused by another process: not touched"
+        res.update(_remove(a.get("remove", []), [], None))
         return res
     if res["was_alive"]:
         try:
@@ -183,23 +453,55 @@ def op_stop(a):
         if not res["left"]:
             break
         time.sleep(0.2)
-    _remove(a.get("remove", []))
+    res.update(
+        _remove(a.get("remove", []), a.get("purge", []) if not res["left"] else [], a.get("purge_parent"))
+    )
     return res
 
 
-def _remove(files):
-    """Remove files, and whole directories given with a trailing ``/`` (``down --purge``)."""
+def _own_file(path):
+    """Whether ``path`` is a regular file (not a symlink) owned by this user."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
+
+
+def _remove(files, dirs, parent):
+    """Remove the run's ``files`` (each in a private directory, a file of this user), its
+    directories ``dirs`` (``down --purge``: each only while it is still a private directory of
+    this user) and then ``parent`` (the run's directory) once it is empty. Returns
+    ``{"removed": [...], "kept": {path: why}}``."""
     import shutil
 
+    out = {"removed": [], "kept": {}}
     for f in files:
         try:
-            if f.endswith("/"):
-                shutil.rmtree(f)
-                os.rmdir(os.path.dirname(f.rstrip("/")))  # the run's dir, once no node dir is left in it
-            else:
-                os.unlink(f)
+            check_private_dir(os.path.dirname(f) or ".")
+            if not _own_file(f):
+                continue
+            os.unlink(f)
+            out["removed"].append(f)
+        except Refused as e:
+            out["kept"][f] = str(e)
         except OSError:
             pass
+    for d in [*dirs, *([parent] if parent else [])]:
+        d = d.rstrip("/")
+        try:
+            check_private_dir(d)
+            if d == parent:
+                os.rmdir(d)  # only once no node directory is left in it
+            else:
+                shutil.rmtree(d)  # never follows a symlink inside (fd-based on Linux)
+            out["removed"].append(d)
+        except Refused as e:
+            if "does not exist" not in str(e):
+                out["kept"][d] = str(e)
+        except OSError:
+            pass
+    return out
 
 
 def _port_owner(port):
@@ -331,18 +633,22 @@ def op_inspect(a):
         info["files"][p] = (
             "readable" if os.access(p, os.R_OK) else ("missing" if not os.path.exists(p) else "not readable")
         )
+    sentinel = a.get("sentinel", "")  # a random nonce of this preflight (never the token)
     for p in a.get("writable", []):
         try:
             os.makedirs(p, exist_ok=True)
-            probe = os.path.join(p, f".glmlaunch-probe-{socket.gethostname()}")
-            with open(probe, "w") as f:
-                f.write(a.get("token", ""))
+            probe = os.path.join(p, sentinel_name(sentinel))
+            fd = os.open(probe, _NEW, 0o644)  # a random nonce, not a secret: other nodes read it
+            with os.fdopen(fd, "w") as f:
+                f.write(sentinel)
             info["writable"][p] = "ok"
         except OSError as e:
             info["writable"][p] = f"not writable ({e.strerror})"
     for p in a.get("shared_read", []):
         try:
-            info.setdefault("shared", {})[p] = open(p).read()
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd) as f:
+                info.setdefault("shared", {})[p] = f.read(256)
         except OSError:
             info.setdefault("shared", {})[p] = None
     for p in a.get("space", []):
@@ -356,6 +662,11 @@ def op_inspect(a):
     for p in a.get("repos", []):
         info["repos"][p] = _git_head(p)
     return info
+
+
+def sentinel_name(sentinel, host=None):
+    """The file each node writes in ``--save`` to show that it is one shared filesystem."""
+    return f".glmlaunch-probe-{host or socket.gethostname()}-{sentinel}"
 
 
 def op_tail(a):
@@ -396,12 +707,20 @@ def op_preflight(a):
 
 
 def op_remove(a):
-    """Remove ``files`` (e.g. the preflight's sentinels in ``--save``)."""
-    _remove(a.get("files", []))
-    return {}
+    """Remove ``files`` (the preflight's sentinels in ``--save``): regular files of this user only."""
+    out = []
+    for f in a.get("files", []):
+        if _own_file(f):
+            try:
+                os.unlink(f)
+                out.append(f)
+            except OSError:
+                pass
+    return {"removed": out}
 
 
 OPS = {
+    "write_secret": op_write_secret,
     "remove": op_remove,
     "preflight": op_preflight,
     "start": op_start,
@@ -416,7 +735,15 @@ OPS = {
 
 def main(argv):
     op, args = argv[0], json.loads(argv[1]) if len(argv) > 1 else {}
-    print(json.dumps(OPS[op](args)))
+    try:
+        out = OPS[op](args)
+    except Refused as e:  # one line the launcher shows as the host's reason
+        print(f"glmlaunch nodeops {op}: refused: {e}", file=sys.stderr)
+        sys.exit(3)
+    except OSError as e:
+        print(f"glmlaunch nodeops {op}: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        sys.exit(4)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -128,9 +128,11 @@ class LaunchPlan(BaseModel):
 
     ``argv``: trainer command tokens (from the interpreter on). ``env_vars``: the job's runtime
     env (flat, concrete strings; secrets only by name in ``secret_env``). ``nodes[0]`` is the head.
-    ``state_dir``: per-run directory; each node uses its own ``<state_dir>/n<i>`` under it (Ray temp
-    dir, logs, token, pid file), so nodes that share ``/tmp`` do not collide. ``world_size`` and
-    ``gpus_per_node`` are in GPUs.
+    ``state_dir``: per-run directory, ``/tmp/glr-<run-id>-<16 random hex digits>`` (unpredictable:
+    ``/tmp`` is shared, and a name others can guess is a name they can take first); each node uses
+    its own ``<state_dir>/n<i>`` under it (Ray temp dir, logs, token, pid file), so nodes that share
+    ``/tmp`` do not collide. The nodes create them fresh with mode 700 and refuse one that exists
+    (:func:`glmlaunch.nodeops.write_secret`). ``world_size`` and ``gpus_per_node`` are in GPUs.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -521,6 +523,7 @@ def build_plan(
     ports: PortPlan | None = None,
     python: str | None = None,
     state_root: str = "/tmp",
+    state_nonce: str | None = None,
 ) -> LaunchPlan:
     """Build the :class:`LaunchPlan` of ``recipe`` on ``alloc``. Pure: touches no node and runs
     no check (:func:`glmlaunch.checks.run` does).
@@ -528,6 +531,8 @@ def build_plan(
     ``resolved``: :func:`glmlaunch.resolve.resolve` of the two, when the caller has it already.
     ``python`` is the interpreter on the nodes (default: the launcher's own, ``sys.executable``:
     right on a shared filesystem or one image everywhere); ``ray`` is taken from its ``bin/``.
+    ``state_nonce``: the random part of the state directory's name (default: 16 new random hex
+    digits; give one only to reproduce a plan, e.g. golden files).
     Raises :class:`~glmlaunch.errors.RecipeError` for a bad ``run_id``.
     """
     res = resolved or resolve(recipe, alloc)
@@ -536,7 +541,10 @@ def build_plan(
     python = python or sys.executable
     ray_bin = str(PurePosixPath(python).parent / "ray")
     gpus = res.gpus_per_node
-    state_dir = f"{state_root.rstrip('/')}/glr-{run_id}"
+    nonce = secrets.token_hex(8) if state_nonce is None else state_nonce
+    if not re.fullmatch(r"[0-9a-f]{16}", nonce):
+        raise RecipeError(f"state_nonce {nonce!r}: 16 hex digits expected", "leave it out for a random one")
+    state_dir = f"{state_root.rstrip('/')}/glr-{run_id}-{nonce}"
     head_ip = alloc.head.address
     notes: list[str] = []
     argv = trainer_argv(res, notes) if recipe.trainer.kind == "miles" else probe_argv(res, python)

@@ -49,8 +49,10 @@ def recipe_files(recipe: Recipe | None) -> tuple[list[str], list[str]]:
     return files, [cp["save"]] if cp["save"] else []
 
 
-def requests(plan: LaunchPlan, recipe: Recipe | None, token: str) -> dict[str, dict]:
-    """The ``preflight`` node operation's arguments for each node."""
+def requests(plan: LaunchPlan, recipe: Recipe | None, sentinel: str) -> dict[str, dict]:
+    """The ``preflight`` node operation's arguments for each node. ``sentinel``: a random nonce of
+    this preflight, which each node writes into ``--save`` (nothing of the run's token: the
+    arguments are visible in ``ps`` and the sentinel files to whoever reads ``--save``)."""
     files, writable = recipe_files(recipe)
     repos = []
     if recipe is not None and recipe.trainer.kind == "miles":
@@ -62,7 +64,7 @@ def requests(plan: LaunchPlan, recipe: Recipe | None, token: str) -> dict[str, d
             "ports": plan.ports.node_ports(head=n.role == "head"),
             "files": files,
             "writable": writable,
-            "token": token,
+            "sentinel": sentinel,
             "space": ["/dev/shm", os.path.dirname(plan.state_dir) or "/tmp"],
             "interface": recipe.env.interface if recipe is not None else "",
             "repos": repos,

@@ -336,9 +336,7 @@ class Run:
             self.run_dir = self.cluster.run_dir = rd
         rd = self.run_dir
         self.cluster.token = self.cluster.token or secrets.token_hex(32)
-        fd = os.open(rd.path / "auth_token", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.cluster.token + "\n")
+        rd.write_token(self.cluster.token)
         t0 = time.monotonic()
         try:
             status = self.cluster.up()
@@ -389,7 +387,10 @@ class Run:
         self.reporter.done("submit", True, sid)
         if not follow:
             return None
-        logf = open(rd.path / "job.log", "a") if rd else None
+        logf = None
+        if rd:
+            fd = os.open(rd.path / "job.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+            logf = os.fdopen(fd, "a")
 
         def on_text(text: str) -> None:
             if logf:
@@ -506,8 +507,9 @@ class Run:
     def down(self, purge: bool = False, grace_s: float = Defaults.job_stop_wait_s) -> dict[str, dict]:
         """Stop every live job of the run with its grace period (SIGTERM: the trainer saves a
         checkpoint; up to ``grace_s`` seconds), keep each job's log in the run directory, then
-        stop exactly the Ray processes this run started. With ``purge`` each node's state
-        directory goes too. Returns host -> what was stopped. Idempotent."""
+        stop exactly the Ray processes this run started. With ``purge`` the state directories
+        this run created on the nodes (recorded in the manifest) go too, each only while it is still
+        this user's private directory. Returns host -> what was stopped. Idempotent."""
         rd = self.run_dir
         subs = list(rd.manifest.submissions) if rd else []
         if subs and self.state.cluster_up:

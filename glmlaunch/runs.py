@@ -13,12 +13,20 @@ Layout::
 The runs folder is ``./runs`` unless ``GLMLAUNCH_RUNS_DIR`` or ``runs_dir=`` says otherwise. The
 latest run's path is also written to ``~/.local/state/glmlaunch/current`` (platformdirs), which
 is how another shell finds it.
+
+Trust: a run directory is made with mode 700 and its files with mode 600 (the token with
+``O_EXCL|O_NOFOLLOW``). ``status``/``down``/``logs`` use a run directory only when it and its
+``manifest.json``, ``plan.json`` and ``auth_token`` are owned by the current user, are not
+symlinks and are not writable by group or others (the token: not readable either)
+(:meth:`RunDir.verify`): ``plan.json``'s ``setup`` lines are shell commands run on every node,
+and the token opens the cluster.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -64,6 +72,9 @@ class NodeRecord(_Record):
     role: str = ""
     pid: int | None = None
     starttime: int | None = None
+    host: str | None = None  # the node's hostname and boot id at start: down acts only where both match
+    boot_id: str | None = None
+    created: list[str] = Field(default_factory=list)  # directories this run created there (down --purge)
 
 
 class HostRecord(_Record):
@@ -155,6 +166,62 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
 
 
+TRUST_HINT = (
+    "glmlaunch uses a run directory only if you own it and its files and nobody else can change them "
+    "(its plan's setup lines run on every node, its token opens the cluster): check who made it "
+    "(ls -la), or pass another --run"
+)
+
+
+def check_trusted(path: Path, *, directory: bool = False, secret: bool = False) -> None:
+    """Raise :class:`UsageError` naming ``path`` unless it is owned by the current user, is not a
+    symlink and is not writable by group/others (``secret``: no group/other permission at all)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise UsageError(f"{path}: cannot check it ({e.strerror})", TRUST_HINT) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise UsageError(f"{path} is a symlink: not trusted", TRUST_HINT)
+    if directory != stat.S_ISDIR(st.st_mode):
+        raise UsageError(
+            f"{path} is not a {'directory' if directory else 'regular file'}: not trusted", TRUST_HINT
+        )
+    if st.st_uid != os.geteuid():
+        raise UsageError(
+            f"{path} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()}): not trusted", TRUST_HINT
+        )
+    bad = 0o077 if secret else 0o022
+    if st.st_mode & bad:
+        who = "readable or writable" if secret else "writable"
+        raise UsageError(
+            f"{path} has mode {stat.S_IMODE(st.st_mode):o}: {who} by group/others, not trusted", TRUST_HINT
+        )
+
+
+def _write_private(path: Path, text: str, *, append: bool = False) -> None:
+    """Write a file of the run directory with mode 600 (whatever the umask)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "a" if append else "w", closefd=False) as f:
+            f.write(text)
+    finally:
+        os.close(fd)
+
+
+def _mkdir_private(path: Path) -> None:
+    """Make a new directory with mode 700 (whatever the umask); an existing one is an error."""
+    os.mkdir(path, 0o700)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class RunDir:
     """A run's directory and its typed :class:`Manifest`, saved with :meth:`save` (atomically)."""
@@ -165,12 +232,14 @@ class RunDir:
 
     @classmethod
     def create(cls, run_id: str, runs_dir: str | os.PathLike | None = None, current: bool = True) -> RunDir:
-        """Make ``runs/<run_id>/``; with ``current`` it becomes the run other shells find."""
+        """Make ``runs/<run_id>/`` (new, mode 700); with ``current`` it becomes the run other
+        shells find."""
         root = Path(runs_dir).absolute() if runs_dir else default_runs_dir()
         p = root / run_id
         try:
-            p.mkdir(parents=True, exist_ok=False)
-            (p / "hosts").mkdir()
+            root.mkdir(parents=True, exist_ok=True)
+            _mkdir_private(p)
+            _mkdir_private(p / "hosts")
         except OSError as e:
             raise GlmlaunchError(
                 f"cannot create the run directory {p}: {e.strerror}",
@@ -193,6 +262,7 @@ class RunDir:
                     "no current run: nothing was launched from this account yet",
                     "start one with `glmlaunch up` or `glmlaunch launch`, or pass --run PATH",
                 )
+            check_trusted(cur)
             p = Path(cur.read_text().strip())
         else:
             p = Path(ref)
@@ -211,6 +281,7 @@ class RunDir:
                 f"{p}: not a glmlaunch run directory (no manifest.json)",
                 "pass --run RUN_ID or a run directory",
             )
+        verify_run_dir(p)
         try:
             return cls(p, Manifest.model_validate_json(mf.read_text()))
         except ValidationError as e:
@@ -220,11 +291,15 @@ class RunDir:
                 "pass another --run",
             ) from None
 
+    def verify(self) -> None:
+        """The trust check of :func:`verify_run_dir` (raises :class:`UsageError` naming the file)."""
+        verify_run_dir(self.path)
+
     def make_current(self) -> None:
         """Point ``current`` (in GLMLAUNCH_STATE_DIR) at this run, so other shells find it."""
         d = check_state_dir()
         tmp = d / f"current.{os.getpid()}"
-        tmp.write_text(str(self.path) + "\n")
+        _write_private(tmp, str(self.path) + "\n")
         tmp.replace(d / "current")
 
     def save(self) -> None:
@@ -233,7 +308,7 @@ class RunDir:
 
     def _save(self) -> None:
         tmp = self.path / f"manifest.json.{os.getpid()}.tmp"
-        tmp.write_text(self.manifest.model_dump_json(indent=2) + "\n")
+        _write_private(tmp, self.manifest.model_dump_json(indent=2) + "\n")
         tmp.replace(self.path / "manifest.json")
 
     def reload(self) -> Manifest:
@@ -262,8 +337,23 @@ class RunDir:
 
     def write(self, name: str, text: str) -> Path:
         p = self.path / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
+        p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _write_private(p, text)
+        return p
+
+    def write_token(self, token: str) -> Path:
+        """The run's token file: new, mode 600, ``O_EXCL|O_NOFOLLOW`` (an old one of this run is
+        replaced: removed first, never written through)."""
+        p = self.path / "auth_token"
+        verify_run_dir(self.path)
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(token + "\n")
         return p
 
     def host_log(
@@ -271,8 +361,17 @@ class RunDir:
     ) -> None:
         """Keep what a step printed on a host: ``hosts/<host>/<step>.log``."""
         d = self.path / "hosts" / _safe(host)
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
         body = f"$ {command}\n# exit code: {exit_code}{'  error: ' + error if error else ''}\n"
         body += ("--- stdout\n" + stdout if stdout else "") + ("--- stderr\n" + stderr if stderr else "")
-        with open(d / f"{_safe(step)}.log", "a") as f:
-            f.write(body + "\n")
+        _write_private(d / f"{_safe(step)}.log", body + "\n", append=True)
+
+
+def verify_run_dir(path: Path) -> None:
+    """Raise :class:`UsageError` naming the file unless the run directory ``path`` and its
+    ``manifest.json``, ``plan.json`` and ``auth_token`` are the current user's, not symlinks, and
+    not writable by group/others (``auth_token``: no group/other permission at all)."""
+    check_trusted(path, directory=True)
+    for name in ("manifest.json", "plan.json"):
+        check_trusted(path / name)
+    check_trusted(path / "auth_token", secret=True)

@@ -62,16 +62,21 @@ class Transport(Protocol):
         *,
         timeout: float = 60.0,
         on_done: Callable[[Target, RemoteResult], None] | None = None,
+        stdin: str | None = None,
     ) -> dict[Target, RemoteResult]:
         """Run ``commands[target]`` (a bash command line) on every target at once; wait at most
-        ``timeout`` seconds for each. Returns one result per target; never raises for a host."""
+        ``timeout`` seconds for each. ``stdin``: text given to every command on its standard input
+        (how a secret travels: never in argv, never logged). Returns one result per target; never
+        raises for a host."""
         ...
 
     def put_text(
         self, targets: list[Target], path: str, text: str, *, mode: int = 0o600, timeout: float = 30.0
     ) -> dict[Target, RemoteResult]:
-        """Write ``text`` to ``path`` on every target (parent directory created, mode applied before
-        the content is written, so a secret is never readable by others). Not logged."""
+        """Write ``text`` to the new file ``path`` on every target, as ``nodeops write_secret``
+        does: the parent directory is created with mode 700 (an existing one must be a private
+        directory of this user, not a symlink), the file with ``O_CREAT|O_EXCL|O_NOFOLLOW`` and
+        ``mode`` (an existing file or symlink is refused). The text travels on stdin. Not logged."""
         ...
 
     def close(self) -> None: ...
@@ -98,3 +103,17 @@ def run_parallel(
             if on_done:
                 on_done(t, r)
     return out
+
+
+def put_text_command(path: str, mode: int, python: str = "python3") -> str:
+    """The node command of ``put_text``: ``nodeops write_secret`` (the text on its stdin)."""
+    import inspect
+    import json
+    import posixpath
+    import shlex
+
+    from .. import nodeops
+
+    args = {"path": path, "mode": mode, "dirs": [[posixpath.dirname(path) or ".", True]]}
+    src = inspect.getsource(nodeops)
+    return f"{shlex.quote(python)} -c {shlex.quote(src)} write_secret {shlex.quote(json.dumps(args))}"

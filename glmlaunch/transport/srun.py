@@ -16,8 +16,11 @@
 - A step that cannot be created (node not in the job, job gone) is a failure that names the node;
   a held step whose task has ended shows in :meth:`ended_steps`.
 
-The environment of the launcher is passed on (``--export=ALL``) without the ``SLURM_*`` variables
-of the launcher's own step (they would set ntasks/cpus for our steps); ``SLURM_CONF`` is kept.
+srun gets the launcher's environment without the ``SLURM_*`` variables of the launcher's own
+step (they would set ntasks/cpus for our steps; ``SLURM_CONF`` is kept) and without any secret
+(:func:`glmlaunch.nodeops.secret_name`, ``RAY_AUTH_TOKEN``). On the node every command first
+drops what :func:`glmlaunch.nodeops.ops_env` does not allow (the step's own ``SLURM_*`` stay), so
+the node operations and ``ray start`` run with an explicit environment.
 """
 
 from __future__ import annotations
@@ -25,19 +28,18 @@ from __future__ import annotations
 import atexit
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .. import nodeops
 from ..errors import TransportError
 from ..nodeops import DETACH
-from . import RemoteResult, Target, run_parallel
+from . import RemoteResult, Target, put_text_command, run_parallel
 
 _STEP_ERRORS = (
     "Unable to create step",
@@ -50,8 +52,15 @@ _STEP_ERRORS = (
 
 
 def _clean_env(environ: dict | None = None) -> dict[str, str]:
+    """srun's own environment: the launcher's, without its step's ``SLURM_*`` and its secrets."""
     env = dict(os.environ if environ is None else environ)
-    return {k: v for k, v in env.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
+    return {
+        k: v
+        for k, v in env.items()
+        if (not k.startswith("SLURM_") or k == "SLURM_CONF")
+        and not nodeops.secret_name(k)
+        and k not in nodeops.ENV_DROP
+    }
 
 
 class SrunTransport:
@@ -93,6 +102,7 @@ class SrunTransport:
         self.ignore_signals = list(ignore_signals if ignore_signals is not None else (sig,))
         self.start_options = {
             "hold": True,
+            "slurm_env": True,  # ray start keeps the step's SLURM_* (and Slurm's CUDA_VISIBLE_DEVICES)
             "ignore_signals": self.ignore_signals,
             "hold_grace_s": hold_grace_s,
         }
@@ -141,7 +151,7 @@ class SrunTransport:
         try:
             with open(out_p, "wb") as out_f, open(err_p, "wb") as err_f:
                 p = subprocess.Popen(
-                    self.argv(t, command),
+                    self.argv(t, nodeops.shell_env_filter(slurm=True) + command),
                     stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
                     stdout=out_f,
                     stderr=err_f,
@@ -227,18 +237,17 @@ class SrunTransport:
         *,
         timeout: float = 60.0,
         on_done: Callable[[Target, RemoteResult], None] | None = None,
+        stdin: str | None = None,
     ) -> dict[Target, RemoteResult]:
-        return run_parallel(
-            self._run_one, commands, timeout=timeout, on_done=on_done, max_parallel=self.max_parallel
-        )
+        def one(t: Target, cmd: str, timeout: float) -> RemoteResult:
+            return self._run_one(t, cmd, timeout, stdin_text=stdin)
 
-    def put_text(self, targets, path, text, *, mode=0o600, timeout=30.0):
-        d = os.path.dirname(path) or "."
-        q = shlex.quote(path)
-        cmd = f"umask 077; mkdir -p {shlex.quote(d)} && : > {q} && chmod {mode:o} {q} && cat > {q}"
-        with ThreadPoolExecutor(max_workers=min(self.max_parallel, max(1, len(targets)))) as ex:
-            res = list(ex.map(lambda t: self._run_one(t, cmd, timeout, stdin_text=text), targets))
-        return dict(zip(targets, res, strict=True))
+        return run_parallel(one, commands, timeout=timeout, on_done=on_done, max_parallel=self.max_parallel)
+
+    def put_text(self, targets, path, text, *, mode=0o600, timeout=30.0, python="python3"):
+        """``nodeops write_secret`` on each node (``python``), the text on the step's stdin."""
+        cmd = put_text_command(path, mode, python)
+        return self.run_many(dict.fromkeys(targets, cmd), timeout=timeout, stdin=text)
 
     def ended_steps(self) -> dict[str, str]:
         """Held steps (one per node running ``ray start``) whose srun has ended: host -> why."""

@@ -12,6 +12,7 @@ A failure names the host, the step and the remote stderr.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shlex
@@ -19,12 +20,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import TransportError, UsageError
 from ..options import Defaults
-from . import RemoteResult, Target, run_parallel
+from . import RemoteResult, Target, put_text_command, run_parallel
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class SSHTransport:
 
     # ------------------------------------------------------------------ running
 
-    def _run_one(self, t: Target, command: str, timeout: float) -> RemoteResult:
+    def _run_one(self, t: Target, command: str, timeout: float, stdin: str | None = None) -> RemoteResult:
         t0 = time.monotonic()
         c = None
         try:
@@ -173,7 +173,8 @@ class SSHTransport:
                 hide=True,
                 warn=True,
                 timeout=timeout,
-                in_stream=False,
+                # invoke closes the remote stdin at the end of the text (no pty)
+                in_stream=io.StringIO(stdin) if stdin is not None else False,
                 pty=False,
             )
             return RemoteResult(t.name, r.exited, r.stdout, r.stderr, "", time.monotonic() - t0)
@@ -194,31 +195,17 @@ class SSHTransport:
         *,
         timeout: float = 60.0,
         on_done: Callable[[Target, RemoteResult], None] | None = None,
+        stdin: str | None = None,
     ) -> dict[Target, RemoteResult]:
-        return run_parallel(
-            self._run_one, commands, timeout=timeout, on_done=on_done, max_parallel=self.max_parallel
-        )
+        def one(t: Target, cmd: str, timeout: float) -> RemoteResult:
+            return self._run_one(t, cmd, timeout, stdin)
 
-    def put_text(self, targets, path, text, *, mode=0o600, timeout=30.0):
-        d = os.path.dirname(path) or "."
-        prep = f"umask 077; mkdir -p {shlex.quote(d)} && : > {shlex.quote(path)} && chmod {mode:o} {shlex.quote(path)}"
-        res = self.run_many({t: prep for t in targets}, timeout=timeout)
+        return run_parallel(one, commands, timeout=timeout, on_done=on_done, max_parallel=self.max_parallel)
 
-        def write(t: Target) -> RemoteResult:
-            r = res[t]
-            if not r.ok:
-                return r
-            t0 = time.monotonic()
-            try:
-                sftp = self._connection(t).sftp()
-                with sftp.open(path, "w") as f:
-                    f.write(text)
-                return RemoteResult(t.name, 0, duration_s=time.monotonic() - t0)
-            except Exception as e:
-                return RemoteResult(t.name, None, error=f"{t.name}: cannot write {path}: {e}")
-
-        with ThreadPoolExecutor(max_workers=min(self.max_parallel, max(1, len(targets)))) as ex:
-            return dict(zip(targets, ex.map(write, targets), strict=True))
+    def put_text(self, targets, path, text, *, mode=0o600, timeout=30.0, python="python3"):
+        """``nodeops write_secret`` on each node (``python``), the text on its stdin."""
+        cmd = put_text_command(path, mode, python)
+        return self.run_many(dict.fromkeys(targets, cmd), timeout=timeout, stdin=text)
 
     def close(self) -> None:
         with self._lock:

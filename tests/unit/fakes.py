@@ -5,8 +5,10 @@ sends (``[setup && ] PYTHON -c <nodeops source> OP JSON``: the op and its JSON a
 two shell words), records every call in order as :class:`Call` ``(op, host, args)``, and answers
 as :mod:`glmlaunch.nodeops` would on a node scripted by a :class:`FakeHost` (start fails, the
 process dies after N alive checks, the host is unreachable, the node never joins or joins with
-other GPUs ...). It keeps each node's files (token, pid file) and processes, so a test can see
-what is left running after a rollback. :meth:`FakeTransport.ray_nodes` is what Ray's state API
+other GPUs, its state directory is not the run's, it rebooted ...). It keeps each node's
+directories, files (token, pid file) and processes, so a test can see what is left after a
+rollback. Text sent on stdin (the token, to ``write_secret``) is kept apart from the command
+lines (:attr:`FakeTransport.stdins`). :meth:`FakeTransport.ray_nodes` is what Ray's state API
 would report and :meth:`FakeTransport.api` what the head's dashboard answers.
 
 :class:`FakeJobs` is a ``JobSubmissionClient``: ``submit_job``, ``get_job_status``,
@@ -73,7 +75,11 @@ class FakeHost:
     - ``dies_after_alive_checks``: the process answers alive to N ``alive`` checks, then is dead;
     - ``joins``: whether the node ever shows up in Ray's state API; ``join_after_polls``: only
       after that many ``ray_nodes`` polls; ``gpus``: the GPUs it joins with;
-    - ``api_ok``: (head) whether the dashboard answers while the head's process is alive.
+    - ``api_ok``: (head) whether the dashboard answers while the head's process is alive;
+    - ``foreign_dirs``: paths that exist on the node and are not this run's (another user's, a
+      symlink, open to others): ``write_secret`` refuses them as nodeops does;
+    - ``boot``: the node's boot id (change it to play a reboot); ``hostname``: what the node calls
+      itself (default ``fake-<name>``).
     """
 
     unreachable: bool = False
@@ -86,6 +92,9 @@ class FakeHost:
     join_after_polls: int = 0
     gpus: float = 8.0
     api_ok: bool = True
+    foreign_dirs: set[str] = field(default_factory=set)
+    boot: str = "boot-1"
+    hostname: str | None = None
 
 
 @dataclass
@@ -103,6 +112,7 @@ class NodeState:
     """What is on one fake node: its files (path -> text) and the processes started there."""
 
     files: dict[str, str] = field(default_factory=dict)
+    dirs: set[str] = field(default_factory=set)
     procs: dict[int, FakeProc] = field(default_factory=dict)
     polls: int = 0  # ray_nodes polls seen while its process was alive
 
@@ -147,7 +157,10 @@ class FakeTransport:
         self.ray_version = ray_version
         self.calls: list[Call] = []
         self.commands: list[str] = []  # every raw command line, in order
-        self.writes: list[tuple[str, str, str, int]] = []  # (host, path, text, mode) of put_text
+        self.writes: list[tuple[str, str, str, int]] = []  # (host, path, text, mode): write_secret, put_text
+        self.stdins: list[
+            tuple[str, str, str]
+        ] = []  # (host, op, text) sent on stdin, never in a command line
         self.nodes: dict[str, NodeState] = {}
         self.address: dict[str, str] = {}  # host -> address, as targets gave them
         self.head: str | None = None  # the host that was started with --head
@@ -198,7 +211,7 @@ class FakeTransport:
     # ------------------------------------------------------------------ Transport
 
     def run_many(
-        self, commands: dict[Target, str], *, timeout: float = 60.0, on_done=None
+        self, commands: dict[Target, str], *, timeout: float = 60.0, on_done=None, stdin: str | None = None
     ) -> dict[Target, RemoteResult]:
         with self._lock:
             self._batch += 1
@@ -212,7 +225,9 @@ class FakeTransport:
                 self.address[t.name] = t.address
                 seq = self._log("node", op, t.name)
                 self.calls.append(Call(op, t.name, args, batch, seq))
-                out[t] = self._answer(t.name, op, args)
+                if stdin is not None:
+                    self.stdins.append((t.name, op, stdin))
+                out[t] = self._answer(t.name, op, args, stdin)
             if (
                 self.interrupt
                 and self.interrupt[0] in ops
@@ -248,11 +263,69 @@ class FakeTransport:
 
     # ------------------------------------------------------------------ the node side
 
-    def _answer(self, name: str, op: str, a: dict) -> RemoteResult:
+    def hostname(self, name: str) -> str:
+        return self.host(name).hostname or f"fake-{name}"
+
+    def _mismatch(self, name: str, starttime, host, boot) -> str | None:
+        """nodeops.mismatch on this fake node."""
+        if starttime is None:
+            return "no start time was recorded"
+        if boot and boot != self.host(name).boot:
+            return f"recorded in another boot of the node (boot id {boot}, now {self.host(name).boot})"
+        if host and host != self.hostname(name):
+            return f"recorded on host {host}, this is {self.hostname(name)}"
+        return None
+
+    def _remove(self, name: str, files, dirs, parent) -> dict:
+        n, h = self.node(name), self.host(name)
+        out: dict = {"removed": [], "kept": {}}
+        for f in files:
+            parent_dir = f.rsplit("/", 1)[0]
+            if parent_dir in h.foreign_dirs:
+                out["kept"][f] = f"{parent_dir}: not this run's directory"
+            elif f in n.files:
+                del n.files[f]
+                out["removed"].append(f)
+        for d in [*dirs, *([parent] if parent else [])]:
+            if d in h.foreign_dirs:
+                out["kept"][d] = f"{d}: not this run's directory"
+                continue
+            if d not in n.dirs:
+                continue
+            if d == parent and any(x.startswith(d + "/") for x in n.dirs):
+                continue  # rmdir: not empty
+            n.dirs.discard(d)
+            for f in [f for f in n.files if f.startswith(d + "/")]:
+                del n.files[f]
+            out["removed"].append(d)
+        return out
+
+    def _answer(self, name: str, op: str, a: dict, stdin: str | None = None) -> RemoteResult:
         if self._unreachable(name, op):
             return RemoteResult(name, None, error=f"{name}: connection refused (fake)")
         h, n = self.host(name), self.node(name)
-        if op == "preflight":
+        if op == "write_secret":
+            created = []
+            for d, shared in a.get("dirs", []):
+                if d in h.foreign_dirs:
+                    why = f"{d} is owned by uid 1001, not 0: not this run's directory"
+                elif d in n.dirs and not shared:
+                    why = f"{d} exists already: not created by this run"
+                else:
+                    why = ""
+                if why:
+                    return RemoteResult(name, 3, stderr=f"glmlaunch nodeops write_secret: refused: {why}\n")
+                if d not in n.dirs:
+                    n.dirs.add(d)
+                    created.append(d)
+            if a["path"] in n.files:
+                return RemoteResult(
+                    name, 3, stderr=f"glmlaunch nodeops write_secret: refused: {a['path']} exists already\n"
+                )
+            n.files[a["path"]] = stdin or ""
+            self.writes.append((name, a["path"], stdin or "", a.get("mode", 0o600)))
+            res = {"path": a["path"], "created": created}
+        elif op == "preflight":
             res = {
                 "ports": {"busy": {}},
                 "inspect": {
@@ -284,7 +357,13 @@ class FakeTransport:
             n.procs[p.pid] = p
             if "--head" in p.argv:
                 self.head = name
-            res = {"pid": p.pid, "starttime": p.starttime, "host": f"fake-{name}", "started": _time.time()}
+            res = {
+                "pid": p.pid,
+                "starttime": p.starttime,
+                "host": self.hostname(name),
+                "boot_id": h.boot,
+                "started": _time.time(),
+            }
             if a.get("pidfile"):
                 n.files[a["pidfile"]] = json.dumps(res)
             if h.start_exits is not None:
@@ -294,7 +373,12 @@ class FakeTransport:
             res = {}
             for r in a["procs"]:
                 p = n.procs.get(r["pid"])
-                ok = bool(p and p.alive and (r.get("starttime") is None or r["starttime"] == p.starttime))
+                ok = bool(
+                    p
+                    and p.alive
+                    and r["starttime"] == p.starttime
+                    and self._mismatch(name, r.get("starttime"), r.get("host"), r.get("boot_id")) is None
+                )
                 if ok:
                     p.alive_checks += 1
                     if h.dies_after_alive_checks is not None and p.alive_checks > h.dies_after_alive_checks:
@@ -302,33 +386,38 @@ class FakeTransport:
                 res[str(r["pid"])] = ok
         elif op == "stop":
             pid, starttime = a.get("pid"), a.get("starttime")
-            if not pid and a.get("pidfile") and a["pidfile"] in n.files:
-                rec = json.loads(n.files[a["pidfile"]])
-                pid, starttime = rec["pid"], rec.get("starttime")
-            for f in a.get("remove", []):
-                n.files.pop(f, None)
+            host, boot = a.get("host"), a.get("boot_id")
+            base = {"pid": pid, "was_alive": False, "killed": [], "left": []}
+            purge = (a.get("remove", []), a.get("purge", []), a.get("purge_parent"))
+            if not pid and a.get("pidfile"):
+                if a["pidfile"].rsplit("/", 1)[0] in h.foreign_dirs:
+                    res = base | {"note": "pid file not trusted: not this run's directory"}
+                    res.update(self._remove(name, purge[0], [], None))
+                    return RemoteResult(name, 0, stdout=json.dumps(res) + "\n")
+                if a["pidfile"] in n.files:
+                    rec = json.loads(n.files[a["pidfile"]])
+                    pid, starttime, host, boot = (
+                        rec["pid"],
+                        rec.get("starttime"),
+                        rec.get("host"),
+                        rec.get("boot_id"),
+                    )
+            why = self._mismatch(name, starttime, host, boot) if pid else None
+            p = n.procs.get(pid) if pid else None
             if not pid:
-                res = {
-                    "pid": None,
-                    "was_alive": False,
-                    "killed": [],
-                    "left": [],
-                    "note": "nothing was started here",
-                }
+                res = base | {"pid": None, "note": "nothing was started here"}
+                res.update(self._remove(name, *purge))
+            elif why:
+                res = base | {"pid": pid, "note": f"not touched: {why}"}
+                res.update(self._remove(name, purge[0], [], None))
+            elif p and p.starttime != starttime:
+                res = base | {"pid": pid, "note": "PID was reused by another process: not touched"}
+                res.update(self._remove(name, purge[0], [], None))
             else:
-                p = n.procs.get(pid)
-                if p and starttime is not None and p.starttime != starttime:
-                    res = {
-                        "pid": pid,
-                        "was_alive": False,
-                        "killed": [],
-                        "left": [],
-                        "note": "PID was reused by another process: not touched",
-                    }
-                else:
-                    res = {"pid": pid, "was_alive": bool(p and p.alive), "killed": [], "left": []}
-                    if p:
-                        p.alive = False
+                res = base | {"pid": pid, "was_alive": bool(p and p.alive)}
+                if p:
+                    p.alive = False
+                res.update(self._remove(name, *purge))
         elif op == "tail":
             res = {f: [f"fake {f.rsplit('/', 1)[-1]} line on {name}"] for f in a["files"]}
         elif op in ("remove", "inspect"):

@@ -36,7 +36,15 @@ def test_start_then_stop_ends_the_whole_session_only(tmp_path):
         members = nodeops._session_members(rec["pid"])
         assert rec["pid"] in members and len(members) >= 3
         assert nodeops._stat(bystander.pid)[1] != rec["pid"]
-        res = nodeops.op_stop({"pid": rec["pid"], "starttime": rec["starttime"], "grace_s": 1})
+        res = nodeops.op_stop(
+            {
+                "pid": rec["pid"],
+                "starttime": rec["starttime"],
+                "host": rec["host"],
+                "boot_id": rec["boot_id"],
+                "grace_s": 1,
+            }
+        )
         assert res["left"] == []
         assert not any(_alive(m) for m in members)
         assert bystander.poll() is None  # an unrelated process survives
@@ -49,7 +57,15 @@ def test_stop_never_touches_a_recycled_pid(tmp_path):
     other = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
         st = nodeops._stat(other.pid)
-        res = nodeops.op_stop({"pid": other.pid, "starttime": st[2] + 12345, "grace_s": 0.5})
+        res = nodeops.op_stop(
+            {
+                "pid": other.pid,
+                "starttime": st[2] + 12345,
+                "host": socket.gethostname(),
+                "boot_id": nodeops.boot_id(),
+                "grace_s": 0.5,
+            }
+        )
         assert "reused" in res["note"]
         assert other.poll() is None
     finally:

@@ -83,7 +83,7 @@ def seq_of(fake: FakeTransport, op: str, host: str | None = None) -> list[int]:
 def assert_rolled_back(fake: FakeTransport, plan, started: list[str]) -> None:
     """Stop went to every node that got a start or the token (workers in one round, then the
     head), and nothing is left on any node: no process, no token."""
-    touched = set(started) | {c.host for c in fake.ops("put_text")}
+    touched = set(started) | {c.host for c in fake.ops("write_secret")}
     assert {c.host for c in fake.ops("stop")} == touched
     batches = [set(b) for b in fake.batches("stop")]
     workers = touched - {H1}
@@ -129,15 +129,15 @@ def test_token_is_written_to_every_node_before_start_and_never_in_a_command_line
     for n in plan.nodes:
         path = f"{n.state_dir}/auth_token"
         assert (n.name, path, token + "\n", 0o600) in fake.writes
-        assert all(s < first_start for s in seq_of(fake, "put_text", n.name))
+        assert all(s < first_start for s in seq_of(fake, "write_secret", n.name))
         start = fake.ops("start", n.name)[0].args
         assert start["env"]["RAY_AUTH_TOKEN_PATH"] == path  # ray start reads it from the file
         assert start["pidfile"] == f"{n.state_dir}/ray.pid"
     assert fake.commands
+    # no part of the token in any command line (the preflight's shared-dir sentinel is a nonce of its own)
     for cmd in fake.commands:
-        assert token not in cmd
-    # nor its preflight prefix beyond the 16 characters used as the shared-dir sentinel
-    assert all(token[16:] not in cmd for cmd in fake.commands)
+        assert all(token[i : i + 8] not in cmd for i in range(0, len(token) - 7))
+    assert {(h, op) for h, op, _ in fake.stdins} == {(n.name, "write_secret") for n in plan.nodes}
 
 
 # ----------------------------------------------------------------------------- (2) rollback
@@ -186,7 +186,7 @@ def test_a_failed_head_start_sends_no_worker_start(plan, recipe, clock, monkeypa
 def test_a_rollback_removes_the_token_from_every_node(how, plan, recipe, clock, monkeypatch):
     host = {
         "head-start-fails": (H1, FakeHost(start_fails=True)),
-        "token-write-fails-on-h3": (H3, FakeHost(unreachable_ops={"put_text"})),
+        "token-write-fails-on-h3": (H3, FakeHost(unreachable_ops={"write_secret"})),
     }[how]
     fake = FakeTransport(dict([host]))
     install(monkeypatch, fake, clock=clock)
