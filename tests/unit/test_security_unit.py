@@ -264,6 +264,27 @@ def test_ssh_and_srun_put_text_run_write_secret_with_the_text_on_stdin(tmp_path,
         assert " write_secret " in cmd and "mkdir -p" not in cmd
 
 
+def test_ssh_sends_stdin_to_the_remote_command_never_in_its_line(monkeypatch):
+    from types import SimpleNamespace
+
+    from glmlaunch.transport.ssh import SSHTransport
+
+    got: dict = {}
+
+    class Conn:
+        def run(self, cmd, **kw):
+            stream = kw["in_stream"]
+            got.update(cmd=cmd, data=stream.read() if stream else stream, pty=kw["pty"])
+            return SimpleNamespace(exited=0, stdout="ok", stderr="")
+
+    monkeypatch.setattr(SSHTransport, "_connection", lambda self, target: Conn())
+    t = object.__new__(SSHTransport)
+    r = t._run_one(Target("h", "10.0.0.9"), "cat > /tmp/x", 5.0, "s3cret\n")
+    assert r.ok and got["data"] == "s3cret\n" and "s3cret" not in got["cmd"] and got["pty"] is False
+    t._run_one(Target("h", "10.0.0.9"), "true", 5.0)
+    assert got["data"] is False  # no stdin: none is read from the launcher's
+
+
 def _fake_srun(tmp_path: Path, monkeypatch) -> None:
     d = tmp_path / "bin"
     d.mkdir()
