@@ -194,13 +194,9 @@ class RayCluster:
             )
 
     def _log_files(self, host: str) -> list[str]:
-        s = self._node_plan[host].state_dir
-        return [
-            f"{s}/ray-start.log",
-            f"{s}/ray/session_latest/logs/raylet.err",
-            f"{s}/ray/session_latest/logs/raylet.out",
-            f"{s}/ray/session_latest/logs/gcs_server.err",
-        ]
+        n = self._node_plan[host]
+        r = f"{n.ray_dir or n.state_dir}/ray/session_latest/logs"
+        return [f"{n.state_dir}/ray-start.log", f"{r}/raylet.err", f"{r}/raylet.out", f"{r}/gcs_server.err"]
 
     def tail_logs(self, hosts: list[str], lines: int = 12) -> dict[str, str]:
         """The last lines of each host's Ray logs (``ray-start.log``, raylet/GCS logs)."""
@@ -263,7 +259,13 @@ class RayCluster:
             owners = "; ".join(f"{p} {why}" for p, why in sorted(ports.items(), key=lambda kv: int(kv[0])))
             text = " ".join(ports.values())
             glr = re.search(r"/glr-([A-Za-z0-9_.-]+?)(?:-[0-9a-f]{16})?/n\d+", text)
-            if glr:
+            ray_dir = re.search(r"(/\S*/glr-[0-9a-f]{16}-n\d+)/ray", text)
+            if ray_dir and not glr:
+                what = (
+                    f"; they are held by another glmlaunch run (its Ray directory {ray_dir.group(1)}): "
+                    "`glmlaunch down` that run, or give this cluster other ports with --port-base/--dashboard-port"
+                )
+            elif glr:
                 what = (
                     f"; they are held by glmlaunch run {glr.group(1)}: `glmlaunch down --run {glr.group(1)}`, "
                     "or give this cluster other ports with --port-base/--dashboard-port"
@@ -359,12 +361,14 @@ class RayCluster:
 
     def _state_dirs(self, n: NodePlan) -> list[list]:
         """What ``write_secret`` creates on node ``n``: the run's directory (shared by the nodes
-        of one machine: accepted when it is this user's and private) and the node's own (always
-        new)."""
+        of one machine: accepted when it is this user's and private), the node's own and its Ray
+        directory (both always new)."""
         parent = self.plan.state_dir.rstrip("/")
-        if n.state_dir.startswith(parent + "/"):
-            return [[parent, True], [n.state_dir, False]]
-        return [[n.state_dir, False]]
+        out: list[list] = [[parent, True]] if n.state_dir.startswith(parent + "/") else []
+        out.append([n.state_dir, False])
+        if n.ray_dir:  # Ray's temp dir goes in there: Ray makes that one mode 777, this one keeps others out
+            out.append([n.ray_dir, False])
+        return out
 
     def _write_token(self) -> None:
         """Create each node's state directory and write the token there (``nodeops

@@ -212,14 +212,23 @@ def read_trusted(path, limit=1 << 16):
 
 def write_secret(path, text, mode=0o600, dirs=()):
     """Create ``dirs`` (``(path, shared)`` pairs, :func:`make_private_dir`), then write ``text``
-    to the new file ``path`` (:func:`open_new`, ``mode`` 600). Returns the directories created."""
+    to the new file ``path`` (:func:`open_new`, ``mode`` 600). Returns the directories created.
+    On a refusal the directories this call created (still empty) are removed again."""
     created = []
-    for d, shared in dirs:
-        if make_private_dir(d, shared):
-            created.append(d)
-    fd = open_new(path, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    try:
+        for d, shared in dirs:
+            if make_private_dir(d, shared):
+                created.append(d)
+        fd = open_new(path, mode)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    except BaseException:
+        for d in reversed(created):
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+        raise
     return {"path": path, "created": created}
 
 
@@ -484,7 +493,8 @@ def _remove(files, dirs, parent):
             os.unlink(f)
             out["removed"].append(f)
         except Refused as e:
-            out["kept"][f] = str(e)
+            if "does not exist" not in str(e):
+                out["kept"][f] = str(e)
         except OSError:
             pass
     for d in [*dirs, *([parent] if parent else [])]:

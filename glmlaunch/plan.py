@@ -106,7 +106,8 @@ class PortPlan(BaseModel):
 
 class NodePlan(BaseModel):
     """One node: its role (``head`` or ``worker``), address, GPUs, the ``ray start`` command
-    (argv + env) and its own state directory."""
+    (argv + env), its own state directory (cwd, token, pid file, ``ray start``'s log) and its Ray
+    directory (``ray_dir``: Ray's temp dir is ``<ray_dir>/ray``, short for Ray's socket paths)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -120,6 +121,7 @@ class NodePlan(BaseModel):
     ssh_port: int | None = None
     source: str = ""
     state_dir: str = ""
+    ray_dir: str = ""
 
 
 class LaunchPlan(BaseModel):
@@ -130,9 +132,10 @@ class LaunchPlan(BaseModel):
     env (flat, concrete strings; secrets only by name in ``secret_env``). ``nodes[0]`` is the head.
     ``state_dir``: per-run directory, ``/tmp/glr-<run-id>-<16 random hex digits>`` (unpredictable:
     ``/tmp`` is shared, and a name others can guess is a name they can take first); each node uses
-    its own ``<state_dir>/n<i>`` under it (Ray temp dir, logs, token, pid file), so nodes that share
-    ``/tmp`` do not collide. The nodes create them fresh with mode 700 and refuse one that exists
-    (:func:`glmlaunch.nodeops.write_secret`). ``world_size`` and ``gpus_per_node`` are in GPUs.
+    its own ``<state_dir>/n<i>`` under it (cwd, token, pid file, ``ray start``'s log) and Ray's
+    temp dir in ``/tmp/glr-<random>-n<i>/ray`` (``NodePlan.ray_dir``: short, for Ray's socket
+    paths), so nodes that share ``/tmp`` do not collide. The nodes create them fresh with mode
+    700 and refuse one that exists (:func:`glmlaunch.nodeops.write_secret`). ``world_size`` and ``gpus_per_node`` are in GPUs.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -453,9 +456,23 @@ def runtime_env(recipe: Recipe, alloc: Allocation, python: str) -> tuple[dict[st
 
 
 def ray_start_commands(
-    alloc: Allocation, gpus: int, ports: PortPlan, state_dir: str, ray_bin: str, head_ip: str
-) -> list[tuple[list[str], dict[str, str], str]]:
-    """``ray start`` argv, env and the node's own state directory, for each node (head first).
+    alloc: Allocation,
+    gpus: int,
+    ports: PortPlan,
+    state_dir: str,
+    ray_bin: str,
+    head_ip: str,
+    ray_root: str | None = None,
+) -> list[tuple[list[str], dict[str, str], str, str]]:
+    """``ray start`` argv, env, the node's own state directory and its Ray directory, for each
+    node (head first).
+
+    Ray's temp dir is ``<ray_root>-n<i>/ray`` (default ``ray_root``: ``state_dir``): Ray puts its
+    AF_UNIX sockets at ``<temp dir>/session_<date>_<time>_<pid>/sockets/plasma_store``, and a
+    socket path has at most 107 bytes (ray/_private/utils.py:1750 (ray@2.60.0)), so the temp dir
+    must stay short (43 characters): ``/tmp/glr-<random>-n<i>/ray`` does, a name with the run id
+    and the random part does not. ``ray`` itself is made mode 777 by Ray
+    (``try_make_directory_shared``); its parent, made by the run with mode 700, keeps others out.
 
     Head: ``--head --node-ip-address`` on the cluster network, every port pinned, the dashboard
     bound to the head's address (not every interface), ``--block`` so that the launcher owns the process
@@ -485,6 +502,7 @@ def ray_start_commands(
     out = []
     for i, h in enumerate(alloc.hosts):
         node_dir = f"{state_dir}/n{i}"
+        ray_dir = f"{ray_root or state_dir}-n{i}"
         env = {
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_memory_monitor_refresh_ms": "0",
@@ -509,8 +527,8 @@ def ray_start_commands(
         else:
             argv += ["--address", f"{head_ip}:{ports.gcs}", "--node-ip-address", h.address]
         argv += common_ports
-        argv += ["--num-gpus", str(gpus), "--temp-dir", f"{node_dir}/ray", "--disable-usage-stats", "--block"]
-        out.append((argv, env, node_dir))
+        argv += ["--num-gpus", str(gpus), "--temp-dir", f"{ray_dir}/ray", "--disable-usage-stats", "--block"]
+        out.append((argv, env, node_dir, ray_dir))
     return out
 
 
@@ -544,7 +562,8 @@ def build_plan(
     nonce = secrets.token_hex(8) if state_nonce is None else state_nonce
     if not re.fullmatch(r"[0-9a-f]{16}", nonce):
         raise RecipeError(f"state_nonce {nonce!r}: 16 hex digits expected", "leave it out for a random one")
-    state_dir = f"{state_root.rstrip('/')}/glr-{run_id}-{nonce}"
+    root = state_root.rstrip("/")
+    state_dir = f"{root}/glr-{run_id}-{nonce}"
     head_ip = alloc.head.address
     notes: list[str] = []
     argv = trainer_argv(res, notes) if recipe.trainer.kind == "miles" else probe_argv(res, python)
@@ -561,9 +580,14 @@ def build_plan(
             ssh_port=h.ssh_port,
             source=h.source,
             state_dir=node_dir,
+            ray_dir=ray_dir,
         )
-        for i, (h, (cmd, env, node_dir)) in enumerate(
-            zip(alloc.hosts, ray_start_commands(alloc, gpus, ports, state_dir, ray_bin, head_ip), strict=True)
+        for i, (h, (cmd, env, node_dir, ray_dir)) in enumerate(
+            zip(
+                alloc.hosts,
+                ray_start_commands(alloc, gpus, ports, state_dir, ray_bin, head_ip, f"{root}/glr-{nonce}"),
+                strict=True,
+            )
         )
     ]
     return LaunchPlan(

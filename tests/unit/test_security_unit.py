@@ -147,6 +147,16 @@ def test_write_secret_makes_both_dirs_and_a_600_token(tmp_path):
     assert res["created"] == [f"{run}/n1"]
 
 
+def test_a_refused_write_leaves_none_of_the_dirs_it_made(tmp_path, monkeypatch):
+    run, ray = tmp_path / "glr-x", tmp_path / "glr-r-n0"
+    ray.mkdir()
+    ray.chmod(0o777)  # another user took the Ray directory's name
+    dirs = [(str(run), True), (f"{run}/n0", False), (str(ray), False)]
+    with pytest.raises(nodeops.Refused, match=str(ray)):
+        nodeops.write_secret(f"{run}/n0/auth_token", "tok\n", 0o600, dirs)
+    assert not run.exists() and ray.is_dir()
+
+
 @pytest.mark.parametrize("planted", ["file", "symlink", "dangling-symlink"])
 def test_the_token_never_goes_into_a_planted_file_or_through_a_symlink(planted, tmp_path):
     d = private(tmp_path)
@@ -254,6 +264,27 @@ def test_ssh_and_srun_put_text_run_write_secret_with_the_text_on_stdin(tmp_path,
         assert " write_secret " in cmd and "mkdir -p" not in cmd
 
 
+def test_ssh_sends_stdin_to_the_remote_command_never_in_its_line(monkeypatch):
+    from types import SimpleNamespace
+
+    from glmlaunch.transport.ssh import SSHTransport
+
+    got: dict = {}
+
+    class Conn:
+        def run(self, cmd, **kw):
+            stream = kw["in_stream"]
+            got.update(cmd=cmd, data=stream.read() if stream else stream, pty=kw["pty"])
+            return SimpleNamespace(exited=0, stdout="ok", stderr="")
+
+    monkeypatch.setattr(SSHTransport, "_connection", lambda self, target: Conn())
+    t = object.__new__(SSHTransport)
+    r = t._run_one(Target("h", "10.0.0.9"), "cat > /tmp/x", 5.0, "s3cret\n")
+    assert r.ok and got["data"] == "s3cret\n" and "s3cret" not in got["cmd"] and got["pty"] is False
+    t._run_one(Target("h", "10.0.0.9"), "true", 5.0)
+    assert got["data"] is False  # no stdin: none is read from the launcher's
+
+
 def _fake_srun(tmp_path: Path, monkeypatch) -> None:
     d = tmp_path / "bin"
     d.mkdir()
@@ -299,7 +330,9 @@ def test_the_state_dir_has_an_unpredictable_part_decided_in_the_plan(recipe, hos
     alloc = read_hostfile(str(hostfile3))
     a, b = (build_plan(recipe, alloc, run_id="exp-42") for _ in range(2))
     assert re.fullmatch(r"/tmp/glr-exp-42-[0-9a-f]{16}", a.state_dir) and a.state_dir != b.state_dir
+    nonce = a.state_dir[-16:]
     assert [n.state_dir for n in a.nodes] == [f"{a.state_dir}/n{i}" for i in range(3)]
+    assert [n.ray_dir for n in a.nodes] == [f"/tmp/glr-{nonce}-n{i}" for i in range(3)]
     assert a.state_dir in render_bash(a)
     pinned = build_plan(recipe, alloc, run_id="exp-42", state_nonce="0123456789abcdef")
     assert pinned.state_dir == "/tmp/glr-exp-42-0123456789abcdef"
@@ -307,12 +340,28 @@ def test_the_state_dir_has_an_unpredictable_part_decided_in_the_plan(recipe, hos
         build_plan(recipe, alloc, run_id="exp-42", state_nonce="../../etc")
 
 
+def test_rays_temp_dir_is_short_enough_for_its_socket_paths(recipe, hostfile3):
+    """Ray's sockets live at <temp dir>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store,
+    at most 107 bytes: the temp dir may have 43 characters, even for the longest run id."""
+    alloc = read_hostfile(str(hostfile3))
+    for run_id in ("a", "20261201-102446-eed0", "x" * 64):
+        p = build_plan(recipe, alloc, run_id=run_id)
+        for n in p.nodes:
+            temp = n.ray_start[n.ray_start.index("--temp-dir") + 1]
+            assert temp == f"{n.ray_dir}/ray" and len(temp) <= 43, temp
+            sock = f"{temp}/session_2026-12-01_10-24-10_546166_4194304/sockets/plasma_store"
+            assert len(sock) <= 107
+
+
 def test_the_bash_script_never_reuses_an_existing_state_dir_or_token(plan):
     text = render_bash(plan)
     assert '[ -f "$STATE/auth_token" ] ||' not in text and "mkdir -p" not in text
     assert 'mkdir -m 700 "$STATE" || {' in text
     for n in plan.nodes:
-        assert f"mkdir -m 700 {n.state_dir} && set -o noclobber && cat > {n.state_dir}/auth_token" in text
+        assert (
+            f"mkdir -m 700 {n.state_dir} {n.ray_dir} && set -o noclobber && cat > {n.state_dir}/auth_token"
+            in text
+        )
 
 
 # ============================================================================= 1./4. the cluster on fake nodes
@@ -364,13 +413,17 @@ def test_created_dirs_are_recorded_and_purge_removes_only_those(plan, recipe, di
     run.up(runs_dir=str(runs))
     m = RunDir.open(run.path).manifest
     assert m.state_dir == plan.state_dir
-    assert m.nodes[H1].created == [plan.state_dir, plan.nodes[0].state_dir]
-    assert m.nodes[H2].created == [plan.nodes[1].state_dir]  # the run's directory existed there
+    n0, n1 = plan.nodes[0], plan.nodes[1]
+    assert m.nodes[H1].created == [plan.state_dir, n0.state_dir, n0.ray_dir]
+    assert m.nodes[H2].created == [n1.state_dir, n1.ray_dir]  # the run's directory existed there
 
     run.down(purge=True)
 
     stops = {c.host: c.args for c in fake.ops("stop")}
-    assert stops[H2]["purge"] == [plan.nodes[1].state_dir] and stops[H1]["purge"] == [plan.nodes[0].state_dir]
+    assert stops[H2]["purge"] == [n1.state_dir, n1.ray_dir] and stops[H1]["purge"] == [
+        n0.state_dir,
+        n0.ray_dir,
+    ]
     assert all(s["purge_parent"] == plan.state_dir for s in stops.values())
     assert fake.node(H1).dirs == set() and fake.node(H2).dirs == set()
     assert all(not rec.created for rec in RunDir.open(run.path).manifest.nodes.values())
