@@ -42,7 +42,11 @@ def _hostfile(tmp_path: Path, template: str) -> Path:
 
 def _plan(tmp_path: Path, template: str):
     return checked_plan(
-        load_recipe(template), read_hostfile(_hostfile(tmp_path, template)), run_id="golden", python=PYTHON
+        load_recipe(template),
+        read_hostfile(_hostfile(tmp_path, template)),
+        run_id="golden",
+        python=PYTHON,
+        state_nonce="0" * 16,
     )
 
 
@@ -113,7 +117,7 @@ def test_golden_plan_is_clean(template, tmp_path):
     fixed inputs (python, run id, state dir)."""
     plan = _plan(tmp_path, template)
     assert not plan.errors, [str(f) for f in plan.errors]
-    assert plan.run_id == "golden" and plan.state_dir == "/tmp/glr-golden"
+    assert plan.run_id == "golden" and plan.state_dir == "/tmp/glr-golden-" + "0" * 16
     assert plan.ray_bin == "/opt/glm/bin/ray" and plan.python == PYTHON
     assert plan.head_address == "10.0.0.1" and plan.dashboard_url == "http://10.0.0.1:8265"
     assert [n.role for n in plan.nodes] == ["head"] + ["worker"] * (plan.num_nodes - 1)
