@@ -197,15 +197,16 @@ class LaunchPlan(BaseModel):
         ]
 
 
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-"""A run id names directories (``glr-<id>``, the run directory) and the Ray submission id."""
+RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""A run id names directories (``glr-<id>``, the run directory) and the Ray submission id.
+Matched with ``fullmatch``: ``re.match`` with ``$`` would let a trailing newline through."""
 
 
 def check_run_id(run_id: str) -> str:
     """Return ``run_id`` if it is a safe id (:data:`RUN_ID_RE`); else raise :class:`RecipeError`."""
-    if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id):
+    if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id):
         raise RecipeError(
-            f"--run-id {run_id!r}: a run id is 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit "
+            f"--run-id {repr(run_id)[:80]}: a run id is 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit "
             "(it names directories and the Ray submission)",
             "pass a plain id such as --run-id exp-42, or leave --run-id out for a new one",
         )

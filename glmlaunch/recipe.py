@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
+import reprlib
+import string
 import tomllib
 import types
 import typing
@@ -24,7 +27,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import RecipeError
+from .errors import RecipeError, safe_text
+from .hosts import read_input_file, shown
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The templates ship inside the package (``glmlaunch/templates/``, in every wheel). In a checkout
@@ -53,15 +57,16 @@ def _num_text(v: Any) -> str:
             return f"{m}e{int(e)}"
         return r
     if isinstance(v, str):
-        try:
-            f = float(v)
-        except ValueError:
-            raise ValueError(f"'{v}' is not a number") from None
+        if not _NUM_TEXT.fullmatch(v.strip()):  # ASCII only: float() also reads "١" and "1_0"
+            raise ValueError(f"'{shown(v, 80)}' is not a number")
+        f = float(v)
         if not math.isfinite(f):
             raise ValueError("expected a finite number")
         return v.strip()
     raise ValueError(f"expected a number, got {type(v).__name__}")
 
+
+_NUM_TEXT = re.compile(r"[+-]?([0-9]{1,400}(\.[0-9]{0,400})?|\.[0-9]{1,400})([eE][+-]?[0-9]{1,4})?")
 
 Num = Annotated[str, BeforeValidator(_num_text)]
 """A number kept as its text (rendered verbatim on the trainer's command line)."""
@@ -85,7 +90,7 @@ def _is_int_field(annotation: Any) -> bool:
     return int in args and all(a in (int, type(None)) for a in args)
 
 
-_WHOLE_TEXT = re.compile(r"^\s*[+-]?\d+\s*$")
+_WHOLE_TEXT = re.compile(r"[ \t]*[+-]?[0-9]{1,18}[ \t]*")  # ASCII digits only (not "٣"), fullmatch
 
 
 class _Section(BaseModel):
@@ -106,7 +111,9 @@ class _Section(BaseModel):
                 ann = fields[k].annotation if k in fields else None
                 if v == "" and ann is not None and _admits_none(ann):
                     v = None
-                elif isinstance(v, str) and ann is not None and _is_int_field(ann) and _WHOLE_TEXT.match(v):
+                elif (
+                    isinstance(v, str) and ann is not None and _is_int_field(ann) and _WHOLE_TEXT.fullmatch(v)
+                ):
                     v = int(v)
                 out[k] = v
             data = out
@@ -358,27 +365,52 @@ class Recipe(BaseModel):
             "model_dir": model_dir,
             "miles_dir": self.trainer.miles_dir.rstrip("/"),
         }
-        try:
-            return value.format(**keys)
-        except (KeyError, IndexError, ValueError) as e:
+        return expand_placeholders(value, keys)
+
+
+PLACEHOLDER_HINT = "use only {base_dir}, {run_name}, {model_dir} or {miles_dir} (write {{ and }} for a brace)"
+
+
+def expand_placeholders(value: str, keys: dict[str, str]) -> str:
+    """``value`` with each ``{name}`` replaced by ``keys[name]``. Only plain names: no attribute,
+    index, conversion or format spec (``{base_dir.x}``, ``{base_dir[0]}``, ``{run_name!r}``), which
+    :meth:`str.format` would evaluate. Raises :class:`RecipeError` naming the placeholder."""
+    try:
+        parts = list(string.Formatter().parse(value))
+    except ValueError as e:  # a single '{' or '}'
+        raise RecipeError(f"cannot expand '{shown(value)}': {e}", PLACEHOLDER_HINT) from None
+    out = []
+    for literal, name, spec, conversion in parts:
+        out.append(literal)
+        if name is None:
+            continue
+        if name not in keys or spec or conversion:
+            written = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
             raise RecipeError(
-                f"cannot expand '{value}': unknown placeholder {e}",
-                "use only {base_dir}, {run_name}, {model_dir} or {miles_dir}",
-            ) from None
+                f"cannot expand '{shown(value)}': unknown placeholder '{shown(written)}'", PLACEHOLDER_HINT
+            )
+        out.append(keys[name])
+    return "".join(out)
 
 
 # ----------------------------------------------------------------------------- loading
 
 
 RECIPE_SUFFIXES = (".toml", ".yaml", ".yml")
+_TEMPLATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 
 def template_path(name: str) -> Path:
     """Find a recipe: an existing ``.toml``/``.yaml``/``.yml`` file, else a template by name
     (``glm45-355b-a32b-gspo``, also written ``glm45-355b-a32b-gspo.toml``). An existing file of
     another type is refused. Raises :class:`RecipeError`."""
+    if "\0" in name or safe_text(name, keep_newlines=False) != name:
+        raise RecipeError(
+            f"{shown(name)}: a recipe name or path cannot contain a NUL byte or control characters",
+            f"pass a path to a .toml/.yaml recipe, or one of: {', '.join(list_templates())}",
+        )
     p = Path(name)
-    if p.is_file():
+    if os.path.isfile(name):
         if p.suffix in RECIPE_SUFFIXES:
             return p
         raise RecipeError(
@@ -386,14 +418,19 @@ def template_path(name: str) -> Path:
             f"rename it to {p.stem}.toml (TOML) or {p.stem}.yaml (YAML), or pass a template name: "
             f"{', '.join(list_templates())}",
         )
+    if p.suffix in RECIPE_SUFFIXES and os.path.lexists(name):
+        return p  # there but not a regular file (a directory, FIFO, device, symlink loop): read says which
     stem = name[: -len(p.suffix)] if p.suffix in RECIPE_SUFFIXES else name
-    for d in TEMPLATE_DIRS:
-        for ext in RECIPE_SUFFIXES:
-            cand = d / f"{stem}{ext}"
-            if cand.is_file():
-                return cand
+    if _TEMPLATE_NAME.fullmatch(stem):
+        for d in TEMPLATE_DIRS:
+            for ext in RECIPE_SUFFIXES:
+                cand = d / f"{stem}{ext}"
+                if cand.is_file():
+                    return cand
+    if os.path.lexists(name):
+        return p  # not a regular file: read says which
     raise RecipeError(
-        f"recipe '{name}' not found (not a file, and not a template name)",
+        f"recipe '{shown(name)}' not found (not a file, and not a template name)",
         f"pass a path to a .toml/.yaml recipe, or one of: {', '.join(list_templates())}",
     )
 
@@ -407,26 +444,59 @@ def list_templates() -> list[str]:
     return sorted(names)
 
 
+class _AliasRefused(yaml.composer.ComposerError):
+    pass
+
+
+class _RecipeYamlLoader(yaml.SafeLoader):
+    """:class:`yaml.SafeLoader` without anchors and aliases (``&name`` / ``*name``): a recipe has
+    no use for them, and a few hundred bytes of nested aliases expand to gigabytes ("billion
+    laughs"). Refused at the first anchor or alias, with its line."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _AliasRefused(
+                None, None, "anchors and aliases (&name, *name) are not allowed in a recipe", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def _read_mapping(path: Path) -> dict:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise RecipeError(f"{path}: cannot read ({e.strerror})", "pass a readable recipe file") from None
+    text = read_input_file(
+        path,
+        "recipe",
+        RecipeError,
+        "pass a readable .toml/.yaml recipe file (at most 1 MiB), or a template name",
+    )
+    where = shown(path)
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
         else:
-            data = yaml.safe_load(text) or {}
+            data = yaml.load(text, Loader=_RecipeYamlLoader) or {}  # noqa: S506 (a SafeLoader)
     except tomllib.TOMLDecodeError as e:
-        raise RecipeError(f"{path}: not valid TOML: {e}", "fix the syntax at the line named") from None
+        raise RecipeError(f"{where}: not valid TOML: {e}", "fix the syntax at the line named") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
+        hint = (
+            "write the values out instead of &anchors and *aliases"
+            if isinstance(e, _AliasRefused)
+            else "fix the syntax"
+        )
         raise RecipeError(
-            f"{path}: not valid YAML{line}: {getattr(e, 'problem', e)}", "fix the syntax"
+            f"{where}: not valid YAML{line}: {shown(getattr(e, 'problem', e), 300)}", hint
         ) from None
+    except RecursionError:
+        raise RecipeError(
+            f"{where}: the recipe is nested too deeply", "write a flat table of sections"
+        ) from None
+    except ValueError as e:  # a number too long to convert, a date that does not exist
+        why = "a number has more than 4300 digits" if "Exceeds the limit" in str(e) else shown(e)
+        raise RecipeError(f"{where}: cannot read a value: {why}", "fix the value") from None
     if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe must be a table of sections", "see templates/ for examples")
+        raise RecipeError(f"{where}: a recipe must be a table of sections", "see templates/ for examples")
     return data
 
 
@@ -434,6 +504,11 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     """Parse ``section.key=value``. The value is read as TOML (``4``, ``true``, ``[1, 2]``,
     ``"text"``); anything that is not valid TOML is taken as a plain string. Floats keep their
     text (``1e-4`` stays ``1e-4``)."""
+    if safe_text(item, keep_newlines=False) != item:
+        raise RecipeError(
+            f"--set {shown(item)}: holds a control character or a line break",
+            "write the value on one line, without control characters",
+        )
     if "=" not in item:
         raise RecipeError(f"--set {item}: expected KEY=VALUE", "for example --set parallelism.tp=4")
     key, raw = item.split("=", 1)
@@ -444,7 +519,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     raw = raw.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (ValueError, RecursionError):  # not TOML (TOMLDecodeError), a number too long, too deep
         value = raw
     if isinstance(value, float):
         value = raw  # kept as written: a Num field renders it verbatim, an int field refuses it
@@ -473,7 +548,121 @@ _TYPE_HINTS = {
 
 
 def _format_loc(loc: tuple) -> str:
-    return ".".join(str(x) for x in loc)
+    return ".".join(shown(x, 80) for x in loc)
+
+
+_INPUT_REPR = reprlib.Repr()
+_INPUT_REPR.maxstring = _INPUT_REPR.maxother = 80
+_MAX_PROBLEMS = 20
+
+
+def _problems(label: str, lines: list[str]) -> RecipeError:
+    more = len(lines) - _MAX_PROBLEMS
+    lines = lines[:_MAX_PROBLEMS] + ([f"... and {more} more"] if more > 0 else [])
+    return RecipeError(
+        f"{label}: invalid recipe:\n" + "\n".join(f"  - {x}" for x in lines),
+        "fix the keys named above in the file, or with --set KEY=VALUE; see templates/ for the known keys",
+    )
+
+
+# the fields whose placeholders are expanded (Recipe.expand), checked when the recipe is loaded
+_EXPANDED = (
+    "checkpoint.hf_checkpoint",
+    "checkpoint.hf_checkpoint_fp8",
+    "checkpoint.ref_load",
+    "checkpoint.save",
+    "checkpoint.load",
+    "rollout.prompt_data",
+    "eval.prompt_data",
+    "cluster.setup",
+    "trainer.probe_paths",
+)
+
+
+def _setup_problem(line: str) -> str | None:
+    """Why a ``cluster.setup`` line cannot be joined with `` && `` in front of ``ray start``, or
+    ``None``: a ``#`` outside quotes (the shell would comment out the rest, ``ray start``
+    included), an unclosed quote or a trailing backslash, a line break, an empty line, a trailing
+    ``&``, ``|`` or ``;``."""
+    if "\n" in line or "\r" in line:
+        return "holds a line break; write one command per entry"
+    if not line.strip():
+        return "is empty"
+    quote = None
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if quote == "'":
+            quote = None if c == "'" else quote
+        elif quote == '"':
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quote = None
+        elif c == "\\":
+            i += 1
+            if i >= len(line):
+                return "ends with a backslash"
+        elif c in "'\"":
+            quote = c
+        elif c == "#":
+            return (
+                "has a '#' outside quotes: setup lines are joined with ' && ' in front of `ray start`, "
+                "and the shell would ignore everything after the '#'"
+            )
+        i += 1
+    if quote:
+        return f"has an unclosed {quote} quote"
+    if line.rstrip()[-1] in "&|;":
+        return f"ends with '{line.rstrip()[-1]}': setup lines are joined with ' && '"
+    return None
+
+
+def _unsafe_chars(value: Any, where: str, out: list[str], allow: str = "") -> None:
+    """Add ``where: ...`` to ``out`` for each string (or key) under ``value`` that holds a control
+    character: it would reach a node's shell, a file or a terminal as it is."""
+    if isinstance(value, str):
+        v = value.translate({ord(c): None for c in allow}) if allow else value
+        if safe_text(v, keep_newlines=False) != v:
+            bad = next(c for c in v if safe_text(c, keep_newlines=False) != c)
+            out.append(f"{where}: holds a control character ({safe_text(bad, keep_newlines=False)})")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _unsafe_chars(k, where, out)
+            _unsafe_chars(v, f"{where}.{shown(k, 80)}", out, allow)
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _unsafe_chars(v, f"{where}[{i}]", out, allow)
+
+
+def _after_validation(r: Recipe) -> list[str]:
+    """Problems that pydantic's field checks do not see: control characters, placeholders that
+    cannot be expanded, setup lines that would break the `` && `` chain."""
+    out: list[str] = []
+    data = r.model_dump()
+    for section, fields in data.items():
+        if not isinstance(fields, dict):
+            continue
+        for key, value in fields.items():
+            allow = "\n\t" if (section, key) == ("run", "description") else ""
+            _unsafe_chars(value, f"{section}.{key}", out, allow)
+    if out:
+        return out
+    for dotted in _EXPANDED:
+        section, key = dotted.split(".")
+        value = data[section][key]
+        for i, v in enumerate(value) if isinstance(value, list) else [(None, value)]:
+            where = dotted if i is None else f"{dotted}[{i}]"
+            if v:
+                try:
+                    r.expand(v)
+                except RecipeError as e:
+                    out.append(f"{where}: {e.message}")
+    for i, line in enumerate(r.cluster.setup):
+        why = _setup_problem(line)
+        if why:
+            out.append(f"cluster.setup[{i}]: {shown(line, 80)!r} {why}")
+    return out
 
 
 def recipe_from_dict(data: dict, source: str = "<recipe>", label: str | None = None) -> Recipe:
@@ -491,11 +680,12 @@ def recipe_from_dict(data: dict, source: str = "<recipe>", label: str | None = N
                 lines.append(f"{loc}: required but not set")
             else:
                 how = _TYPE_HINTS.get(err["type"], "")
-                lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r}){how}")
-        raise RecipeError(
-            f"{label or source}: invalid recipe:\n" + "\n".join(f"  - {x}" for x in lines),
-            "fix the keys named above in the file, or with --set KEY=VALUE; see templates/ for the known keys",
-        ) from None
+                got = safe_text(_INPUT_REPR.repr(err.get("input")), keep_newlines=False)
+                lines.append(f"{loc}: {shown(err['msg'], 300)} (got {got}){how}")
+        raise _problems(label or source, lines) from None
+    problems = _after_validation(r)
+    if problems:
+        raise _problems(label or source, problems)
     r.source = source
     return r
 
@@ -527,5 +717,5 @@ def load_recipe(recipe: str | Path | dict | Recipe, overrides: list[str] | str |
     for item in overrides or []:
         parts, value = parse_override(item)
         _apply(data, parts, value, item)
-    label = f"{source} with --set {' --set '.join(overrides)}" if overrides else None
+    label = f"{source} with --set {' --set '.join(shown(o, 120) for o in overrides)}" if overrides else None
     return recipe_from_dict(data, source, label)
