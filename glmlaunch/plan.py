@@ -9,6 +9,7 @@ a plan out; ``glmlaunch render`` prints it (:mod:`glmlaunch.render`).
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import os
 import re
@@ -225,6 +226,36 @@ def _opt(flag: str, value) -> list[str]:
     return [flag, str(value)]
 
 
+# enable_mis: the TIS + rejection-sampling config miles builds inline and passes as a `base64:`
+# pseudo-file, scripts/run_glm45_355b_a32b.py:318-335 (miles@31f1ca961a94) (decoded by
+# miles/utils/file_arg_utils.py:7-11, applied by miles/utils/arguments.py:3475-3480). `use_rs` is
+# algorithm.tis_use_rs; the other keys are fixed.
+MIS_TIS_FUNCTION = "examples.infra_features.train_infer_mismatch_helper.mis.compute_mis_weights_with_cp"
+
+
+def mis_config(use_rs: bool) -> str:
+    """The MIS YAML text (``use_rs`` from ``algorithm.tis_use_rs``)."""
+    items = [
+        ("use_tis", "true"),
+        ("use_rs", "true" if use_rs else "false"),
+        ("tis_level", '"token"'),
+        ("rs_level", '"token"'),
+        ("tis_mode", '"truncate"'),
+        ("tis_lower_bound", "0.5"),
+        ("tis_upper_bound", "2.0"),
+        ("rs_lower_bound", "null"),
+        ("rs_upper_bound", "null"),
+        ("rs_veto_threshold", "1.0e-4"),
+        ("tis_batch_normalize", "true"),
+    ]
+    return "\n".join(f"{k}: {v}" for k, v in items)
+
+
+def pseudo_file(text: str) -> str:
+    """A file argument miles reads inline: ``base64:`` and the text, base64-encoded."""
+    return "base64:" + base64.b64encode(text.encode()).decode()
+
+
 def trainer_argv(res: Resolved, notes: list[str] | None = None) -> list[str]:
     """The miles ``train.py`` argv as tokens, in the seed's group order (the 8-node golden
     file, tests/golden/glm45-355b-a32b-gspo.json): cluster, model, checkpoint, rollout, eval, perf, algorithm, optimizer,
@@ -333,13 +364,8 @@ def trainer_argv(res: Resolved, notes: list[str] | None = None) -> list[str]:
     argv += ["--eps-clip", al.eps_clip] + _opt("--eps-clip-high", al.eps_clip_high)
     argv += _bool("--use-tis", al.use_tis) + _bool("--use-rollout-logprobs", al.use_rollout_logprobs)
     if al.enable_mis:
-        mis = f"{tr.miles_dir.rstrip('/')}/examples/infra_features/train_infer_mismatch_helper"
-        argv += [
-            "--custom-tis-function-path",
-            "examples.infra_features.train_infer_mismatch_helper.mis.compute_mis_weights_with_cp",
-            "--custom-config-path",
-            f"{mis}/mis{'_rs' if al.tis_use_rs else ''}.yaml",
-        ]
+        argv += ["--custom-tis-function-path", MIS_TIS_FUNCTION]
+        argv += ["--custom-config-path", pseudo_file(mis_config(al.tis_use_rs))]
     argv += _bool("--use-rollout-routing-replay", al.use_rollout_routing_replay)
 
     o = r.optimizer
