@@ -305,7 +305,10 @@ def test_debug_minimal_mode():
     plan = _plan("glm45-355b-a32b-gspo", ["run.mode=debug_minimal"])
     a = plan.argv
     assert not plan.errors
-    assert values(a, "--num-rollout") == ["2"] and values(a, "--rollout-batch-size") == ["8"]
+    # miles' debug_minimal (scripts/run_glm45_355b_a32b.py:116-153): the batch stays, responses
+    # are capped at 100 tokens, no dynamic sampling, no eval, checkpoints every 2 rollouts
+    assert values(a, "--num-rollout") == ["3000"] and values(a, "--rollout-batch-size") == ["128"]
+    assert values(a, "--rollout-max-response-len") == ["100"] and "--over-sampling-batch-size" not in a
     assert values(a, "--save-interval") == ["2"] and "--eval-interval" not in a
 
 
