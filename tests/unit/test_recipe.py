@@ -314,10 +314,11 @@ def test_debug_minimal_mode():
 
 def test_air_template_matches_its_seed():
     """The Air profile's SGLang and clip flags are the seed's (contract §3): symmetric eps_clip, no
-    --eps-clip-high, SGLang dp 1, no --sglang-moe-dense-tp-size; disaggregated with p2p."""
+    --eps-clip-high, no --sglang-dp-size (SGLang's 1), no --sglang-moe-dense-tp-size; disaggregated
+    with p2p."""
     a = _plan("glm45-air-p2p", []).argv
     assert values(a, "--eps-clip") == ["4e-4"] and "--eps-clip-high" not in a
-    assert values(a, "--sglang-dp-size") == ["1"] and "--sglang-moe-dense-tp-size" not in a
+    assert "--sglang-dp-size" not in a and "--sglang-moe-dense-tp-size" not in a
     assert values(a, "--rollout-num-gpus") == ["32"] and "--colocate" not in a
     assert values(a, "--actor-num-nodes") == ["4"] and values(a, "--sglang-cuda-graph-bs") == [
         "1",
