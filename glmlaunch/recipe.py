@@ -122,12 +122,17 @@ class _Section(BaseModel):
 
 class RunSection(_Section):
     """Names and the shared directory. ``base_dir`` is the seed's ``BASE_DIR``: a directory on a
-    filesystem every node mounts at the same path."""
+    filesystem every node mounts at the same path. ``mode = "debug_minimal"`` is miles' smoke mode
+    (:func:`glmlaunch.resolve.debug_minimal`)."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     base_dir: str = Field(min_length=1)
     mode: Literal["normal", "debug_minimal"] = "normal"
     description: str = ""
+
+
+Hardware = Literal["H100", "H200", "B200", "B300", "GB200", "GB300", "cpu"]
+"""The accelerators ``cluster.hardware`` names (``cpu``: none)."""
 
 
 class ClusterSection(_Section):
@@ -137,7 +142,7 @@ class ClusterSection(_Section):
 
     nodes: int | None = Field(default=None, ge=1)
     gpus_per_node: int | None = Field(default=None, ge=1)
-    hardware: Literal["H100", "H200", "B200", "B300", "GB200", "GB300", "cpu"] = "H200"
+    hardware: Hardware = "H200"
     colocate: bool = True
     actor_nodes: int | None = Field(default=None, ge=1)
     rollout_gpus: int = Field(default=0, ge=0)
@@ -163,12 +168,20 @@ class CheckpointSection(_Section):
     save: str = "{base_dir}/runs/{run_name}/checkpoints"
     load: str = ""
     save_interval: int | None = Field(default=20, ge=1)
+    save_retain_interval: int | None = Field(default=None, ge=1)
+    """``--save-retain-interval``: keep every N-th checkpoint for good, older others are removed
+    (unset: not passed, Megatron keeps them all)."""
 
 
 class RolloutSection(_Section):
+    """Rollout data and sizes. ``task`` (:data:`glmlaunch.resolve.TASKS`) supplies every field left
+    unset here: ``prompt_data``, ``input_key``, ``rm_type``, ``rollout_max_response_len`` (and the
+    eval section's data, name, samples and length), as miles' ``--task`` does."""
+
     task: Literal["dapo_aime", "gsm8k"] = "dapo_aime"
     prompt_data: str = ""
-    input_key: str = "prompt"
+    input_key: str = ""
+    """``--input-key`` (unset: the task's, ``prompt`` or ``messages``)."""
     label_key: str = "label"
     apply_chat_template: bool = True
     rollout_shuffle: bool = True
@@ -176,14 +189,16 @@ class RolloutSection(_Section):
     num_rollout: int | None = Field(default=3000, ge=1)
     rollout_batch_size: int = Field(default=128, ge=1)
     n_samples_per_prompt: int = Field(default=8, ge=1)
-    rollout_max_response_len: int = Field(default=32768, ge=1)
+    rollout_max_response_len: int | None = Field(default=None, ge=1)
+    """``--rollout-max-response-len`` (unset: the task's)."""
     rollout_temperature: Num = "1"
     dynamic_sampling: bool = True
     over_sampling_batch_size: int | None = Field(default=256, ge=1)
     dynamic_sampling_filter_path: str = (
         "miles.rollout.filter_hub.dynamic_sampling_filters.check_reward_nonzero_std"
     )
-    num_steps_per_rollout: int = Field(default=4, ge=1)
+    num_steps_per_rollout: int | None = Field(default=4, ge=1)
+    """``--num-steps-per-rollout`` (unset: not passed; the global batch is then ``global_batch_size``)."""
     global_batch_size: int | None = Field(default=None, ge=1)
     balance_data: bool = True
     stop_token_ids: list[int] = Field(default_factory=lambda: [151329, 151336, 151338])
@@ -191,12 +206,17 @@ class RolloutSection(_Section):
 
 
 class EvalSection(_Section):
+    """Evaluation. ``enabled = false`` passes no eval flag at all; ``name``, ``prompt_data``,
+    ``n_samples_per_eval_prompt`` and ``max_response_len`` left unset are the task's."""
+
     enabled: bool = True
     interval: int | None = Field(default=20, ge=1)
     name: str = ""
     prompt_data: str = ""
-    n_samples_per_eval_prompt: int = Field(default=8, ge=1)
-    max_response_len: int = Field(default=32768, ge=1)
+    n_samples_per_eval_prompt: int | None = Field(default=None, ge=1)
+    """``--n-samples-per-eval-prompt`` (unset: the task's)."""
+    max_response_len: int | None = Field(default=None, ge=1)
+    """``--eval-max-response-len`` (unset: the task's)."""
     top_p: Num = "1"
 
 
@@ -239,7 +259,7 @@ class AlgorithmSection(_Section):
     use_kl_loss: bool = False
     kl_loss_coef: Num = "0.00"
     kl_loss_type: str = "low_var_kl"
-    kl_coef: Num = "0.00"
+    kl_coef: Num | None = "0.00"
     entropy_coef: Num = "0.00"
     eps_clip: Num = "1e-4"
     eps_clip_high: Num | None = "2e-4"
@@ -264,13 +284,23 @@ class OptimizerSection(_Section):
 
 class SglangSection(_Section):
     """Rollout engines. An engine spans ``gpus_per_engine`` GPUs (its TP size, miles forces
-    ``sglang_tp_size = rollout_num_gpus_per_engine``)."""
+    ``sglang_tp_size = rollout_num_gpus_per_engine``, miles/backends/sglang_utils/arguments.py:184
+    (miles@31f1ca961a94), so ``--sglang-tp-size`` is never passed)."""
 
     gpus_per_engine: int = Field(default=32, ge=1)
+    cap_gpus_per_engine: bool = False
+    """``gpus_per_engine`` is an upper bound: with fewer rollout GPUs, one engine spans them all
+    (miles' ``min(32, GPUs)``, scripts/run_glm45_355b_a32b.py:229 (miles@31f1ca961a94))."""
     mem_fraction_static: Num = "0.7"
+    mem_fraction_static_by_hardware: dict[Hardware, Num] = Field(default_factory=dict)
+    """``mem_fraction_static`` for the hardware named (``{ GB300 = "0.8" }``); others use
+    ``mem_fraction_static``."""
+    chunked_prefill_size_per_gpu: int | None = Field(default=None, ge=1)
+    """``--sglang-chunked-prefill-size`` is this × the engine's GPUs (unset: not passed, SGLang's
+    default)."""
     enable_dp_attention: bool = True
-    dp_size: int = Field(default=4, ge=1)
-    ep_size: int = Field(default=32, ge=1)
+    dp_size: int | None = Field(default=4, ge=1)
+    ep_size: int | None = Field(default=32, ge=1)
     enable_dp_lm_head: bool = True
     moe_dense_tp_size: int | None = Field(default=1, ge=1)
     mtp: bool = True
@@ -281,6 +311,12 @@ class SglangSection(_Section):
     draft_weights_cpu_backup: bool = True
     cuda_graph_bs: list[int] = Field(default_factory=list)
     fp8_rollout: bool = False
+    """Roll out in FP8 as scripts/run_glm45_355b_a32b.py:244-263 (miles@31f1ca961a94) does: the
+    FP8 checkpoint (``checkpoint.hf_checkpoint_fp8``), DP-attention over attention-TP groups of
+    at most 8 GPUs, EP over the engine, DeepGEMM MoE with DeepEP low-latency all-to-all, decode
+    batches of 256 (flags and ``SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK``). It replaces
+    ``enable_dp_attention``, ``dp_size``, ``ep_size``, ``enable_dp_lm_head``,
+    ``moe_dense_tp_size`` and ``chunked_prefill_size_per_gpu`` (a note says so when they differ)."""
     fp8_kv_cache: bool = False
     attention_backend: str = ""
 
@@ -315,6 +351,9 @@ class TrainerSection(_Section):
     train_script: str = "train.py"
     extra_args: list[str] = Field(default_factory=list)
     attention_backend: str = "flash"
+    dump_details: str = ""
+    """``--dump-details``: the directory the trainer dumps every rollout's and step's data to
+    (placeholders expanded; unset: not passed)."""
     distributed_timeout_minutes: int | None = Field(default=None, ge=1)
     probe_paths: list[str] = Field(default_factory=list)
     probe_timeout_s: int = Field(default=300, ge=1)

@@ -313,16 +313,20 @@ def test_debug_minimal_mode():
     plan = _plan("glm45-355b-a32b-gspo", ["run.mode=debug_minimal"])
     a = plan.argv
     assert not plan.errors
-    assert values(a, "--num-rollout") == ["2"] and values(a, "--rollout-batch-size") == ["8"]
+    # miles' debug_minimal (scripts/run_glm45_355b_a32b.py:116-153): the batch stays, responses
+    # are capped at 100 tokens, no dynamic sampling, no eval, checkpoints every 2 rollouts
+    assert values(a, "--num-rollout") == ["3000"] and values(a, "--rollout-batch-size") == ["128"]
+    assert values(a, "--rollout-max-response-len") == ["100"] and "--over-sampling-batch-size" not in a
     assert values(a, "--save-interval") == ["2"] and "--eval-interval" not in a
 
 
 def test_air_template_matches_its_seed():
     """The Air profile's SGLang and clip flags are the seed's (contract §3): symmetric eps_clip, no
-    --eps-clip-high, SGLang dp 1, no --sglang-moe-dense-tp-size; disaggregated with p2p."""
+    --eps-clip-high, no --sglang-dp-size (SGLang's 1), no --sglang-moe-dense-tp-size; disaggregated
+    with p2p."""
     a = _plan("glm45-air-p2p", []).argv
     assert values(a, "--eps-clip") == ["4e-4"] and "--eps-clip-high" not in a
-    assert values(a, "--sglang-dp-size") == ["1"] and "--sglang-moe-dense-tp-size" not in a
+    assert "--sglang-dp-size" not in a and "--sglang-moe-dense-tp-size" not in a
     assert values(a, "--rollout-num-gpus") == ["32"] and "--colocate" not in a
     assert values(a, "--actor-num-nodes") == ["4"] and values(a, "--sglang-cuda-graph-bs") == [
         "1",
