@@ -18,7 +18,7 @@ from collections.abc import Callable
 from .errors import Finding, Findings
 from .hosts import Allocation, AllocationKind
 from .models import HARDWARE_GPUS, MODELS
-from .plan import TRAINER_PORT_RANGES, LaunchPlan
+from .plan import TRAINER_PORT_RANGES, LaunchPlan, engine_gpus, mem_fraction_static
 from .resolve import Resolved
 
 # The upstream versions every citation is pinned to (read at these versions; docs/rules.md).
@@ -295,19 +295,24 @@ def check_sglang(res: Resolved, out: list[Finding]) -> None:
     """Rollout engine sizes."""
     recipe, gpus = res.recipe, res.gpus_per_node
     s = recipe.sglang
-    mem = float(s.mem_fraction_static)
-    if not 0 < mem < 1:
+    mem_text = mem_fraction_static(recipe)
+    mem_field = (
+        f"sglang.mem_fraction_static_by_hardware.{recipe.cluster.hardware}"
+        if recipe.cluster.hardware in s.mem_fraction_static_by_hardware
+        else "sglang.mem_fraction_static"
+    )
+    if not 0 < float(mem_text) < 1:
         _err(
             out,
-            "sglang.mem_fraction_static",
-            f"mem_fraction_static={s.mem_fraction_static} is not a fraction of GPU memory; use a value between 0 and 1 "
+            mem_field,
+            f"mem_fraction_static={mem_text} is not a fraction of GPU memory; use a value between 0 and 1 "
             "(exclusive), e.g. 0.7",
             "0 < mem_fraction_static < 1",
             cite(SGL, "sglang/srt/mem_cache/kv_cache_configurator.py:3007-3057"),
         )
     spec = MODELS.get(recipe.model.type)
     rg = res.rollout_gpus
-    g = s.gpus_per_engine
+    g = engine_gpus(res)
     if not gpus or not rg:
         return
     unit = min(g, gpus)
@@ -419,7 +424,8 @@ def check_batches(res: Resolved, out: list[Finding]) -> None:
     r, dp, cp = res.recipe, res.dp, res.layout.cp
     ro = r.rollout
     total = ro.rollout_batch_size * ro.n_samples_per_prompt
-    if total % ro.num_steps_per_rollout:
+    steps = ro.num_steps_per_rollout
+    if steps and total % steps:
         _err(
             out,
             "rollout.num_steps_per_rollout",
@@ -430,8 +436,8 @@ def check_batches(res: Resolved, out: list[Finding]) -> None:
             cite(MILES, f"{MARGS}:3431", "miles/backends/training_utils/data.py:465-466"),
             "warning",
         )
-    gbs = total // ro.num_steps_per_rollout
-    if ro.global_batch_size is not None and ro.global_batch_size != gbs:
+    gbs = total // steps if steps else ro.global_batch_size or total
+    if steps and ro.global_batch_size is not None and ro.global_batch_size != gbs:
         _err(
             out,
             "rollout.global_batch_size",
@@ -489,7 +495,7 @@ def check_batches(res: Resolved, out: list[Finding]) -> None:
             cite(MILES, f"{MARGS}:3155-3156"),
         )
     if p.max_tokens_per_gpu:
-        need = ro.rollout_max_response_len + (ro.prompt_len or 0)
+        need = (ro.rollout_max_response_len or 0) + (ro.prompt_len or 0)
         budget = p.max_tokens_per_gpu * cp
         if need > budget:
             _err(
@@ -706,6 +712,9 @@ def check_paths(res: Resolved, out: list[Finding]) -> None:
     items["eval.prompt_data"] = res.paths["eval_data"]
     items["trainer.miles_dir"] = recipe.trainer.miles_dir
     items["trainer.megatron_dir"] = recipe.trainer.megatron_dir
+    items["trainer.dump_details"] = (
+        recipe.expand(recipe.trainer.dump_details) if recipe.trainer.dump_details else ""
+    )
     for field, v in items.items():
         if not v:
             continue

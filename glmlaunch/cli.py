@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import CheckFailed, Finding, GlmlaunchError, UsageError
+from .errors import CheckFailed, Finding, GlmlaunchError, UsageError, safe_text
 from .options import Defaults
 from .progress import Reporter
 
@@ -122,10 +122,12 @@ def _fail(e: GlmlaunchError) -> NoReturn:
     raise typer.Exit(e.exit_code)
 
 
-def _esc(s: str) -> str:
+def _esc(s: object) -> str:
+    """A user value (host name, path, message) for Rich: control characters written as escapes
+    (``\\x1b``: no terminal sequence reaches the terminal), then Rich markup escaped."""
     from rich.markup import escape
 
-    return escape(s)
+    return escape(safe_text(s))
 
 
 def print_findings(findings: list[Finding], title: str = "checks") -> None:
@@ -136,15 +138,15 @@ def print_findings(findings: list[Finding], title: str = "checks") -> None:
     if not out.is_terminal:
         out.print(_esc(title) + ":")
         for f in findings:
-            out.print(f"  {f.severity:7} {_esc(str(f))}", soft_wrap=True)
+            out.print(f"  {_esc(f.severity):7} {_esc(str(f))}", soft_wrap=True)
         return
-    t = Table(title=title, show_lines=False, expand=False)
+    t = Table(title=_esc(title), show_lines=False, expand=False)
     t.add_column("", width=7)
     t.add_column("field", style="cyan", no_wrap=True)
     t.add_column("problem")
     t.add_column("source", style="dim")
     for f in findings:
-        sev = "[bold red]error[/]" if f.severity == "error" else "[yellow]warning[/]"
+        sev = "[bold red]error[/]" if f.severity == "error" else "[yellow]warning[/]"  # nothing of the user's
         t.add_row(sev, _esc(f.field), _esc(f.message), _esc(f.source))
     out.print(t)
 
@@ -171,7 +173,7 @@ def hosts(hostfile: HostfileOpt = None, head: HeadOpt = None, gpus_per_node: Gpu
             "head" if i == 0 else "worker",
             _esc(h.name),
             _esc(h.address),
-            str(h.slots or "-"),
+            _esc(h.slots or "-"),
             _esc(ssh),
             _esc(h.source),
         )
@@ -337,9 +339,9 @@ def _ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout):
 def print_status(run) -> None:
     """The run's nodes as a table (when it is up), then its jobs and its directory."""
     st = run.status()
-    title = f"run {run.run_id}: {run.plan.recipe} — {run.plan.dashboard_url}"
+    title = _esc(f"run {run.run_id}: {run.plan.recipe} — {run.plan.dashboard_url}")
     if st.cluster is None:  # nothing to ask the nodes
-        out.print(f"{title}: {st.state}")
+        out.print(f"{title}: {_esc(st.state)}", soft_wrap=True)
     else:
         t = Table(title=title)
         for c in ("host", "role", "address", "Ray node", "GPUs", "ray start process"):
@@ -348,16 +350,19 @@ def print_status(run) -> None:
             alive = "[green]alive[/]" if v["alive"] else "[red]not alive[/]"
             proc = {True: "[green]running[/]", False: "[red]exited[/]", None: "-"}[v["process"]]
             gpus = "-" if v["gpus"] is None else f"{v['gpus']:g}"
-            t.add_row(_esc(h), v["role"], _esc(v["address"]), alive, gpus, proc)
+            t.add_row(_esc(h), _esc(v["role"]), _esc(v["address"]), alive, _esc(gpus), proc)
         out.print(t)
         for p in st.cluster.problems:
             err.print(f"[yellow]note:[/] {_esc(p)}")
     for j in st.jobs:
         out.print(
-            f"job {j.submission_id}: {j.status}"
-            + (f" (exit code {j.exit_code})" if j.exit_code is not None else "")
+            _esc(
+                f"job {j.submission_id}: {j.status}"
+                + (f" (exit code {j.exit_code})" if j.exit_code is not None else "")
+            ),
+            soft_wrap=True,
         )
-    out.print(f"run directory: {run.path or '-'}")
+    out.print(f"run directory: {_esc(run.path or '-')}", soft_wrap=True)
 
 
 @app.command()
@@ -480,8 +485,8 @@ def launch(
     color = "green" if res.ok else "red"
     code = "" if job.exit_code is None else f"exit code {job.exit_code}, "
     err.print(
-        f"[{color}]job {job.submission_id}: {job.status}[/] ({code}{job.duration_s:.0f} s)"
-        + (f"; run directory {res.run_dir}" if res.run_dir else ""),
+        f"[{color}]{_esc(f'job {job.submission_id}: {job.status}')}[/] ({_esc(code)}{job.duration_s:.0f} s)"
+        + (f"; run directory {_esc(res.run_dir)}" if res.run_dir else ""),
         soft_wrap=True,
     )
     if keep:
@@ -501,7 +506,7 @@ def submit(run: RunOpt = None, follow: Annotated[bool, typer.Option("--follow/--
     except GlmlaunchError as e:
         _fail(e)
     if res is not None:
-        err.print(f"job {res.submission_id}: {res.status} (exit code {res.exit_code})")
+        err.print(_esc(f"job {res.submission_id}: {res.status} (exit code {res.exit_code})"), soft_wrap=True)
         if not res.ok:
             raise typer.Exit(res.exit_code if res.exit_code not in (None, 0) else 1)
 
@@ -561,7 +566,7 @@ def down(
         for h, v in bad.items():
             err.print(f"[red]✗[/] {_esc(h)}: {_esc(str(v.get('error') or v.get('left')))}")
         raise typer.Exit(1)
-    out.print(f"run {r.run_id} is down ({len(res)} nodes)")
+    out.print(f"run {_esc(r.run_id)} is down ({len(res)} nodes)", soft_wrap=True)
 
 
 @app.command()
@@ -575,9 +580,9 @@ def templates() -> None:
     for name in list_templates():
         try:
             r = load_recipe(name)
-            t.add_row(name, r.run.description or r.model.type)
+            t.add_row(_esc(name), _esc(r.run.description or r.model.type))
         except GlmlaunchError as e:
-            t.add_row(name, f"[red]{_esc(e.message)}[/]")
+            t.add_row(_esc(name), f"[red]{_esc(e.message)}[/]")
     out.print(t)
 
 

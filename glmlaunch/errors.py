@@ -21,7 +21,31 @@ Every error says what is wrong and what to do next.
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 from dataclasses import dataclass
+
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+
+
+def safe_text(value: object, keep_newlines: bool = True) -> str:
+    """``value`` as text that cannot drive a terminal: control and format characters (ESC, CR,
+    BEL, backspace, bidi overrides, line separators) are written as escapes (``\\x1b``,
+    ``\\u202e``); newlines stay when ``keep_newlines``. Printable text is returned as it is."""
+    s = str(value)
+    if s.isprintable():  # no Cc, Cf, Cs, Co, Zl, Zp (nor newlines)
+        return s
+    out = []
+    for c in s:
+        if (
+            (c == "\n" and keep_newlines)
+            or c.isprintable()
+            or unicodedata.category(c) not in _UNSAFE_CATEGORIES
+        ):
+            out.append(c)
+        else:
+            o = ord(c)
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+    return "".join(out)
 
 
 class GlmlaunchError(Exception):

@@ -20,21 +20,153 @@ resolved IP, never by comparing strings (the seed script compared strings: docs/
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import re
 import socket
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
-from .errors import HostfileError, UsageError
+from .errors import HostfileError, UsageError, safe_text
 
 DEFAULT_HOSTFILE = "/root/mpi_rack_hostfile"
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.\-]*[A-Za-z0-9_])?$")
-_KV_RE = re.compile(r"^([A-Za-z_]+)=(.*)$")
+MAX_INPUT_BYTES = 1 << 20
+"""The largest hostfile or recipe file read (1 MiB); a bigger one is refused, not read."""
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.\-]*[A-Za-z0-9_])?")
+_USER_RE = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]*")
+_ZONE_RE = re.compile(r"[A-Za-z0-9._-]+")
+_KV_RE = re.compile(r"([A-Za-z_]+)=(.*)")
+_DIGITS_RE = re.compile(r"[0-9]{1,18}")
+
+
+def whole_number(text: object) -> int | None:
+    """``text`` as an int when it is 1-18 ASCII digits, else ``None``. ``str.isdigit`` is not used:
+    it accepts ``²`` (which ``int`` refuses) and ``٣`` (which ``int`` reads as 3)."""
+    return int(text) if isinstance(text, str) and _DIGITS_RE.fullmatch(text) else None
+
+
+def shown(value: object, limit: int = 200) -> str:
+    """A user value for a message: control characters escaped (:func:`safe_text`), cut at
+    ``limit`` characters."""
+    s = safe_text(value, keep_newlines=False)
+    return s if len(s) <= limit else s[:limit] + f"... ({len(s)} characters)"
+
+
+def is_hostname(name: str) -> bool:
+    """A DNS-style host name (letters, digits, ``-``, ``_``, ``.``; at most 253 characters,
+    labels of at most 63), as a hostfile or Slurm writes it."""
+    return (
+        isinstance(name, str)
+        and len(name) <= 253
+        and _NAME_RE.fullmatch(name) is not None
+        and all(len(label) <= 63 for label in name.split("."))
+    )
+
+
+def is_ip(name: str) -> bool:
+    """An IPv4 or IPv6 literal; an IPv6 zone id (``fe80::1%eth0``) must be a plain interface name."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    _, pct, zone = name.partition("%")
+    return not pct or _ZONE_RE.fullmatch(zone) is not None
+
+
+def is_user(name: str) -> bool:
+    """A login name that can follow ``ssh -l`` safely: ``[A-Za-z0-9._-]``, not starting with ``-``."""
+    return isinstance(name, str) and len(name) <= 64 and _USER_RE.fullmatch(name) is not None
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+_OPEN_ERRORS = {
+    errno.ELOOP: "too many levels of symbolic links (a symlink loop?)",
+    errno.ENAMETOOLONG: "the path is too long",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOTDIR: "a part of the path is not a directory",
+    errno.EISDIR: "it is a directory",
+}
+
+
+def read_input_file(
+    path: str | os.PathLike,
+    what: str,
+    error: type[UsageError],
+    hint: str,
+    not_found_hint: str | None = None,
+    max_bytes: int = MAX_INPUT_BYTES,
+) -> str:
+    """The text of a small input file (a hostfile, a recipe): a regular file of at most
+    ``max_bytes``, UTF-8 (a BOM is dropped). Opened without blocking, so that a FIFO never hangs;
+    a directory, device, FIFO or socket, a symlink loop, a path too long or with a NUL, a file
+    too big and text that is not UTF-8 each raise ``error`` (naming the path) with ``hint``."""
+    name = os.fspath(path)
+    if not isinstance(name, str):
+        name = os.fsdecode(name)
+    where = shown(name) or "''"
+    if "\0" in name:
+        raise error(f"{where}: a {what} path cannot contain a NUL byte", hint)
+    if safe_text(name, keep_newlines=False) != name:
+        raise error(f"{where}: a {what} path cannot contain control characters", hint)
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(name, flags)
+    except FileNotFoundError:
+        raise error(f"{where}: {what} not found", not_found_hint or hint) from None
+    except OSError as e:
+        why = _OPEN_ERRORS.get(e.errno or 0, e.strerror or e.__class__.__name__)
+        raise error(f"{where}: cannot read the {what}: {why}", hint) from None
+    try:
+        st = os.fstat(fd)
+        for test, kind in _FILE_KINDS:
+            if test(st.st_mode):
+                raise error(f"{where}: the {what} is {kind}, not a regular file", hint)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{where}: the {what} is not a regular file", hint)
+        limit = f"{max_bytes >> 20} MiB" if max_bytes % (1 << 20) == 0 else f"{max_bytes} bytes"
+        too_big = f"{where}: the {what} is larger than {limit}; it is not read"
+        if st.st_size > max_bytes:
+            raise error(too_big, hint)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= max_bytes:
+            try:
+                chunk = os.read(fd, max_bytes + 1 - size)
+            except BlockingIOError:  # not for a regular file; never wait
+                break
+            except OSError as e:
+                raise error(f"{where}: cannot read the {what}: {e.strerror or e}", hint) from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > max_bytes:  # it grew while being read
+            raise error(too_big, hint)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise error(
+            f"{where}:{line}: the {what} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})",
+            hint,
+        ) from None
+    return text.removeprefix("\ufeff")
 
 
 @dataclass(frozen=True)
@@ -114,7 +246,7 @@ def resolve(name: str) -> str | None:
         pass
     try:
         infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
-    except OSError:
+    except (OSError, UnicodeError, ValueError):  # not found; a label over 63 characters; a NUL
         return None
     v4 = [str(i[4][0]) for i in infos if i[0] == socket.AF_INET]
     v6 = [str(i[4][0]) for i in infos if i[0] == socket.AF_INET6]
@@ -122,70 +254,94 @@ def resolve(name: str) -> str | None:
     return found[0] if found else None
 
 
+def _check_user(user: str, where: str, written: str) -> None:
+    if not is_user(user):
+        raise HostfileError(
+            f"{where}: '{shown(written)}': '{shown(user)}' is not a login name "
+            "(letters, digits, '.', '_' and '-', not starting with '-')",
+            "write user@host or ssh_user=NAME with a plain login name, or leave the user out",
+        )
+
+
 def _parse_line(text: str, where: str) -> tuple[str, int | None, str | None, int | None]:
     """Parse one hostfile line (comment already removed) into (name, slots, user, port)."""
-    tokens = text.split()
+    tokens = re.split(r"[ \t]+", text.strip(" \t"))
     first, rest = tokens[0], tokens[1:]
     user = None
     if "@" in first:
         user, first = first.split("@", 1)
         if not user or not first:
-            raise HostfileError(f"{where}: cannot read host '{tokens[0]}'", "write it as user@host")
+            raise HostfileError(f"{where}: cannot read host '{shown(tokens[0])}'", "write it as user@host")
+        _check_user(user, where, tokens[0])
     slots: int | None = None
     # MPICH "host:8" or "[v6addr]:8"; a bare IPv6 address also contains ':'.
-    m = re.match(r"^\[([0-9A-Fa-f:.]+)\]:(\d+)$", first)
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+(?:%[A-Za-z0-9._-]+)?)\]:([0-9]+)", first)
     if m:
-        first, slots = m.group(1), int(m.group(2))
+        first, slots = m.group(1), whole_number(m.group(2))
+        if slots is None:
+            raise HostfileError(
+                f"{where}: cannot read '{shown(tokens[0])}': the count after ':' is too long",
+                "write [addr]:8",
+            )
     elif first.count(":") == 1:
         host, _, n = first.partition(":")
-        if not n.isdigit():
+        slots = whole_number(n)
+        if slots is None:
             raise HostfileError(
-                f"{where}: cannot read '{first}': the count after ':' must be a whole number",
+                f"{where}: cannot read '{shown(first)}': the count after ':' must be a whole number (digits 0-9)",
                 "write host:8 (MPICH) or host slots=8 (OpenMPI)",
             )
-        first, slots = host, int(n)
+        first = host
     elif first.startswith("["):
         first = first.strip("[]")
-    is_ip = True
-    try:
-        ipaddress.ip_address(first)
-    except ValueError:
-        is_ip = False
-    if not is_ip and not _NAME_RE.match(first):
-        raise HostfileError(f"{where}: '{first}' is not a hostname or IP address", "fix or remove this line")
+    if "%" in first and not is_ip(first):
+        raise HostfileError(
+            f"{where}: '{shown(first)}' is not an IPv6 address with a zone id (after '%' only an interface name: "
+            "letters, digits, '.', '_', '-')",
+            "write the address as fe80::1%eth0, or fix or remove this line",
+        )
+    if not is_ip(first) and not is_hostname(first):
+        raise HostfileError(
+            f"{where}: '{shown(first)}' is not a hostname or IP address", "fix or remove this line"
+        )
     port = None
     max_slots = None
     for tok in rest:
-        kv = _KV_RE.match(tok)
+        kv = _KV_RE.fullmatch(tok)
         if not kv:
             raise HostfileError(
-                f"{where}: cannot read '{tok}' after the host name",
+                f"{where}: cannot read '{shown(tok)}' after the host name",
                 "use key=value: slots=8 (OpenMPI/DeepSpeed), slot=8 (miles), max_slots=8, ssh_user=NAME, ssh_port=22",
             )
         key, val = kv.group(1), kv.group(2)
+        num = whole_number(val)
         if key in ("slots", "slot", "max_slots", "ssh_port"):
             example = f"{key}=22" if key == "ssh_port" else f"{key}=8"
-            if not val.isdigit() or int(val) < (0 if key == "max_slots" else 1):
+            if num is None or num < (0 if key == "max_slots" else 1):
                 raise HostfileError(
-                    f"{where}: {key}={val} is not a positive whole number", f"write {example}"
+                    f"{where}: {key}={shown(val)} is not a positive whole number",
+                    f"write {example} (digits 0-9)",
                 )
+            assert num is not None
         if key in ("slots", "slot"):
-            if slots is not None and slots != int(val):
+            if slots is not None and slots != num:
                 raise HostfileError(f"{where}: the GPU count is given twice ({slots} and {val})", "keep one")
-            slots = int(val)
+            slots = num
         elif key == "max_slots":
-            max_slots = int(val)  # OpenMPI's oversubscription cap; the GPU count is slots
+            max_slots = num  # OpenMPI's oversubscription cap; the GPU count is slots
         elif key == "ssh_port":
-            port = int(val)
-            if port > 65535:
+            port = num
+            if port is not None and port > 65535:
                 raise HostfileError(
                     f"{where}: ssh_port={val} is not a TCP port (1-65535)", "write ssh_port=22"
                 )
         elif key == "ssh_user":
+            _check_user(val, where, tok)
             user = val
         else:
             raise HostfileError(
-                f"{where}: unknown key '{key}'", "known keys: slots, slot, max_slots, ssh_user, ssh_port"
+                f"{where}: unknown key '{shown(key)}'",
+                "known keys: slots, slot, max_slots, ssh_user, ssh_port",
             )
     if slots is not None and slots < 1:
         raise HostfileError(f"{where}: slots must be at least 1", "write slots=8")
@@ -220,8 +376,10 @@ def parse_hostfile_text(
     resolver = resolver or resolve
     hosts: list[Host] = []
     seen: dict[str, Host] = {}
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
+    # lines end at "\n" only (as editors count them), with a Windows "\r" dropped; other
+    # separators (form feed, "\x85", "\u2028") stay in the line and make it unreadable
+    for lineno, raw in enumerate(text.split("\n"), 1):
+        line = raw.removesuffix("\r").split("#", 1)[0].strip(" \t")
         if not line:
             continue
         where = f"{path}:{lineno}"
@@ -229,7 +387,7 @@ def parse_hostfile_text(
         address = resolver(name)
         if address is None:
             raise HostfileError(
-                f"{where}: cannot resolve host '{name}'",
+                f"{where}: cannot resolve host '{shown(name)}'",
                 "use an IP address, or add the name to DNS or /etc/hosts on the launching machine",
             )
         if address in seen:
@@ -280,17 +438,15 @@ def read_hostfile(
     duplicates, mixed slots, unknown head).
     """
     p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise HostfileError(
-            f"{p}: hostfile not found",
-            "pass --hostfile PATH (one node per line, e.g. '10.0.0.1 slots=8'), or run inside a Slurm allocation",
-        ) from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise HostfileError(
-            f"{p}: cannot read hostfile ({e.__class__.__name__})", "pass a readable text file"
-        ) from None
+    text = read_input_file(
+        path,
+        "hostfile",
+        HostfileError,
+        "pass --hostfile PATH of a readable text file (one node per line, e.g. '10.0.0.1 slots=8'), "
+        "at most 1 MiB",
+        not_found_hint="pass --hostfile PATH (one node per line, e.g. '10.0.0.1 slots=8'), or run inside a "
+        "Slurm allocation",
+    )
     hosts = parse_hostfile_text(text, str(p), resolver)
     hosts = choose_head(hosts, head, str(p), resolver)
     slots = hosts[0].slots
@@ -303,12 +459,17 @@ def choose_head(
     """Move the host named ``head`` (matched by resolved address) to the front."""
     if head is None:
         return list(hosts)
+    if not isinstance(head, str) or not (is_ip(head.strip("[]")) or is_hostname(head)):
+        raise HostfileError(
+            f"--head {shown(head)}: not a hostname or IP address",
+            f"pick one of: {', '.join(h.name for h in hosts)}",
+        )
     addr = (resolver or resolve)(head)
     for i, h in enumerate(hosts):
         if h.address == addr or h.name == head:
             return [h] + hosts[:i] + hosts[i + 1 :]
     raise HostfileError(
-        f"--head {head}: not a host of {origin}",
+        f"--head {shown(head)}: not a host of {origin}",
         f"pick one of: {', '.join(h.name for h in hosts)}",
     )
 
@@ -316,6 +477,10 @@ def choose_head(
 def from_hosts(names: Iterable[str], gpus_per_node: int | None = None, origin: str = "hosts") -> Allocation:
     """Build an :class:`Allocation` from host names/IPs (first = head), resolving each."""
     check_gpus_per_node(gpus_per_node)
+    names = list(names)
+    for i, n in enumerate(names, 1):
+        if not isinstance(n, str) or "\n" in n or "\r" in n:
+            raise HostfileError(f"{origin}:{i}: '{shown(n)}' is not one host name", "pass one name per host")
     text = "\n".join(names)
     hosts = parse_hostfile_text(text, origin)
     if gpus_per_node is not None:
@@ -357,7 +522,7 @@ def placeholder_allocation(
     )
 
 
-def _expand_nodelist(nodelist: str) -> list[str]:
+def _expand_nodelist(nodelist: str, var: str = "SLURM_JOB_NODELIST") -> list[str]:
     """Expand ``node[01-03,07],gpu-a[1-2]`` with ``scontrol show hostnames`` where it exists,
     else with python-hostlist (same results for ranges, lists, zero padding, several groups)."""
     import shutil
@@ -374,16 +539,19 @@ def _expand_nodelist(nodelist: str) -> list[str]:
             ).stdout.split()
             if out:
                 return out
-        except (subprocess.SubprocessError, OSError):
+        except (subprocess.SubprocessError, OSError, ValueError):
             pass
     import hostlist
 
     try:
         return hostlist.expand_hostlist(nodelist)
-    except hostlist.BadHostlist as e:
+    except (hostlist.BadHostlist, ValueError) as e:
         raise HostfileError(
-            f"SLURM_JOB_NODELIST={nodelist}: cannot expand ({e})", "check the Slurm allocation"
+            f"{var}={shown(nodelist)}: cannot expand ({e})", "check the Slurm allocation"
         ) from None
+
+
+_GRES_TYPE_RE = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
 def parse_gres(text: str) -> int | None:
@@ -392,7 +560,9 @@ def parse_gres(text: str) -> int | None:
     Accepts ``8``-less and typed forms and several entries: ``gpu:8``, ``gpu:h100:8``,
     ``gpu:h100:8(IDX:0-7)``, ``gres:gpu:8`` (TresPerNode), ``gres/gpu=8`` / ``gres/gpu:h100=8``
     (TRES), ``gpu`` or ``gpu:h100`` (one GPU), ``gpu:a100:4,gpu:v100:4`` (summed); other GRES
-    (``nic:1``) are ignored; ``(null)`` and ``N/A`` give ``None``."""
+    (``nic:1``) are ignored; ``(null)`` and ``N/A`` give ``None``. A GPU entry that cannot be
+    read (a count that is not ASCII digits, ``gpu:٣``; a type with other characters) raises
+    :class:`ValueError` naming it."""
     total = None
     for part in re.split(r",(?![^()]*\))", text or ""):
         part = re.sub(r"\(.*\)$", "", part.strip())
@@ -401,27 +571,50 @@ def parse_gres(text: str) -> int | None:
         tokens = re.split(r"[:=]", part)
         if tokens[0] != "gpu":
             continue
-        n = int(tokens[-1]) if len(tokens) > 1 and tokens[-1].isdigit() else 1
-        total = (total or 0) + n
+        rest = tokens[1:]
+        count = whole_number(rest[-1]) if rest else 1
+        kind = rest[:-1] if rest and count is not None else rest
+        if count is None:
+            count = 1  # gpu:h100 is one GPU
+        if len(kind) > 1 or not all(_GRES_TYPE_RE.fullmatch(k) for k in kind):
+            raise ValueError(f"cannot read the GPU count of '{shown(part)}'")
+        total = (total or 0) + count
     return total
+
+
+_GPU_KEYS = ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS")
+_GPU_HINT = "check the allocation's GPUs (--gpus-per-node=8 or --gres=gpu:8), or unset the variable"
 
 
 def _slurm_gpus(env: dict) -> int | None:
     """GPUs per node from SLURM_GPUS_ON_NODE, SLURM_GPUS_PER_NODE (``8`` or ``gpu:h100:8``),
     SLURM_JOB_GPUS / SLURM_STEP_GPUS (a list of ids), else the job's GRES as ``scontrol show job``
-    reports it (``--gres=gpu:8`` jobs)."""
+    reports it (``--gres=gpu:8`` jobs). A value that cannot be read raises :class:`HostfileError`
+    naming the variable."""
     for key in ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE"):
         v = env.get(key, "").strip()
         if v:
-            n = (
-                int(v) if v.isdigit() else parse_gres(v if v.startswith(("gpu", "gres")) else f"gpu:{v}")
-            )  # h100:8
+            n = whole_number(v)
+            if n is None:
+                try:
+                    n = parse_gres(v if v.startswith(("gpu", "gres")) else f"gpu:{v}")  # h100:8
+                except ValueError:
+                    raise HostfileError(
+                        f"{key}={shown(v)}: not a GPU count (digits 0-9, or type:count such as h100:8)",
+                        _GPU_HINT,
+                    ) from None
             if n:
                 return n
     for key in ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS"):
         v = env.get(key, "").strip()
         if v:
-            return len([x for x in v.split(",") if x])
+            ids = [x for x in v.split(",") if x]
+            bad = [x for x in ids if not _GRES_TYPE_RE.fullmatch(x)]
+            if bad:
+                raise HostfileError(
+                    f"{key}={shown(v)}: '{shown(bad[0])}' is not a GPU id (a list such as 0,1,2,3)", _GPU_HINT
+                )
+            return len(ids)
     return _gres_of_job(env.get("SLURM_JOB_ID", ""))
 
 
@@ -430,21 +623,49 @@ def _gres_of_job(job_id: str) -> int | None:
     import shutil
     import subprocess
 
-    if not job_id.isdigit() or not shutil.which("scontrol"):
+    if whole_number(job_id) is None or not shutil.which("scontrol"):
         return None
     try:
         text = subprocess.run(
             ["scontrol", "show", "job", "-d", job_id], capture_output=True, text=True, timeout=20
         ).stdout
-    except (subprocess.SubprocessError, OSError):
+    except (subprocess.SubprocessError, OSError, ValueError):
         return None
     for key in ("TresPerNode", "GRES", "JOB_GRES"):
         m = re.search(rf"\b{key}=(\S+)", text)
         if m:
-            n = parse_gres(m.group(1).replace("gres:gpu", "gpu").replace("gres/gpu", "gpu"))
+            try:
+                n = parse_gres(m.group(1).replace("gres:gpu", "gpu").replace("gres/gpu", "gpu"))
+            except ValueError:
+                continue
             if n:
                 return n
     return None
+
+
+_HET_GROUP_RE = re.compile(r"SLURM_JOB_NODELIST_HET_GROUP_([0-9]+)")
+
+
+def _het_suffix(env: dict, var: str, nodelist: str) -> str:
+    """``""`` for an ordinary job; for a heterogeneous one, ``_HET_GROUP_N`` when ``var`` holds
+    exactly component N's node list (``srun --het-group=N``, or set so by the user); else
+    :class:`HostfileError`: the nodes of all components are not one cluster of equal nodes."""
+    groups = {int(m.group(1)): v for k, v in env.items() if (m := _HET_GROUP_RE.fullmatch(k))}
+    size = (env.get("SLURM_HET_SIZE") or "").strip()
+    if not size and not groups:
+        return ""
+    chosen = [g for g, v in groups.items() if v == nodelist]
+    if len(chosen) == 1:
+        return f"_HET_GROUP_{chosen[0]}"
+    comps = (
+        ", ".join(f"component {g}: {shown(v, 60)}" for g, v in sorted(groups.items())) or "no component lists"
+    )
+    what = f"SLURM_HET_SIZE={shown(size)}" if size else f"SLURM_JOB_NODELIST_HET_GROUP_{min(groups)}"
+    raise HostfileError(
+        f"{what}: this is a heterogeneous Slurm job ({comps}); glmlaunch runs on the nodes of one component",
+        "choose the GPU component: run glmlaunch inside `srun --het-group=N ...`, or set "
+        f"{var} to that component's SLURM_JOB_NODELIST_HET_GROUP_N (and SLURM_JOB_NUM_NODES to its node count)",
+    )
 
 
 def from_slurm(
@@ -452,33 +673,66 @@ def from_slurm(
 ) -> Allocation:
     """Read the current Slurm allocation: ``SLURM_JOB_NODELIST`` expanded (``scontrol show
     hostnames`` where it exists), checked against ``SLURM_JOB_NUM_NODES``; GPUs per node from
-    ``SLURM_GPUS_ON_NODE`` and friends. Raises :class:`HostfileError` outside an allocation."""
+    ``SLURM_GPUS_ON_NODE`` and friends. Raises :class:`HostfileError` outside an allocation, for a
+    heterogeneous job whose component is not chosen, and for a variable that cannot be read
+    (named)."""
     resolver = resolver or resolve
     env = dict(os.environ if env is None else env)
-    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+    var = "SLURM_JOB_NODELIST" if env.get("SLURM_JOB_NODELIST") else "SLURM_NODELIST"
+    nodelist = env.get(var)
     if not nodelist:
         raise HostfileError(
             "not inside a Slurm allocation (SLURM_JOB_NODELIST is not set)",
             "run inside salloc/sbatch, or pass --hostfile PATH",
         )
-    names = _expand_nodelist(nodelist)
-    want = env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES")
-    if want and want.isdigit() and int(want) != len(names):
+    job = env.get("SLURM_JOB_ID") or "?"
+    if job != "?" and whole_number(job) is None:
         raise HostfileError(
-            f"SLURM_JOB_NODELIST={nodelist} expands to {len(names)} nodes but SLURM_JOB_NUM_NODES={want}",
-            "check the allocation (het jobs are not supported)",
+            f"SLURM_JOB_ID={shown(job)}: not a Slurm job id (digits 0-9)",
+            "run inside salloc/sbatch (Slurm sets SLURM_JOB_ID), or unset it",
+        )
+    het = _het_suffix(env, var, nodelist)
+    if het:  # the chosen component's counts, where Slurm gives them
+        env.update({k: env[k + het] for k in ("SLURM_JOB_NUM_NODES", *_GPU_KEYS) if k + het in env})
+    names = _expand_nodelist(nodelist, var)
+    if not names:
+        raise HostfileError(f"{var}={shown(nodelist)}: names no nodes", "check the Slurm allocation")
+    for name in names:
+        if not (is_hostname(name) or is_ip(name)):
+            raise HostfileError(
+                f"{var}={shown(nodelist)}: node '{shown(name)}' is not a hostname",
+                f'check the allocation: scontrol show hostnames "${var}"',
+            )
+    count_var = "SLURM_JOB_NUM_NODES" if env.get("SLURM_JOB_NUM_NODES") else "SLURM_NNODES"
+    want = (env.get(count_var) or "").strip()
+    if want and whole_number(want) is None:
+        raise HostfileError(
+            f"{count_var}={shown(want)}: not a node count (digits 0-9)",
+            "run inside salloc/sbatch (Slurm sets it), or unset it",
+        )
+    if want and int(want) != len(names):
+        raise HostfileError(
+            f"{var}={shown(nodelist)} expands to {len(names)} nodes but {count_var}={want}",
+            "check the allocation (for a heterogeneous job, choose one component)",
         )
     gpus = _slurm_gpus(env)
-    job = env.get("SLURM_JOB_ID", "?")
     origin = f"slurm:{job}"
-    hosts = []
+    hosts: list[Host] = []
+    seen: dict[str, Host] = {}
     for i, name in enumerate(names):
         addr = resolver(name)
         if addr is None:
             raise HostfileError(
                 f"{origin}: cannot resolve node '{name}'", "check DNS or /etc/hosts on the nodes"
             )
-        hosts.append(Host(name=name, address=addr, slots=gpus, source=f"{origin}[{i}]"))
+        if addr in seen:
+            raise HostfileError(
+                f"{var}={shown(nodelist)}: node '{name}' is listed twice (first as '{seen[addr].name}', {addr})",
+                "check the Slurm allocation",
+            )
+        h = Host(name=name, address=addr, slots=gpus, source=f"{origin}[{i}]")
+        seen[addr] = h
+        hosts.append(h)
     hosts = choose_head(hosts, head, origin, resolver)
     return Allocation(
         hosts=tuple(hosts),

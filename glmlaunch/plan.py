@@ -9,6 +9,7 @@ a plan out; ``glmlaunch render`` prints it (:mod:`glmlaunch.render`).
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import os
 import re
@@ -39,7 +40,7 @@ TRAINER_PORT_RANGES = {
     "checkpoint conversion torchrun": (23456, 23456),
 }
 
-# The rack's NCCL/IB settings: scripts/run_glm45_355b_a32b_8node.py:64-80 (miles@31f1ca961a94). The
+# The rack's NCCL/IB settings: scripts/run_glm45_355b_a32b_8node.py:64-86 (miles@31f1ca961a94). The
 # OMPI_MCA_* keys there are left out: nothing in the run uses MPI.
 NCCL_RACK = {
     "NCCL_CUMEM_ENABLE": "0",
@@ -197,15 +198,16 @@ class LaunchPlan(BaseModel):
         ]
 
 
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-"""A run id names directories (``glr-<id>``, the run directory) and the Ray submission id."""
+RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""A run id names directories (``glr-<id>``, the run directory) and the Ray submission id.
+Matched with ``fullmatch``: ``re.match`` with ``$`` would let a trailing newline through."""
 
 
 def check_run_id(run_id: str) -> str:
     """Return ``run_id`` if it is a safe id (:data:`RUN_ID_RE`); else raise :class:`RecipeError`."""
-    if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id):
+    if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id):
         raise RecipeError(
-            f"--run-id {run_id!r}: a run id is 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit "
+            f"--run-id {repr(run_id)[:80]}: a run id is 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit "
             "(it names directories and the Ray submission)",
             "pass a plain id such as --run-id exp-42, or leave --run-id out for a new one",
         )
@@ -228,6 +230,121 @@ def _opt(flag: str, value) -> list[str]:
     if isinstance(value, list | tuple):
         return [flag, *(str(v) for v in value)] if value else []
     return [flag, str(value)]
+
+
+# enable_mis: the TIS + rejection-sampling config miles builds inline and passes as a `base64:`
+# pseudo-file, scripts/run_glm45_355b_a32b.py:318-335 (miles@31f1ca961a94) (decoded by
+# miles/utils/file_arg_utils.py:7-11, applied by miles/utils/arguments.py:3475-3480). `use_rs` is
+# algorithm.tis_use_rs; the other keys are fixed.
+MIS_TIS_FUNCTION = "examples.infra_features.train_infer_mismatch_helper.mis.compute_mis_weights_with_cp"
+
+
+def mis_config(use_rs: bool) -> str:
+    """The MIS YAML text (``use_rs`` from ``algorithm.tis_use_rs``)."""
+    items = [
+        ("use_tis", "true"),
+        ("use_rs", "true" if use_rs else "false"),
+        ("tis_level", '"token"'),
+        ("rs_level", '"token"'),
+        ("tis_mode", '"truncate"'),
+        ("tis_lower_bound", "0.5"),
+        ("tis_upper_bound", "2.0"),
+        ("rs_lower_bound", "null"),
+        ("rs_upper_bound", "null"),
+        ("rs_veto_threshold", "1.0e-4"),
+        ("tis_batch_normalize", "true"),
+    ]
+    return "\n".join(f"{k}: {v}" for k, v in items)
+
+
+def pseudo_file(text: str) -> str:
+    """A file argument miles reads inline: ``base64:`` and the text, base64-encoded."""
+    return "base64:" + base64.b64encode(text.encode()).decode()
+
+
+# sglang.fp8_rollout: the decode batch size miles' FP8 rollout is tuned for,
+# scripts/run_glm45_355b_a32b.py:245 (miles@31f1ca961a94).
+FP8_DECODE_MAX_BS = 256
+
+
+def engine_gpus(res: Resolved) -> int:
+    """GPUs per rollout engine: ``sglang.gpus_per_engine``, or every rollout GPU when there are
+    fewer and ``sglang.cap_gpus_per_engine`` is set."""
+    s = res.recipe.sglang
+    if s.cap_gpus_per_engine and res.rollout_gpus:
+        return min(s.gpus_per_engine, res.rollout_gpus)
+    return s.gpus_per_engine
+
+
+def mem_fraction_static(recipe: Recipe) -> str:
+    """``--sglang-mem-fraction-static``: the hardware's entry in
+    ``sglang.mem_fraction_static_by_hardware``, else ``sglang.mem_fraction_static``."""
+    s = recipe.sglang
+    return s.mem_fraction_static_by_hardware.get(recipe.cluster.hardware, s.mem_fraction_static)
+
+
+def _sglang_argv(res: Resolved, notes: list[str]) -> list[str]:
+    """The rollout engines' flags. ``fp8_rollout`` replaces the DP-attention / EP / chunked-prefill
+    fields with miles' FP8 values (scripts/run_glm45_355b_a32b.py:229-263 (miles@31f1ca961a94))."""
+    r = res.recipe
+    s = r.sglang
+    g = engine_gpus(res)
+    dp_attention, dp, ep = s.enable_dp_attention, s.dp_size, s.ep_size
+    lm_head, dense = s.enable_dp_lm_head, s.moe_dense_tp_size
+    chunked = s.chunked_prefill_size_per_gpu * g if s.chunked_prefill_size_per_gpu else None
+    fp8: list[str] = []
+    if s.fp8_rollout:
+        attn_tp = min(8, g)
+        want = {
+            "enable_dp_attention": (dp_attention, True),
+            "dp_size": (dp, g // attn_tp),
+            "ep_size": (ep, g),
+            "enable_dp_lm_head": (lm_head, True),
+            "moe_dense_tp_size": (dense, 1),
+            "chunked_prefill_size_per_gpu": (s.chunked_prefill_size_per_gpu, FP8_DECODE_MAX_BS),
+        }
+        for name, (old, new) in want.items():
+            if old not in (None, False, new):
+                notes.append(f"sglang.fp8_rollout: sglang.{name} = {old} is replaced by {new}")
+        dp_attention, dp, ep, lm_head, dense = True, g // attn_tp, g, True, 1
+        chunked = g * FP8_DECODE_MAX_BS
+        fp8 = [
+            "--sglang-moe-runner-backend",
+            "deep_gemm",
+            "--sglang-moe-a2a-backend",
+            "deepep",
+            "--sglang-deepep-mode",
+            "low_latency",
+            "--sglang-max-running-requests",
+            str(g * FP8_DECODE_MAX_BS // attn_tp),
+            "--sglang-cuda-graph-max-bs",
+            str(FP8_DECODE_MAX_BS),
+        ]
+    argv = ["--rollout-num-gpus-per-engine", str(g)]
+    argv += ["--sglang-mem-fraction-static", mem_fraction_static(r)]
+    argv += _opt("--sglang-chunked-prefill-size", chunked)
+    argv += _bool("--sglang-enable-dp-attention", dp_attention)
+    argv += _opt("--sglang-dp-size", dp)
+    argv += _opt("--sglang-ep-size", ep)
+    argv += _bool("--sglang-enable-dp-lm-head", lm_head)
+    argv += _opt("--sglang-moe-dense-tp-size", dense)
+    argv += fp8
+    argv += _opt("--sglang-cuda-graph-bs", s.cuda_graph_bs)
+    if s.mtp:
+        argv += [
+            "--sglang-speculative-algorithm",
+            "EAGLE",
+            "--sglang-speculative-num-steps",
+            str(s.speculative_num_steps),
+        ]
+        argv += ["--sglang-speculative-eagle-topk", str(s.speculative_eagle_topk)]
+        argv += ["--sglang-speculative-num-draft-tokens", str(s.speculative_num_draft_tokens)]
+        argv += _bool("--sglang-enable-draft-weights-cpu-backup", s.draft_weights_cpu_backup)
+    attn = s.attention_backend or ("trtllm_mha" if r.cluster.hardware in BLACKWELL else "")
+    argv += _opt("--sglang-attention-backend", attn)
+    if s.fp8_kv_cache:
+        argv += ["--sglang-kv-cache-dtype", "fp8_e4m3"]
+    return argv
 
 
 def trainer_argv(res: Resolved, notes: list[str] | None = None) -> list[str]:
@@ -280,6 +397,7 @@ def trainer_argv(res: Resolved, notes: list[str] | None = None) -> list[str]:
         argv += ["--load", cp["load"]]
     if cp["save"]:
         argv += ["--save", cp["save"], *_opt("--save-interval", r.checkpoint.save_interval)]
+        argv += _opt("--save-retain-interval", r.checkpoint.save_retain_interval)
 
     ro = r.rollout
     argv += ["--prompt-data", tp["prompt_data"], "--input-key", ro.input_key, "--label-key", ro.label_key]
@@ -294,16 +412,12 @@ def trainer_argv(res: Resolved, notes: list[str] | None = None) -> list[str]:
         "--n-samples-per-prompt",
         str(ro.n_samples_per_prompt),
     ]
-    argv += [
-        "--rollout-max-response-len",
-        str(ro.rollout_max_response_len),
-        "--rollout-temperature",
-        ro.rollout_temperature,
-    ]
+    argv += _opt("--rollout-max-response-len", ro.rollout_max_response_len)
+    argv += ["--rollout-temperature", ro.rollout_temperature]
     if ro.dynamic_sampling:
         argv += _opt("--over-sampling-batch-size", ro.over_sampling_batch_size)
         argv += ["--dynamic-sampling-filter-path", ro.dynamic_sampling_filter_path]
-    argv += ["--num-steps-per-rollout", str(ro.num_steps_per_rollout)]
+    argv += _opt("--num-steps-per-rollout", ro.num_steps_per_rollout)
     argv += _opt("--global-batch-size", ro.global_batch_size)
     argv += _bool("--balance-data", ro.balance_data)
     argv += _opt("--rollout-stop-token-ids", ro.stop_token_ids)
@@ -312,8 +426,8 @@ def trainer_argv(res: Resolved, notes: list[str] | None = None) -> list[str]:
     if ev.enabled:
         argv += _opt("--eval-interval", ev.interval)
         argv += ["--eval-prompt-data", tp["eval_name"], tp["eval_data"]]
-        argv += ["--n-samples-per-eval-prompt", str(ev.n_samples_per_eval_prompt)]
-        argv += ["--eval-max-response-len", str(ev.max_response_len), "--eval-top-p", ev.top_p]
+        argv += _opt("--n-samples-per-eval-prompt", ev.n_samples_per_eval_prompt)
+        argv += _opt("--eval-max-response-len", ev.max_response_len) + ["--eval-top-p", ev.top_p]
 
     p = r.parallelism
     argv += ["--tensor-model-parallel-size", str(lay.tp)]
@@ -338,13 +452,8 @@ def trainer_argv(res: Resolved, notes: list[str] | None = None) -> list[str]:
     argv += ["--eps-clip", al.eps_clip] + _opt("--eps-clip-high", al.eps_clip_high)
     argv += _bool("--use-tis", al.use_tis) + _bool("--use-rollout-logprobs", al.use_rollout_logprobs)
     if al.enable_mis:
-        mis = f"{tr.miles_dir.rstrip('/')}/examples/infra_features/train_infer_mismatch_helper"
-        argv += [
-            "--custom-tis-function-path",
-            "examples.infra_features.train_infer_mismatch_helper.mis.compute_mis_weights_with_cp",
-            "--custom-config-path",
-            f"{mis}/mis{'_rs' if al.tis_use_rs else ''}.yaml",
-        ]
+        argv += ["--custom-tis-function-path", MIS_TIS_FUNCTION]
+        argv += ["--custom-config-path", pseudo_file(mis_config(al.tis_use_rs))]
     argv += _bool("--use-rollout-routing-replay", al.use_rollout_routing_replay)
 
     o = r.optimizer
@@ -358,33 +467,11 @@ def trainer_argv(res: Resolved, notes: list[str] | None = None) -> list[str]:
     if w.enabled:
         argv += ["--use-wandb", "--wandb-project", w.project, *_opt("--wandb-group", w.group or r.run.name)]
 
-    s = r.sglang
-    argv += ["--rollout-num-gpus-per-engine", str(s.gpus_per_engine)]
-    argv += ["--sglang-mem-fraction-static", s.mem_fraction_static]
-    argv += _bool("--sglang-enable-dp-attention", s.enable_dp_attention)
-    argv += _opt("--sglang-dp-size", s.dp_size)
-    argv += _opt("--sglang-ep-size", s.ep_size)
-    argv += _bool("--sglang-enable-dp-lm-head", s.enable_dp_lm_head)
-    argv += _opt("--sglang-moe-dense-tp-size", s.moe_dense_tp_size)
-    argv += _opt("--sglang-cuda-graph-bs", s.cuda_graph_bs)
-    if s.mtp:
-        argv += [
-            "--sglang-speculative-algorithm",
-            "EAGLE",
-            "--sglang-speculative-num-steps",
-            str(s.speculative_num_steps),
-        ]
-        argv += ["--sglang-speculative-eagle-topk", str(s.speculative_eagle_topk)]
-        argv += ["--sglang-speculative-num-draft-tokens", str(s.speculative_num_draft_tokens)]
-        argv += _bool("--sglang-enable-draft-weights-cpu-backup", s.draft_weights_cpu_backup)
-    attn = s.attention_backend or ("trtllm_mha" if r.cluster.hardware in BLACKWELL else "")
-    argv += _opt("--sglang-attention-backend", attn)
-    if s.fp8_kv_cache:
-        argv += ["--sglang-kv-cache-dtype", "fp8_e4m3"]
+    argv += _sglang_argv(res, notes)
 
     wt = r.weight_transfer
+    argv += _opt("--update-weight-buffer-size", wt.buffer_size)
     if wt.mode in ("p2p", "broadcast", "disk-delta"):
-        argv += _opt("--update-weight-buffer-size", wt.buffer_size)
         argv += _bool("--check-weight-update-equal", wt.check_weight_update_equal)
         argv += ["--update-weight-transfer-mode", wt.mode]
         if wt.mode == "p2p":
@@ -395,6 +482,7 @@ def trainer_argv(res: Resolved, notes: list[str] | None = None) -> list[str]:
     argv += _opt("--moe-token-dispatcher-type", r.model.moe_token_dispatcher)
     argv += _bool("--moe-enable-deepep", r.model.moe_enable_deepep)
     argv += _opt("--distributed-timeout-minutes", tr.distributed_timeout_minutes)
+    argv += _opt("--dump-details", r.expand(tr.dump_details).rstrip("/") if tr.dump_details else "")
     argv += list(tr.extra_args)
     return argv
 
@@ -437,6 +525,9 @@ def runtime_env(recipe: Recipe, alloc: Allocation, python: str) -> tuple[dict[st
             env.update(NCCL_RACK)
         if recipe.sglang.mtp and recipe.sglang.spec_v2:
             env["SGLANG_ENABLE_SPEC_V2"] = "1"
+        if recipe.sglang.fp8_rollout:
+            # scripts/run_glm45_355b_a32b.py:261-263 (miles@31f1ca961a94)
+            env["SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK"] = str(FP8_DECODE_MAX_BS)
     else:
         pkg_root = str(PurePosixPath(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
         env["PYTHONPATH"] = pkg_root

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
+import reprlib
+import string
 import tomllib
 import types
 import typing
@@ -24,7 +27,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import RecipeError
+from .errors import RecipeError, safe_text
+from .hosts import read_input_file, shown
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The templates ship inside the package (``glmlaunch/templates/``, in every wheel). In a checkout
@@ -53,15 +57,16 @@ def _num_text(v: Any) -> str:
             return f"{m}e{int(e)}"
         return r
     if isinstance(v, str):
-        try:
-            f = float(v)
-        except ValueError:
-            raise ValueError(f"'{v}' is not a number") from None
+        if not _NUM_TEXT.fullmatch(v.strip()):  # ASCII only: float() also reads "١" and "1_0"
+            raise ValueError(f"'{shown(v, 80)}' is not a number")
+        f = float(v)
         if not math.isfinite(f):
             raise ValueError("expected a finite number")
         return v.strip()
     raise ValueError(f"expected a number, got {type(v).__name__}")
 
+
+_NUM_TEXT = re.compile(r"[+-]?([0-9]{1,400}(\.[0-9]{0,400})?|\.[0-9]{1,400})([eE][+-]?[0-9]{1,4})?")
 
 Num = Annotated[str, BeforeValidator(_num_text)]
 """A number kept as its text (rendered verbatim on the trainer's command line)."""
@@ -85,7 +90,7 @@ def _is_int_field(annotation: Any) -> bool:
     return int in args and all(a in (int, type(None)) for a in args)
 
 
-_WHOLE_TEXT = re.compile(r"^\s*[+-]?\d+\s*$")
+_WHOLE_TEXT = re.compile(r"[ \t]*[+-]?[0-9]{1,18}[ \t]*")  # ASCII digits only (not "٣"), fullmatch
 
 
 class _Section(BaseModel):
@@ -106,7 +111,9 @@ class _Section(BaseModel):
                 ann = fields[k].annotation if k in fields else None
                 if v == "" and ann is not None and _admits_none(ann):
                     v = None
-                elif isinstance(v, str) and ann is not None and _is_int_field(ann) and _WHOLE_TEXT.match(v):
+                elif (
+                    isinstance(v, str) and ann is not None and _is_int_field(ann) and _WHOLE_TEXT.fullmatch(v)
+                ):
                     v = int(v)
                 out[k] = v
             data = out
@@ -115,12 +122,17 @@ class _Section(BaseModel):
 
 class RunSection(_Section):
     """Names and the shared directory. ``base_dir`` is the seed's ``BASE_DIR``: a directory on a
-    filesystem every node mounts at the same path."""
+    filesystem every node mounts at the same path. ``mode = "debug_minimal"`` is miles' smoke mode
+    (:func:`glmlaunch.resolve.debug_minimal`)."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     base_dir: str = Field(min_length=1)
     mode: Literal["normal", "debug_minimal"] = "normal"
     description: str = ""
+
+
+Hardware = Literal["H100", "H200", "B200", "B300", "GB200", "GB300", "cpu"]
+"""The accelerators ``cluster.hardware`` names (``cpu``: none)."""
 
 
 class ClusterSection(_Section):
@@ -130,7 +142,7 @@ class ClusterSection(_Section):
 
     nodes: int | None = Field(default=None, ge=1)
     gpus_per_node: int | None = Field(default=None, ge=1)
-    hardware: Literal["H100", "H200", "B200", "B300", "GB200", "GB300", "cpu"] = "H200"
+    hardware: Hardware = "H200"
     colocate: bool = True
     actor_nodes: int | None = Field(default=None, ge=1)
     rollout_gpus: int = Field(default=0, ge=0)
@@ -156,12 +168,20 @@ class CheckpointSection(_Section):
     save: str = "{base_dir}/runs/{run_name}/checkpoints"
     load: str = ""
     save_interval: int | None = Field(default=20, ge=1)
+    save_retain_interval: int | None = Field(default=None, ge=1)
+    """``--save-retain-interval``: keep every N-th checkpoint for good, older others are removed
+    (unset: not passed, Megatron keeps them all)."""
 
 
 class RolloutSection(_Section):
+    """Rollout data and sizes. ``task`` (:data:`glmlaunch.resolve.TASKS`) supplies every field left
+    unset here: ``prompt_data``, ``input_key``, ``rm_type``, ``rollout_max_response_len`` (and the
+    eval section's data, name, samples and length), as miles' ``--task`` does."""
+
     task: Literal["dapo_aime", "gsm8k"] = "dapo_aime"
     prompt_data: str = ""
-    input_key: str = "prompt"
+    input_key: str = ""
+    """``--input-key`` (unset: the task's, ``prompt`` or ``messages``)."""
     label_key: str = "label"
     apply_chat_template: bool = True
     rollout_shuffle: bool = True
@@ -169,14 +189,16 @@ class RolloutSection(_Section):
     num_rollout: int | None = Field(default=3000, ge=1)
     rollout_batch_size: int = Field(default=128, ge=1)
     n_samples_per_prompt: int = Field(default=8, ge=1)
-    rollout_max_response_len: int = Field(default=32768, ge=1)
+    rollout_max_response_len: int | None = Field(default=None, ge=1)
+    """``--rollout-max-response-len`` (unset: the task's)."""
     rollout_temperature: Num = "1"
     dynamic_sampling: bool = True
     over_sampling_batch_size: int | None = Field(default=256, ge=1)
     dynamic_sampling_filter_path: str = (
         "miles.rollout.filter_hub.dynamic_sampling_filters.check_reward_nonzero_std"
     )
-    num_steps_per_rollout: int = Field(default=4, ge=1)
+    num_steps_per_rollout: int | None = Field(default=4, ge=1)
+    """``--num-steps-per-rollout`` (unset: not passed; the global batch is then ``global_batch_size``)."""
     global_batch_size: int | None = Field(default=None, ge=1)
     balance_data: bool = True
     stop_token_ids: list[int] = Field(default_factory=lambda: [151329, 151336, 151338])
@@ -184,12 +206,17 @@ class RolloutSection(_Section):
 
 
 class EvalSection(_Section):
+    """Evaluation. ``enabled = false`` passes no eval flag at all; ``name``, ``prompt_data``,
+    ``n_samples_per_eval_prompt`` and ``max_response_len`` left unset are the task's."""
+
     enabled: bool = True
     interval: int | None = Field(default=20, ge=1)
     name: str = ""
     prompt_data: str = ""
-    n_samples_per_eval_prompt: int = Field(default=8, ge=1)
-    max_response_len: int = Field(default=32768, ge=1)
+    n_samples_per_eval_prompt: int | None = Field(default=None, ge=1)
+    """``--n-samples-per-eval-prompt`` (unset: the task's)."""
+    max_response_len: int | None = Field(default=None, ge=1)
+    """``--eval-max-response-len`` (unset: the task's)."""
     top_p: Num = "1"
 
 
@@ -232,7 +259,7 @@ class AlgorithmSection(_Section):
     use_kl_loss: bool = False
     kl_loss_coef: Num = "0.00"
     kl_loss_type: str = "low_var_kl"
-    kl_coef: Num = "0.00"
+    kl_coef: Num | None = "0.00"
     entropy_coef: Num = "0.00"
     eps_clip: Num = "1e-4"
     eps_clip_high: Num | None = "2e-4"
@@ -257,13 +284,23 @@ class OptimizerSection(_Section):
 
 class SglangSection(_Section):
     """Rollout engines. An engine spans ``gpus_per_engine`` GPUs (its TP size, miles forces
-    ``sglang_tp_size = rollout_num_gpus_per_engine``)."""
+    ``sglang_tp_size = rollout_num_gpus_per_engine``, miles/backends/sglang_utils/arguments.py:184
+    (miles@31f1ca961a94), so ``--sglang-tp-size`` is never passed)."""
 
     gpus_per_engine: int = Field(default=32, ge=1)
+    cap_gpus_per_engine: bool = False
+    """``gpus_per_engine`` is an upper bound: with fewer rollout GPUs, one engine spans them all
+    (miles' ``min(32, GPUs)``, scripts/run_glm45_355b_a32b.py:229 (miles@31f1ca961a94))."""
     mem_fraction_static: Num = "0.7"
+    mem_fraction_static_by_hardware: dict[Hardware, Num] = Field(default_factory=dict)
+    """``mem_fraction_static`` for the hardware named (``{ GB300 = "0.8" }``); others use
+    ``mem_fraction_static``."""
+    chunked_prefill_size_per_gpu: int | None = Field(default=None, ge=1)
+    """``--sglang-chunked-prefill-size`` is this × the engine's GPUs (unset: not passed, SGLang's
+    default)."""
     enable_dp_attention: bool = True
-    dp_size: int = Field(default=4, ge=1)
-    ep_size: int = Field(default=32, ge=1)
+    dp_size: int | None = Field(default=4, ge=1)
+    ep_size: int | None = Field(default=32, ge=1)
     enable_dp_lm_head: bool = True
     moe_dense_tp_size: int | None = Field(default=1, ge=1)
     mtp: bool = True
@@ -274,6 +311,12 @@ class SglangSection(_Section):
     draft_weights_cpu_backup: bool = True
     cuda_graph_bs: list[int] = Field(default_factory=list)
     fp8_rollout: bool = False
+    """Roll out in FP8 as scripts/run_glm45_355b_a32b.py:244-263 (miles@31f1ca961a94) does: the
+    FP8 checkpoint (``checkpoint.hf_checkpoint_fp8``), DP-attention over attention-TP groups of
+    at most 8 GPUs, EP over the engine, DeepGEMM MoE with DeepEP low-latency all-to-all, decode
+    batches of 256 (flags and ``SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK``). It replaces
+    ``enable_dp_attention``, ``dp_size``, ``ep_size``, ``enable_dp_lm_head``,
+    ``moe_dense_tp_size`` and ``chunked_prefill_size_per_gpu`` (a note says so when they differ)."""
     fp8_kv_cache: bool = False
     attention_backend: str = ""
 
@@ -308,6 +351,9 @@ class TrainerSection(_Section):
     train_script: str = "train.py"
     extra_args: list[str] = Field(default_factory=list)
     attention_backend: str = "flash"
+    dump_details: str = ""
+    """``--dump-details``: the directory the trainer dumps every rollout's and step's data to
+    (placeholders expanded; unset: not passed)."""
     distributed_timeout_minutes: int | None = Field(default=None, ge=1)
     probe_paths: list[str] = Field(default_factory=list)
     probe_timeout_s: int = Field(default=300, ge=1)
@@ -358,27 +404,52 @@ class Recipe(BaseModel):
             "model_dir": model_dir,
             "miles_dir": self.trainer.miles_dir.rstrip("/"),
         }
-        try:
-            return value.format(**keys)
-        except (KeyError, IndexError, ValueError) as e:
+        return expand_placeholders(value, keys)
+
+
+PLACEHOLDER_HINT = "use only {base_dir}, {run_name}, {model_dir} or {miles_dir} (write {{ and }} for a brace)"
+
+
+def expand_placeholders(value: str, keys: dict[str, str]) -> str:
+    """``value`` with each ``{name}`` replaced by ``keys[name]``. Only plain names: no attribute,
+    index, conversion or format spec (``{base_dir.x}``, ``{base_dir[0]}``, ``{run_name!r}``), which
+    :meth:`str.format` would evaluate. Raises :class:`RecipeError` naming the placeholder."""
+    try:
+        parts = list(string.Formatter().parse(value))
+    except ValueError as e:  # a single '{' or '}'
+        raise RecipeError(f"cannot expand '{shown(value)}': {e}", PLACEHOLDER_HINT) from None
+    out = []
+    for literal, name, spec, conversion in parts:
+        out.append(literal)
+        if name is None:
+            continue
+        if name not in keys or spec or conversion:
+            written = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
             raise RecipeError(
-                f"cannot expand '{value}': unknown placeholder {e}",
-                "use only {base_dir}, {run_name}, {model_dir} or {miles_dir}",
-            ) from None
+                f"cannot expand '{shown(value)}': unknown placeholder '{shown(written)}'", PLACEHOLDER_HINT
+            )
+        out.append(keys[name])
+    return "".join(out)
 
 
 # ----------------------------------------------------------------------------- loading
 
 
 RECIPE_SUFFIXES = (".toml", ".yaml", ".yml")
+_TEMPLATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 
 def template_path(name: str) -> Path:
     """Find a recipe: an existing ``.toml``/``.yaml``/``.yml`` file, else a template by name
     (``glm45-355b-a32b-gspo``, also written ``glm45-355b-a32b-gspo.toml``). An existing file of
     another type is refused. Raises :class:`RecipeError`."""
+    if "\0" in name or safe_text(name, keep_newlines=False) != name:
+        raise RecipeError(
+            f"{shown(name)}: a recipe name or path cannot contain a NUL byte or control characters",
+            f"pass a path to a .toml/.yaml recipe, or one of: {', '.join(list_templates())}",
+        )
     p = Path(name)
-    if p.is_file():
+    if os.path.isfile(name):
         if p.suffix in RECIPE_SUFFIXES:
             return p
         raise RecipeError(
@@ -386,14 +457,19 @@ def template_path(name: str) -> Path:
             f"rename it to {p.stem}.toml (TOML) or {p.stem}.yaml (YAML), or pass a template name: "
             f"{', '.join(list_templates())}",
         )
+    if p.suffix in RECIPE_SUFFIXES and os.path.lexists(name):
+        return p  # there but not a regular file (a directory, FIFO, device, symlink loop): read says which
     stem = name[: -len(p.suffix)] if p.suffix in RECIPE_SUFFIXES else name
-    for d in TEMPLATE_DIRS:
-        for ext in RECIPE_SUFFIXES:
-            cand = d / f"{stem}{ext}"
-            if cand.is_file():
-                return cand
+    if _TEMPLATE_NAME.fullmatch(stem):
+        for d in TEMPLATE_DIRS:
+            for ext in RECIPE_SUFFIXES:
+                cand = d / f"{stem}{ext}"
+                if cand.is_file():
+                    return cand
+    if os.path.lexists(name):
+        return p  # not a regular file: read says which
     raise RecipeError(
-        f"recipe '{name}' not found (not a file, and not a template name)",
+        f"recipe '{shown(name)}' not found (not a file, and not a template name)",
         f"pass a path to a .toml/.yaml recipe, or one of: {', '.join(list_templates())}",
     )
 
@@ -407,26 +483,59 @@ def list_templates() -> list[str]:
     return sorted(names)
 
 
+class _AliasRefused(yaml.composer.ComposerError):
+    pass
+
+
+class _RecipeYamlLoader(yaml.SafeLoader):
+    """:class:`yaml.SafeLoader` without anchors and aliases (``&name`` / ``*name``): a recipe has
+    no use for them, and a few hundred bytes of nested aliases expand to gigabytes ("billion
+    laughs"). Refused at the first anchor or alias, with its line."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _AliasRefused(
+                None, None, "anchors and aliases (&name, *name) are not allowed in a recipe", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def _read_mapping(path: Path) -> dict:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise RecipeError(f"{path}: cannot read ({e.strerror})", "pass a readable recipe file") from None
+    text = read_input_file(
+        path,
+        "recipe",
+        RecipeError,
+        "pass a readable .toml/.yaml recipe file (at most 1 MiB), or a template name",
+    )
+    where = shown(path)
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
         else:
-            data = yaml.safe_load(text) or {}
+            data = yaml.load(text, Loader=_RecipeYamlLoader) or {}  # noqa: S506 (a SafeLoader)
     except tomllib.TOMLDecodeError as e:
-        raise RecipeError(f"{path}: not valid TOML: {e}", "fix the syntax at the line named") from None
+        raise RecipeError(f"{where}: not valid TOML: {e}", "fix the syntax at the line named") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark else ""
+        hint = (
+            "write the values out instead of &anchors and *aliases"
+            if isinstance(e, _AliasRefused)
+            else "fix the syntax"
+        )
         raise RecipeError(
-            f"{path}: not valid YAML{line}: {getattr(e, 'problem', e)}", "fix the syntax"
+            f"{where}: not valid YAML{line}: {shown(getattr(e, 'problem', e), 300)}", hint
         ) from None
+    except RecursionError:
+        raise RecipeError(
+            f"{where}: the recipe is nested too deeply", "write a flat table of sections"
+        ) from None
+    except ValueError as e:  # a number too long to convert, a date that does not exist
+        why = "a number has more than 4300 digits" if "Exceeds the limit" in str(e) else shown(e)
+        raise RecipeError(f"{where}: cannot read a value: {why}", "fix the value") from None
     if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe must be a table of sections", "see templates/ for examples")
+        raise RecipeError(f"{where}: a recipe must be a table of sections", "see templates/ for examples")
     return data
 
 
@@ -434,6 +543,11 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     """Parse ``section.key=value``. The value is read as TOML (``4``, ``true``, ``[1, 2]``,
     ``"text"``); anything that is not valid TOML is taken as a plain string. Floats keep their
     text (``1e-4`` stays ``1e-4``)."""
+    if safe_text(item, keep_newlines=False) != item:
+        raise RecipeError(
+            f"--set {shown(item)}: holds a control character or a line break",
+            "write the value on one line, without control characters",
+        )
     if "=" not in item:
         raise RecipeError(f"--set {item}: expected KEY=VALUE", "for example --set parallelism.tp=4")
     key, raw = item.split("=", 1)
@@ -444,7 +558,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     raw = raw.strip()
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (ValueError, RecursionError):  # not TOML (TOMLDecodeError), a number too long, too deep
         value = raw
     if isinstance(value, float):
         value = raw  # kept as written: a Num field renders it verbatim, an int field refuses it
@@ -473,7 +587,121 @@ _TYPE_HINTS = {
 
 
 def _format_loc(loc: tuple) -> str:
-    return ".".join(str(x) for x in loc)
+    return ".".join(shown(x, 80) for x in loc)
+
+
+_INPUT_REPR = reprlib.Repr()
+_INPUT_REPR.maxstring = _INPUT_REPR.maxother = 80
+_MAX_PROBLEMS = 20
+
+
+def _problems(label: str, lines: list[str]) -> RecipeError:
+    more = len(lines) - _MAX_PROBLEMS
+    lines = lines[:_MAX_PROBLEMS] + ([f"... and {more} more"] if more > 0 else [])
+    return RecipeError(
+        f"{label}: invalid recipe:\n" + "\n".join(f"  - {x}" for x in lines),
+        "fix the keys named above in the file, or with --set KEY=VALUE; see templates/ for the known keys",
+    )
+
+
+# the fields whose placeholders are expanded (Recipe.expand), checked when the recipe is loaded
+_EXPANDED = (
+    "checkpoint.hf_checkpoint",
+    "checkpoint.hf_checkpoint_fp8",
+    "checkpoint.ref_load",
+    "checkpoint.save",
+    "checkpoint.load",
+    "rollout.prompt_data",
+    "eval.prompt_data",
+    "cluster.setup",
+    "trainer.probe_paths",
+)
+
+
+def _setup_problem(line: str) -> str | None:
+    """Why a ``cluster.setup`` line cannot be joined with `` && `` in front of ``ray start``, or
+    ``None``: a ``#`` outside quotes (the shell would comment out the rest, ``ray start``
+    included), an unclosed quote or a trailing backslash, a line break, an empty line, a trailing
+    ``&``, ``|`` or ``;``."""
+    if "\n" in line or "\r" in line:
+        return "holds a line break; write one command per entry"
+    if not line.strip():
+        return "is empty"
+    quote = None
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if quote == "'":
+            quote = None if c == "'" else quote
+        elif quote == '"':
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                quote = None
+        elif c == "\\":
+            i += 1
+            if i >= len(line):
+                return "ends with a backslash"
+        elif c in "'\"":
+            quote = c
+        elif c == "#":
+            return (
+                "has a '#' outside quotes: setup lines are joined with ' && ' in front of `ray start`, "
+                "and the shell would ignore everything after the '#'"
+            )
+        i += 1
+    if quote:
+        return f"has an unclosed {quote} quote"
+    if line.rstrip()[-1] in "&|;":
+        return f"ends with '{line.rstrip()[-1]}': setup lines are joined with ' && '"
+    return None
+
+
+def _unsafe_chars(value: Any, where: str, out: list[str], allow: str = "") -> None:
+    """Add ``where: ...`` to ``out`` for each string (or key) under ``value`` that holds a control
+    character: it would reach a node's shell, a file or a terminal as it is."""
+    if isinstance(value, str):
+        v = value.translate({ord(c): None for c in allow}) if allow else value
+        if safe_text(v, keep_newlines=False) != v:
+            bad = next(c for c in v if safe_text(c, keep_newlines=False) != c)
+            out.append(f"{where}: holds a control character ({safe_text(bad, keep_newlines=False)})")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _unsafe_chars(k, where, out)
+            _unsafe_chars(v, f"{where}.{shown(k, 80)}", out, allow)
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _unsafe_chars(v, f"{where}[{i}]", out, allow)
+
+
+def _after_validation(r: Recipe) -> list[str]:
+    """Problems that pydantic's field checks do not see: control characters, placeholders that
+    cannot be expanded, setup lines that would break the `` && `` chain."""
+    out: list[str] = []
+    data = r.model_dump()
+    for section, fields in data.items():
+        if not isinstance(fields, dict):
+            continue
+        for key, value in fields.items():
+            allow = "\n\t" if (section, key) == ("run", "description") else ""
+            _unsafe_chars(value, f"{section}.{key}", out, allow)
+    if out:
+        return out
+    for dotted in _EXPANDED:
+        section, key = dotted.split(".")
+        value = data[section][key]
+        for i, v in enumerate(value) if isinstance(value, list) else [(None, value)]:
+            where = dotted if i is None else f"{dotted}[{i}]"
+            if v:
+                try:
+                    r.expand(v)
+                except RecipeError as e:
+                    out.append(f"{where}: {e.message}")
+    for i, line in enumerate(r.cluster.setup):
+        why = _setup_problem(line)
+        if why:
+            out.append(f"cluster.setup[{i}]: {shown(line, 80)!r} {why}")
+    return out
 
 
 def recipe_from_dict(data: dict, source: str = "<recipe>", label: str | None = None) -> Recipe:
@@ -491,11 +719,12 @@ def recipe_from_dict(data: dict, source: str = "<recipe>", label: str | None = N
                 lines.append(f"{loc}: required but not set")
             else:
                 how = _TYPE_HINTS.get(err["type"], "")
-                lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r}){how}")
-        raise RecipeError(
-            f"{label or source}: invalid recipe:\n" + "\n".join(f"  - {x}" for x in lines),
-            "fix the keys named above in the file, or with --set KEY=VALUE; see templates/ for the known keys",
-        ) from None
+                got = safe_text(_INPUT_REPR.repr(err.get("input")), keep_newlines=False)
+                lines.append(f"{loc}: {shown(err['msg'], 300)} (got {got}){how}")
+        raise _problems(label or source, lines) from None
+    problems = _after_validation(r)
+    if problems:
+        raise _problems(label or source, problems)
     r.source = source
     return r
 
@@ -527,5 +756,5 @@ def load_recipe(recipe: str | Path | dict | Recipe, overrides: list[str] | str |
     for item in overrides or []:
         parts, value = parse_override(item)
         _apply(data, parts, value, item)
-    label = f"{source} with --set {' --set '.join(overrides)}" if overrides else None
+    label = f"{source} with --set {' --set '.join(shown(o, 120) for o in overrides)}" if overrides else None
     return recipe_from_dict(data, source, label)

@@ -16,17 +16,51 @@ from .hosts import Allocation
 from .models import HARDWARE_GPUS
 from .recipe import Recipe
 
-# task -> (prompt data, rm type, eval name, eval data), relative to base_dir. The eval path is
-# where `zhuzilin/aime-2024` is downloaded ($BASE_DIR/rl_data/aime-2024, the seed's set-up),
-# fixing the seed's `rl_data/aime-2024.jsonl` vs `aime-2024/aime-2024.jsonl` mismatch.
+
+@dataclass(frozen=True)
+class Task:
+    """What ``rollout.task`` supplies to the fields a recipe leaves unset. Data paths are relative
+    to ``run.base_dir``; ``debug_response_len`` caps the response length in ``debug_minimal``."""
+
+    prompt_data: str
+    input_key: str
+    rm_type: str
+    rollout_max_response_len: int
+    debug_response_len: int
+    eval_name: str
+    eval_data: str
+    n_samples_per_eval_prompt: int
+    eval_max_response_len: int
+
+
+# miles' two tasks, scripts/run_glm45_355b_a32b.py:148-171 (miles@31f1ca961a94): input key,
+# response and eval lengths, eval samples. The aime eval path is where glmlaunch's data layout
+# keeps `zhuzilin/aime-2024` ($BASE_DIR/rl_data/aime-2024, the seed's set-up; miles downloads it
+# next to dapo-math-17k). The rm type of dapo_aime is the seed's (deepscaler); the GRPO template
+# sets miles' `math` itself.
 TASKS = {
-    "dapo_aime": (
-        "dapo-math-17k/dapo-math-17k.jsonl",
-        "deepscaler",
-        "aime",
-        "rl_data/aime-2024/aime-2024.jsonl",
+    "dapo_aime": Task(
+        prompt_data="dapo-math-17k/dapo-math-17k.jsonl",
+        input_key="prompt",
+        rm_type="deepscaler",
+        rollout_max_response_len=8192,
+        debug_response_len=100,
+        eval_name="aime",
+        eval_data="rl_data/aime-2024/aime-2024.jsonl",
+        n_samples_per_eval_prompt=8,
+        eval_max_response_len=8192,
     ),
-    "gsm8k": ("gsm8k/train.parquet", "math", "gsm8k", "gsm8k/test.parquet"),
+    "gsm8k": Task(
+        prompt_data="gsm8k/train.parquet",
+        input_key="messages",
+        rm_type="math",
+        rollout_max_response_len=256,  # "deliberately make it very short for this easy task"
+        debug_response_len=256,
+        eval_name="gsm8k",
+        eval_data="gsm8k/test.parquet",
+        n_samples_per_eval_prompt=1,
+        eval_max_response_len=256,
+    ),
 }
 
 
@@ -54,7 +88,8 @@ class Layout:
 class Resolved:
     """A recipe on an allocation, computed once (see :func:`resolve`).
 
-    ``recipe``: the recipe in force (``run.mode = "debug_minimal"`` applied). ``alloc``: the
+    ``recipe``: the recipe in force (its task's values filled in, ``run.mode = "debug_minimal"``
+    applied). ``alloc``: the
     allocation as discovered. ``gpus_per_node``: GPUs per node (0: unknown or CPU-only),
     ``gpus_source``: the hostfile's ``slots``, ``cluster.gpus_per_node``, ``cluster.hardware`` or
     ``""``. ``world_size``: GPUs of the Megatron actors (miles) or of every node (probe).
@@ -111,22 +146,39 @@ def effective_layout(recipe: Recipe, num_nodes: int) -> Layout:
     )
 
 
+def apply_task(recipe: Recipe) -> Recipe:
+    """The recipe with the fields it leaves unset taken from its ``rollout.task`` (:data:`TASKS`):
+    ``rollout.input_key``, ``rollout.rollout_max_response_len``,
+    ``eval.n_samples_per_eval_prompt``, ``eval.max_response_len``. The data paths, rm type and
+    eval name are filled in by :func:`paths`."""
+    ro, ev = recipe.rollout, recipe.eval
+    if ro.input_key and ro.rollout_max_response_len and ev.n_samples_per_eval_prompt and ev.max_response_len:
+        return recipe
+    t = TASKS[ro.task]
+    r = recipe.model_copy(deep=True)
+    r.rollout.input_key = ro.input_key or t.input_key
+    r.rollout.rollout_max_response_len = ro.rollout_max_response_len or t.rollout_max_response_len
+    r.eval.n_samples_per_eval_prompt = ev.n_samples_per_eval_prompt or t.n_samples_per_eval_prompt
+    r.eval.max_response_len = ev.max_response_len or t.eval_max_response_len
+    return r
+
+
 def debug_minimal(recipe: Recipe) -> Recipe:
-    """``run.mode = "debug_minimal"``: the Python launcher's smoke mode, a few tiny rollouts."""
+    """``run.mode = "debug_minimal"``: miles' smoke mode (scripts/run_glm45_355b_a32b.py:116-153
+    (miles@31f1ca961a94)). The batch sizes and rollout count stay; responses are capped at the
+    task's debug length (100 tokens for dapo_aime, gsm8k's 256 stay), dynamic sampling and eval
+    are off, and checkpoints are written (and retained, when ``save_retain_interval`` is set)
+    every 2 rollouts."""
     if recipe.run.mode != "debug_minimal":
         return recipe
-    r = recipe.model_copy(deep=True)
-    r.rollout.num_rollout = min(r.rollout.num_rollout or 2, 2)
-    r.rollout.rollout_batch_size = 8
-    r.rollout.n_samples_per_prompt = 4
-    r.rollout.over_sampling_batch_size = (
-        8 if r.rollout.dynamic_sampling else r.rollout.over_sampling_batch_size
-    )
-    r.rollout.num_steps_per_rollout = 1
-    r.rollout.global_batch_size = None
-    r.rollout.rollout_max_response_len = 1024
+    r = apply_task(recipe).model_copy(deep=True)
+    cap = TASKS[r.rollout.task].debug_response_len
+    r.rollout.rollout_max_response_len = min(r.rollout.rollout_max_response_len or cap, cap)
+    r.rollout.dynamic_sampling = False
     r.eval.enabled = False
     r.checkpoint.save_interval = 2
+    if r.checkpoint.save_retain_interval is not None:
+        r.checkpoint.save_retain_interval = 2
     return r
 
 
@@ -137,7 +189,7 @@ def paths(recipe: Recipe) -> dict[str, str]:
     c = recipe.checkpoint
     hf = c.hf_checkpoint_fp8 if recipe.sglang.fp8_rollout else c.hf_checkpoint
     save = recipe.expand(c.save).rstrip("/") if c.save else ""
-    prompt, rm, eval_name, eval_data = TASKS[recipe.rollout.task]
+    t = TASKS[recipe.rollout.task]
     base = recipe.run.base_dir.rstrip("/")
     return {
         "hf_checkpoint": recipe.expand(hf).rstrip("/"),
@@ -146,12 +198,12 @@ def paths(recipe: Recipe) -> dict[str, str]:
         "load": recipe.expand(c.load).rstrip("/") if c.load else save,
         "prompt_data": recipe.expand(recipe.rollout.prompt_data)
         if recipe.rollout.prompt_data
-        else f"{base}/{prompt}",
-        "rm_type": recipe.rollout.rm_type or rm,
-        "eval_name": recipe.eval.name or eval_name,
+        else f"{base}/{t.prompt_data}",
+        "rm_type": recipe.rollout.rm_type or t.rm_type,
+        "eval_name": recipe.eval.name or t.eval_name,
         "eval_data": recipe.expand(recipe.eval.prompt_data)
         if recipe.eval.prompt_data
-        else f"{base}/{eval_data}",
+        else f"{base}/{t.eval_data}",
     }
 
 
@@ -163,7 +215,7 @@ def resolve(recipe: Recipe, alloc: Allocation) -> Resolved:
     ``cluster.rollout_gpus``. Raises :class:`~glmlaunch.errors.RecipeError` for a path with an
     unknown placeholder.
     """
-    r = debug_minimal(recipe)
+    r = debug_minimal(apply_task(recipe))
     gpus, source = gpus_per_node(r, alloc)
     n = alloc.num_nodes
     lay = effective_layout(r, n)

@@ -193,7 +193,7 @@ def test_read_hostfile_missing(tmp_path):
 
 
 def test_read_hostfile_directory(tmp_path):
-    with pytest.raises(HostfileError, match=r"cannot read hostfile \(IsADirectoryError\)"):
+    with pytest.raises(HostfileError, match="the hostfile is a directory, not a regular file"):
         read_hostfile(tmp_path)
 
 
@@ -432,3 +432,106 @@ def test_discover_default_hostfile(monkeypatch, tmp_path, write_hostfile):
 def test_discover_slurm_forced_outside_allocation():
     with pytest.raises(HostfileError, match="not inside a Slurm allocation"):
         discover(slurm=True, env={})
+
+
+# ----------------------------------------------------------------------------- hostile input
+
+
+@pytest.mark.parametrize("text", ["", "8", "08", "18446744073709551616"])
+def test_whole_number_ascii_digits(text):
+    assert hosts.whole_number(text) == (int(text) if text and len(text) <= 18 else None)
+
+
+@pytest.mark.parametrize("text", ["²", "٣", "８", "+8", " 8", "8\n", "-1", "1_0", "0x10"])
+def test_whole_number_refuses_other_digits(text):
+    assert hosts.whole_number(text) is None
+
+
+def test_crlf_bom_and_tabs_read_from_a_file(tmp_path):
+    p = tmp_path / "hf"
+    p.write_bytes(b"\xef\xbb\xbf10.0.0.1\tslots=8\r\n# comment\r\n10.0.0.2 slots=8\r\n")
+    a = read_hostfile(p)
+    assert [h.source for h in a.hosts] == [f"{p}:1", f"{p}:3"] and a.gpus_per_node == 8
+
+
+def test_line_numbers_count_newlines_only():
+    """A form feed is not a line break (str.splitlines would make it one and shift the numbers)."""
+    with pytest.raises(HostfileError, match=r"hf:2: '10.0.0.2\\x0cslots=8' is not a hostname"):
+        parse("10.0.0.1 slots=8\n10.0.0.2\x0cslots=8\n")
+
+
+def test_ipv6_zone_id_is_an_interface_name():
+    (h,) = parse("[fe80::1%eth0]:8\n")
+    assert (h.name, h.slots) == ("fe80::1%eth0", 8)
+    with pytest.raises(HostfileError, match="'fe80::1%eth0;rm' is not an IPv6 address with a zone id"):
+        parse("fe80::1%eth0;rm slots=8\n")
+
+
+def test_host_label_too_long_is_refused_before_dns():
+    with pytest.raises(HostfileError, match="is not a hostname or IP address"):
+        parse("a" * 64 + ".example slots=8\n")
+
+
+def test_resolve_never_raises(real_resolve):
+    assert real_resolve("a" * 64 + ".invalid") is None
+    assert real_resolve("x\0y") is None
+
+
+@pytest.mark.parametrize("head", ["-oProxyCommand=x", "bad host", "node1\n"])
+def test_head_must_be_a_host_name(head):
+    with pytest.raises(HostfileError, match="not a hostname or IP address"):
+        choose_head(parse("node1\nnode2\n"), head, "hf")
+
+
+def test_from_hosts_one_name_per_host():
+    with pytest.raises(HostfileError, match="is not one host name"):
+        from_hosts(["node1\nnode2"])
+
+
+def test_read_hostfile_refuses_fifo_without_blocking(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(HostfileError, match=r"the hostfile is a named pipe \(FIFO\), not a regular file"):
+        read_hostfile(tmp_path / "fifo")
+
+
+def test_read_input_file_refuses_big_file(tmp_path):
+    p = tmp_path / "big"
+    p.write_text("10.0.0.1 slots=8\n" * 100)
+    with pytest.raises(HostfileError, match="the hostfile is larger than 1000 bytes; it is not read"):
+        hosts.read_input_file(p, "hostfile", HostfileError, "x", max_bytes=1000)
+    assert hosts.read_input_file(p, "hostfile", HostfileError, "x", max_bytes=1700).count("\n") == 100
+
+
+def test_het_job_component_chosen(no_scontrol):
+    env = {
+        "SLURM_JOB_NODELIST": "node[01-02]",
+        "SLURM_HET_SIZE": "2",
+        "SLURM_JOB_NODELIST_HET_GROUP_0": "cpu[9-10]",
+        "SLURM_JOB_NODELIST_HET_GROUP_1": "node[01-02]",
+        "SLURM_JOB_NUM_NODES": "4",
+        "SLURM_JOB_NUM_NODES_HET_GROUP_1": "2",
+        "SLURM_GPUS_ON_NODE": "0",
+        "SLURM_GPUS_ON_NODE_HET_GROUP_1": "8",
+    }
+    a = from_slurm(env)
+    assert [h.name for h in a.hosts] == ["node01", "node02"] and a.gpus_per_node == 8
+
+
+def test_het_job_without_a_component(no_scontrol):
+    env = {
+        "SLURM_JOB_NODELIST": "cpu[9-10],node[01-02]",
+        "SLURM_HET_SIZE": "2",
+        "SLURM_JOB_NODELIST_HET_GROUP_0": "cpu[9-10]",
+        "SLURM_JOB_NODELIST_HET_GROUP_1": "node[01-02]",
+    }
+    with pytest.raises(HostfileError, match="SLURM_HET_SIZE=2: this is a heterogeneous Slurm job") as ei:
+        from_slurm(env)
+    assert "component 1: node[01-02]" in ei.value.message and "--het-group" in ei.value.hint
+
+
+@pytest.mark.parametrize("text", ["gpu:٣", "gpu:h100:٨", "gpu:h1 00:8", "gpu:a:b:8"])
+def test_parse_gres_unreadable(text):
+    with pytest.raises(ValueError, match="cannot read the GPU count"):
+        hosts.parse_gres(text)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 from planning import checked_plan
 
@@ -246,10 +249,15 @@ def test_probe_paths_and_setup_expand():
 
 
 def test_unknown_placeholder():
-    r = load_recipe("glm45-355b-a32b-gspo", ["checkpoint.save={base_dir}/{nope}"])
+    """Refused when the recipe is loaded, naming the field; expand() itself refuses it too."""
     with pytest.raises(
-        RecipeError, match=r"cannot expand '\{base_dir\}/\{nope\}': unknown placeholder 'nope'"
+        RecipeError,
+        match=r"checkpoint.save: cannot expand '\{base_dir\}/\{nope\}': unknown placeholder 'nope'",
     ):
+        load_recipe("glm45-355b-a32b-gspo", ["checkpoint.save={base_dir}/{nope}"])
+    r = load_recipe("glm45-355b-a32b-gspo")
+    r.checkpoint.save = "{base_dir}/{nope}"
+    with pytest.raises(RecipeError, match="unknown placeholder 'nope'"):
         paths(r)
 
 
@@ -305,16 +313,20 @@ def test_debug_minimal_mode():
     plan = _plan("glm45-355b-a32b-gspo", ["run.mode=debug_minimal"])
     a = plan.argv
     assert not plan.errors
-    assert values(a, "--num-rollout") == ["2"] and values(a, "--rollout-batch-size") == ["8"]
+    # miles' debug_minimal (scripts/run_glm45_355b_a32b.py:116-153): the batch stays, responses
+    # are capped at 100 tokens, no dynamic sampling, no eval, checkpoints every 2 rollouts
+    assert values(a, "--num-rollout") == ["3000"] and values(a, "--rollout-batch-size") == ["128"]
+    assert values(a, "--rollout-max-response-len") == ["100"] and "--over-sampling-batch-size" not in a
     assert values(a, "--save-interval") == ["2"] and "--eval-interval" not in a
 
 
 def test_air_template_matches_its_seed():
     """The Air profile's SGLang and clip flags are the seed's (contract §3): symmetric eps_clip, no
-    --eps-clip-high, SGLang dp 1, no --sglang-moe-dense-tp-size; disaggregated with p2p."""
+    --eps-clip-high, no --sglang-dp-size (SGLang's 1), no --sglang-moe-dense-tp-size; disaggregated
+    with p2p."""
     a = _plan("glm45-air-p2p", []).argv
     assert values(a, "--eps-clip") == ["4e-4"] and "--eps-clip-high" not in a
-    assert values(a, "--sglang-dp-size") == ["1"] and "--sglang-moe-dense-tp-size" not in a
+    assert "--sglang-dp-size" not in a and "--sglang-moe-dense-tp-size" not in a
     assert values(a, "--rollout-num-gpus") == ["32"] and "--colocate" not in a
     assert values(a, "--actor-num-nodes") == ["4"] and values(a, "--sglang-cuda-graph-bs") == [
         "1",
@@ -416,3 +428,124 @@ def test_template_path_prefers_existing_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "local-probe.toml").write_text("x")
     assert template_path("local-probe.toml").resolve() == (tmp_path / "local-probe.toml").resolve()
+
+
+# ----------------------------------------------------------------------------- hostile input
+
+BILLION_LAUGHS = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+    f"{b}: &{b} [{', '.join(['*' + a] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+)
+BASE = "run:\n  name: x\n  base_dir: /x\ncluster:\n  nodes: 1\n"
+
+
+def test_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    import time
+
+    p = tmp_path / "bomb.yaml"
+    p.write_text(BILLION_LAUGHS)
+    assert len(BILLION_LAUGHS) < 500
+    t0 = time.monotonic()
+    with pytest.raises(RecipeError, match=r"bomb.yaml: not valid YAML at line 1: anchors and aliases") as ei:
+        load_recipe(str(p))
+    assert time.monotonic() - t0 < 1 and "*aliases" in ei.value.hint
+
+
+def test_yaml_without_anchors_still_loads(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(BASE + "parallelism: {tp: 1}\n")
+    assert load_recipe(str(p)).run.name == "x"
+
+
+@pytest.mark.parametrize(
+    "value, placeholder",
+    [
+        ("{base_dir.__class__}", "base_dir.__class__"),
+        ("{base_dir[0]}", "base_dir[0]"),
+        ("{run_name!r}", "run_name!r"),
+        ("{run_name:>99}", "run_name:>99"),
+        ("'{}'", ""),  # TOML literal text: {} alone is a table
+        ("{0}", "0"),
+    ],
+)
+def test_placeholders_are_plain_names(value, placeholder):
+    with pytest.raises(
+        RecipeError, match=rf"checkpoint.save: cannot expand .*unknown placeholder '{re.escape(placeholder)}'"
+    ):
+        load_recipe("local-probe", [f"checkpoint.save={value}"])
+
+
+def test_placeholder_braces_escape():
+    r = load_recipe("local-probe", ["checkpoint.save={base_dir}/{{x}}"])
+    assert r.expand(r.checkpoint.save).endswith("/{x}")
+
+
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        ("source /env # activate", "has a '#' outside quotes"),
+        ("#module load cuda", "has a '#' outside quotes"),
+        ("echo 'a", "has an unclosed ' quote"),
+        ('echo "a', 'has an unclosed " quote'),
+        ("echo a \\", "ends with a backslash"),
+        ("  ", "is empty"),
+        ("sleep 1 &", "ends with '&'"),
+        ("true;", "ends with ';'"),
+    ],
+)
+def test_setup_lines_that_break_the_chain(line, why):
+    with pytest.raises(RecipeError, match=r"cluster.setup\[1\]: .* " + why.replace("(", r"\(")):
+        load_recipe("local-probe", [f"cluster.setup={json.dumps(['true', line])}"])
+
+
+@pytest.mark.parametrize(
+    "line", ["echo '#quoted'", 'echo "a#b"', "echo \\#", "module load cuda/12 && nvidia-smi"]
+)
+def test_setup_lines_that_are_fine(line):
+    assert load_recipe("local-probe", [f"cluster.setup={json.dumps([line])}"]).cluster.setup == [line]
+
+
+@pytest.mark.parametrize("value", ["٣", "²", "'٣'", "８"])
+def test_int_override_ascii_digits_only(value):
+    with pytest.raises(RecipeError, match="parallelism.tp: Input should be a valid integer"):
+        load_recipe("local-probe", [f"parallelism.tp={value}"])
+
+
+@pytest.mark.parametrize("value", ["١e-4", "'1e-٤'", "'inf'", "'0x10'"])
+def test_number_text_ascii_only(value):
+    with pytest.raises(RecipeError, match="algorithm.eps_clip: "):
+        load_recipe("local-probe", [f"algorithm.eps_clip={value}"])
+
+
+def test_control_characters_are_refused_in_files(tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_text('[run]\nname = "x"\nbase_dir = "/x\\u001b]0;pwned\\u0007"\n[cluster]\nnodes = 1\n')
+    with pytest.raises(RecipeError, match=r"run.base_dir: holds a control character \(\\x1b\)"):
+        load_recipe(str(p))
+
+
+def test_long_values_are_cut_in_messages():
+    with pytest.raises(RecipeError) as ei:
+        load_recipe("local-probe", ["parallelism.tp=" + "9" * 5000])
+    assert len(ei.value.message) < 1000
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a = " + "9" * 5000 + "\n", "cannot read a value: a number has more than 4300 digits"),
+        ("a = " + "[" * 5000 + "\n", "the recipe is nested too deeply"),
+    ],
+)
+def test_toml_values_that_python_refuses(tmp_path, text, message):
+    p = tmp_path / "r.toml"
+    p.write_text(text)
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(str(p))
+
+
+def test_recipe_fifo_does_not_hang(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "r.toml")
+    with pytest.raises(RecipeError, match=r"the recipe is a named pipe \(FIFO\), not a regular file"):
+        load_recipe(str(tmp_path / "r.toml"))
