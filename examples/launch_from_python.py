@@ -30,11 +30,16 @@ class Print(Reporter):
 recipe = sys.argv[1] if len(sys.argv) > 1 else "local-probe"
 hostfile = sys.argv[2] if len(sys.argv) > 2 else None
 try:
-    result = launch(recipe, hostfile, local=hostfile is None and recipe == "local-probe",
-                    runs_dir="runs", reporter=Print())
+    result = launch(
+        recipe,
+        hostfile,
+        local=hostfile is None and recipe == "local-probe",
+        runs_dir="runs",
+        reporter=Print(),
+    )
 except GlmlaunchError as e:
     print(f"error: {e.message}\nfix: {e.hint}", file=sys.stderr)
-    raise SystemExit(2) from None
+    raise SystemExit(e.exit_code) from None
 print(f"job {result.job.status} (exit code {result.job.exit_code}); run directory {result.run_dir}")
 if result.probe:
     print("probe:", "passed" if result.probe["ok"] else result.probe["problems"])

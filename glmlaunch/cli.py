@@ -203,6 +203,8 @@ def check(
     ssh_port: SSHPortOpt = None,
     known_hosts: KnownHostsOpt = None,
     connect_timeout: ConnectTimeoutOpt = Defaults.connect_timeout_s,
+    port_base: PortBaseOpt = None,
+    dashboard_port: DashPortOpt = None,
 ) -> None:
     """Check a recipe against the nodes; print every failure (exit 1 if any, 2 for bad input)."""
     from .run import plan_launch
@@ -219,6 +221,8 @@ def check(
                 local=local,
                 deep=deep,
                 preflight=deep,
+                port_base=port_base,
+                dashboard_port=dashboard_port,
                 ssh=_ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout),
             )
     except GlmlaunchError as e:

@@ -55,6 +55,9 @@ def client_for(plan: LaunchPlan, token: str | None):
         from ray.job_submission import JobSubmissionClient
     except ImportError:
         raise JobError("submitting the trainer needs Ray's job SDK", "pip install 'glmlaunch[ray]'") from None
+    # the SDK sets its logger to INFO with a handler of its own on import ("WebSocket closed for
+    # job ..."): library code never prints, so only its warnings are kept
+    logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
         return JobSubmissionClient(plan.dashboard_url, headers=headers)

@@ -653,6 +653,10 @@ def up(
     (nothing started), :class:`ClusterError` / :class:`TransportError` (rolled back: nothing left
     running), :class:`UsageError` for bad input."""
     reporter = reporter or NullReporter()
+    if not join_timeout_s > 0:
+        raise UsageError(
+            f"--join-timeout {join_timeout_s}: must be more than 0 seconds", "e.g. --join-timeout 300"
+        )
     p = plan_launch(
         recipe,
         hostfile,

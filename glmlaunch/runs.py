@@ -222,6 +222,23 @@ def _mkdir_private(path: Path) -> None:
         os.close(fd)
 
 
+def _pointer(cur: Path) -> Path:
+    """The run directory the ``current`` pointer names; a pointer that cannot be read is bad input."""
+    try:
+        p = Path(cur.read_text().strip())
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(
+            f"{cur}: the current-run pointer cannot be read ({e.__class__.__name__})",
+            f"remove {cur} and pass --run RUN_ID, or start a run with `glmlaunch up`",
+        ) from None
+    if not p.is_dir():
+        raise UsageError(
+            f"{cur} points at {p}, which no longer exists",
+            f"remove {cur} and pass --run RUN_ID, or start a run with `glmlaunch up`",
+        )
+    return p
+
+
 @dataclass
 class RunDir:
     """A run's directory and its typed :class:`Manifest`, saved with :meth:`save` (atomically)."""
@@ -263,14 +280,14 @@ class RunDir:
                     "start one with `glmlaunch up` or `glmlaunch launch`, or pass --run PATH",
                 )
             check_trusted(cur)
-            p = Path(cur.read_text().strip())
+            p = _pointer(cur)
         else:
             p = Path(ref)
             if not p.is_dir():
                 roots = [Path(runs_dir).absolute() if runs_dir else default_runs_dir()]
                 cur = _state_dir() / "current"
                 if cur.exists():  # runs of the same runs folder as the current one
-                    roots.append(Path(cur.read_text().strip()).parent)
+                    roots.append(_pointer(cur).parent)
                 p = next(
                     (r / str(ref) for r in roots if (r / str(ref) / "manifest.json").exists()),
                     roots[0] / str(ref),

@@ -303,7 +303,13 @@ def submit(
                 slurm_extra=slurm_extra,
             )
         )
-    return ex.submit(entry)
+    try:
+        return ex.submit(entry)
+    except Exception as err:  # sbatch refused (no Slurm configuration, bad partition, ...)
+        raise GlmlaunchError(
+            f"sbatch refused the job: {str(err).strip()[:500]}",
+            "check the Slurm options (partition, account, time) and that sbatch works here",
+        ) from None
 
 
 def record(job) -> dict:

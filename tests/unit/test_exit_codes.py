@@ -122,3 +122,24 @@ def test_library_logs_go_to_the_state_dir_not_the_terminal(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "could not stop the job" in err and "paramiko" not in err and "Traceback" not in err
     assert "Error reading SSH protocol banner" in (tmp_path / "state" / "glmlaunch.log").read_text()
+
+
+@pytest.mark.parametrize("cmd", ["status", "down"])
+def test_unreadable_current_pointer(cli, cmd, tmp_path):
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700, exist_ok=True)
+    (state / "current").write_bytes(b"\xff\xfe")
+    (state / "current").chmod(0o600)
+    _bad(cli(cmd), "current-run pointer cannot be read")
+
+
+def test_join_timeout_must_be_positive(cli):
+    _bad(
+        cli("up", "local-probe", "--local", "--join-timeout", "-1"),
+        "--join-timeout -1.0: must be more than 0 seconds",
+    )
+
+
+def test_check_takes_the_port_options(cli, hostfile8):
+    res = cli("check", "glm45-355b-a32b-gspo", "--hostfile", hostfile8, "--port-base", "65530")
+    assert res.exit_code == 1 and "ports.base: port base 65530 is out of range" in res.output, res.output
