@@ -744,17 +744,20 @@ OPS = {
 
 
 def main(argv):
+    """Run one op on this node: its JSON answer on stdout and 0; a refusal (3) or an OS error (4)
+    as one line on stderr. Returns the exit status (the node-side script's, see below)."""
     op, args = argv[0], json.loads(argv[1]) if len(argv) > 1 else {}
     try:
         out = OPS[op](args)
     except Refused as e:  # one line the launcher shows as the host's reason
         print(f"glmlaunch nodeops {op}: refused: {e}", file=sys.stderr)
-        sys.exit(3)
+        return 3
     except OSError as e:
         print(f"glmlaunch nodeops {op}: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        sys.exit(4)
+        return 4
     print(json.dumps(out))
+    return 0
 
 
-if __name__ == "__main__":
-    main(sys.argv[1:])
+if __name__ == "__main__":  # only as ``python -c <this source> OP JSON`` on a node, never imported
+    raise SystemExit(main(sys.argv[1:]))
