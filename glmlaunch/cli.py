@@ -317,16 +317,6 @@ class RichReporter(Reporter):
         sys.stdout.flush()
 
 
-def _quiet_ray() -> None:
-    """Importing Ray sets up its loggers; then keep the job SDK's INFO lines ("WebSocket closed
-    for job ...") out of the user's terminal."""
-    try:
-        import ray.job_submission  # noqa: F401  (sets its logger to INFO when imported)
-    except ImportError:
-        return
-    logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)
-
-
 def _ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout):
     from .options import SSHOptions
 
@@ -471,7 +461,6 @@ def launch(
             if res.findings:
                 print_findings(res.findings)
             return
-        _quiet_ray()
         res = runs.launch(
             recipe,
             hostfile,
@@ -505,7 +494,6 @@ def submit(run: RunOpt = None, follow: Annotated[bool, typer.Option("--follow/--
     from .run import Run
 
     try:
-        _quiet_ray()
         res = Run.open(run, reporter=RichReporter()).submit(follow=follow)
     except GlmlaunchError as e:
         _fail(e)
@@ -539,7 +527,6 @@ def logs(
         sys.stdout.flush()
 
     try:
-        _quiet_ray()
         r = Run.open(run)
         if not r.state.cluster_up:
             err.print(
