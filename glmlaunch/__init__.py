@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 _HOMES = {
     "errors": [
         "CheckFailed", "ClusterError", "Finding", "Findings", "GlmlaunchError", "HostfileError", "JobError",
-        "RecipeError", "TransportError", "UsageError",
+        "PrepareError", "RecipeError", "TransportError", "UsageError",
     ],
     "hosts": ["Allocation", "AllocationKind", "Host", "discover", "from_slurm", "read_hostfile"],
     "options": ["Defaults", "SSHOptions"],
@@ -26,6 +26,7 @@ _HOMES = {
     "resolve": ["Resolved", "resolve"],
     "run": ["Run", "launch", "open_run", "plan_launch", "up"],
     "cluster": ["RayCluster"],
+    "prep": ["PrepareResult", "prepare"],
 }  # fmt: skip
 _WHERE = {name: module for module, names in _HOMES.items() for name in names}
 

@@ -7,7 +7,8 @@ the error's :attr:`~GlmlaunchError.exit_code`, one table for every command:
 code  meaning
 ====  ==========================================================================
 0     success
-1     a runtime failure (:class:`ClusterError`, :class:`TransportError`, :class:`JobError`),
+1     a runtime failure (:class:`ClusterError`, :class:`TransportError`, :class:`JobError`,
+      :class:`PrepareError`),
       or checks that failed (:class:`CheckFailed`)
 2     bad input, nothing touched (:class:`UsageError`: a bad option or option pair;
       :class:`HostfileError`; :class:`RecipeError`)
@@ -111,6 +112,15 @@ class ClusterError(GlmlaunchError):
 
 class JobError(GlmlaunchError):
     """The trainer job could not be submitted, followed or stopped."""
+
+
+class PrepareError(GlmlaunchError):
+    """A preparation step (download, verification, shared-filesystem check, conversion, node-local
+    copy) failed; ``failures`` maps a node or a file to what went wrong there."""
+
+    def __init__(self, message: str, failures: dict[str, str] | None = None, hint: str | None = None):
+        super().__init__(message, hint)
+        self.failures = failures or {}
 
 
 @dataclass(frozen=True)

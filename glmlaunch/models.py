@@ -19,7 +19,8 @@ class ModelSpec:
     """One model's architecture: the Megatron args (tokens) and the numbers checks need.
 
     ``n_dense_layers`` + ``n_moe_layers`` = ``num_layers``; ``hf_repo`` is the Hugging Face id
-    of the weights; ``dir_name`` is the directory name under ``base_dir`` (the seed's naming).
+    of the weights (``hf_repo_fp8``: their FP8 copy, what FP8 rollout loads); ``dir_name`` is the
+    directory name under ``base_dir`` (the seed's naming).
     """
 
     type: str
@@ -38,6 +39,12 @@ class ModelSpec:
     rotary_base: int
     n_dense_layers: int
     args: tuple[str, ...] = field(repr=False, default=())
+
+    @property
+    def hf_repo_fp8(self) -> str:
+        """The FP8 copy of the weights on the Hub (``zai-org/GLM-4.5-FP8``: the ``{model}-FP8``
+        naming miles' scripts/run_glm45_355b_a32b.py:58 (miles@31f1ca961a94) gives its own FP8 output)."""
+        return f"{self.hf_repo}-FP8"
 
     @property
     def n_moe_layers(self) -> int:

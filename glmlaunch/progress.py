@@ -24,6 +24,10 @@ class Reporter:
         """A step ended."""
         (log.info if ok else log.warning)("%s %s %s", name, "done" if ok else "failed", detail)
 
+    def progress(self, step: str, what: str, done: int, total: int | None, rate: float | None = None) -> None:
+        """Bytes moved so far in a long step (``done``/``total`` bytes, ``rate`` bytes per second)."""
+        log.debug("%s: %s %d/%s bytes", step, what, done, total)
+
     def findings(self, title: str, findings: list) -> None:
         """Check results worth showing even when nothing failed (warnings), errors first."""
         for f in findings:
@@ -39,6 +43,9 @@ class NullReporter(Reporter):
         pass
 
     def findings(self, title, findings):
+        pass
+
+    def progress(self, step, what, done, total, rate=None):
         pass
 
     def host(self, step, host, state, detail=""):

@@ -171,6 +171,13 @@ class CheckpointSection(_Section):
     save_retain_interval: int | None = Field(default=None, ge=1)
     """``--save-retain-interval``: keep every N-th checkpoint for good, older others are removed
     (unset: not passed, Megatron keeps them all)."""
+    model_local_dir: str = ""
+    """``glmlaunch prepare`` copies the HF checkpoint and the ``torch_dist`` output from the shared
+    ``base_dir`` to this directory on every node's local disk (miles' ``model_local_dir``,
+    scripts/run_glm45_355b_a32b.py:29 (miles@31f1ca961a94)); unset: no node-local copies."""
+    convert_extra_args: list[str] = Field(default_factory=list)
+    """Extra arguments of ``tools/convert_hf_to_torch_dist.py`` after the model args (miles'
+    ``convert_checkpoint(extra_args=)``), e.g. ``["--mtp-num-layers", "1"]``."""
 
 
 class RolloutSection(_Section):
@@ -611,6 +618,7 @@ _EXPANDED = (
     "checkpoint.ref_load",
     "checkpoint.save",
     "checkpoint.load",
+    "checkpoint.model_local_dir",
     "rollout.prompt_data",
     "eval.prompt_data",
     "cluster.setup",
