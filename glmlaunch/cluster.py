@@ -356,6 +356,64 @@ class RayCluster:
                 )
         return out
 
+    def check_shared(
+        self, directory: str, field: str, nodes: list[str] | None = None, *, here: bool = False
+    ) -> dict[str, str]:
+        """Is ``directory`` one filesystem on ``nodes`` (default: every node)? The first of them
+        writes a marker there (a random nonce, ``nodeops inspect`` ``writable``), every other
+        reads it (``shared_read``), then the marker is removed. The same probe as the preflight's
+        ``--save`` check (:meth:`_shared_check`), from one writer. Returns ``{host: why}`` for
+        each node that does not see the marker (empty: shared); raises
+        :class:`~glmlaunch.errors.TransportError` naming unreachable nodes. ``field``: the
+        recipe field named in the reasons; ``here``: this machine must see the marker too (key
+        ``"this machine"``: what runs here, the downloads and the verifications, writes there)."""
+        names = nodes or [n.name for n in self.plan.nodes]
+        writer, readers = names[0], names[1:]
+        nonce = secrets.token_hex(8)
+        res = self._nodeop(
+            "inspect", {writer: {"writable": [directory], "sentinel": nonce}}, timeout=60, step="shared-fs"
+        )
+        parsed, r = res[writer]
+        if parsed is None:
+            raise TransportError(
+                f"{writer}: cannot write the shared-filesystem marker in {directory}: {r.reason()}",
+                {writer: r.reason()},
+            )
+        state = parsed["writable"].get(directory)
+        if state != "ok":
+            return {writer: f"{field} = {directory}: {state}"}
+        marker = f"{directory}/{nodeops.sentinel_name(nonce, parsed['hostname'])}"
+        out: dict[str, str] = {}
+        try:
+            if readers:
+                seen = self._nodeop(
+                    "inspect", {h: {"shared_read": [marker]} for h in readers}, timeout=60, step="shared-fs"
+                )
+                unreachable = {h: r.reason() for h, (p, r) in seen.items() if p is None}
+                if unreachable:
+                    raise TransportError(
+                        "cannot read the shared-filesystem marker on " + ", ".join(unreachable),
+                        unreachable,
+                    )
+                for h, (p, _r) in seen.items():
+                    if (p or {}).get("shared", {}).get(marker) != nonce:
+                        out[h] = (
+                            f"{field} = {directory} is not shared: {h} does not see what {writer} wrote there"
+                        )
+            if here:
+                try:
+                    mine = Path(marker).read_text()[:256]
+                except OSError:
+                    mine = None
+                if mine != nonce:
+                    out["this machine"] = (
+                        f"{field} = {directory}: this machine does not see what {writer} wrote there "
+                        "(prepare downloads and verifies here)"
+                    )
+        finally:
+            self._nodeop("remove", {writer: {"files": [marker]}}, timeout=60)
+        return out
+
     def _sentinel_file(self, answer: dict) -> str:
         return nodeops.sentinel_name(self.sentinel, answer["inspect"]["hostname"])
 

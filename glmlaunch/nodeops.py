@@ -729,7 +729,118 @@ def op_remove(a):
     return {"removed": out}
 
 
+COPY_STAMP = ".glmlaunch-copy.json"
+
+
+def _copy_current(dst, files):
+    try:
+        with open(os.path.join(dst, COPY_STAMP)) as f:
+            if json.load(f) != files:
+                return False
+    except (OSError, ValueError):
+        return False
+    for rel, size in files.items():
+        try:
+            if os.stat(os.path.join(dst, rel)).st_size != size:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def _free(path):
+    while not os.path.exists(path) and path not in ("", "/"):
+        path = os.path.dirname(path)
+    st = os.statvfs(path or "/")
+    return st.f_bavail * st.f_frsize
+
+
+def op_copy_tree(a):
+    """Node-local copies (``glmlaunch prepare``): each of ``copies`` (``src``, ``dst``, ``files``:
+    relative name -> size, the source as verified) is skipped when ``dst`` holds a copy of exactly
+    those files (its stamp and every size), else copied into ``dst.partial`` (files already there
+    with the right size are kept: an interrupted copy resumes), checked by size, stamped and
+    renamed to ``dst`` (a ``dst`` that is not an earlier copy of ours is refused). Space is checked
+    first, for everything still to copy. Returns ``{dst: {"state", "bytes", "why"}}``."""
+    import shutil
+
+    out = {}
+    todo = []
+    for c in a["copies"]:
+        dst, files = c["dst"].rstrip("/"), c["files"]
+        if _copy_current(dst, files):
+            out[dst] = {"state": "current", "bytes": 0, "why": ""}
+        elif os.path.lexists(dst) and not os.path.isfile(os.path.join(dst, COPY_STAMP)):
+            out[dst] = {
+                "state": "failed",
+                "bytes": 0,
+                "why": f"{dst} exists and is not a copy made by glmlaunch",
+            }
+        else:
+            todo.append(c)
+    need = {}
+    for c in todo:
+        part = c["dst"].rstrip("/") + ".partial"
+        left = 0
+        for rel, size in c["files"].items():
+            try:
+                have = os.stat(os.path.join(part, rel)).st_size
+            except OSError:
+                have = -1
+            left += 0 if have == size else size
+        need[c["dst"].rstrip("/")] = left
+    total = sum(need.values())
+    if todo:
+        free = _free(os.path.dirname(todo[0]["dst"].rstrip("/")))
+        if total > free:
+            for c in todo:
+                d = c["dst"].rstrip("/")
+                out[d] = {
+                    "state": "failed",
+                    "bytes": 0,
+                    "why": f"not enough space: {total / 2**30:.2f} GiB to copy, {free / 2**30:.2f} GiB free",
+                }
+            return out
+    for c in todo:
+        src, dst, files = c["src"].rstrip("/"), c["dst"].rstrip("/"), c["files"]
+        part = dst + ".partial"
+        copied = 0
+        try:
+            for rel, size in files.items():
+                target = os.path.join(part, rel)
+                try:
+                    if os.stat(target).st_size == size:
+                        continue
+                except OSError:
+                    pass
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copyfile(os.path.join(src, rel), target)
+                copied += size
+            bad = [rel for rel, size in files.items() if os.stat(os.path.join(part, rel)).st_size != size]
+            if bad:
+                out[dst] = {
+                    "state": "failed",
+                    "bytes": copied,
+                    "why": f"size differs after the copy: {bad[:3]}",
+                }
+                continue
+            with open(os.path.join(part, COPY_STAMP), "w") as f:
+                json.dump(files, f)
+            if os.path.lexists(dst):  # an earlier copy of ours (checked above): replaced
+                old = f"{dst}.old-{os.getpid()}"
+                os.rename(dst, old)
+                os.rename(part, dst)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(part, dst)
+            out[dst] = {"state": "copied", "bytes": copied, "why": ""}
+        except OSError as e:
+            out[dst] = {"state": "failed", "bytes": copied, "why": f"{e.filename or ''}: {e.strerror or e}"}
+    return out
+
+
 OPS = {
+    "copy_tree": op_copy_tree,
     "write_secret": op_write_secret,
     "remove": op_remove,
     "preflight": op_preflight,

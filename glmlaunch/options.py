@@ -23,6 +23,10 @@ class Defaults:
     job_stop_wait_s = 150.0  # how long stop_job waits for the job to be terminal (> job_stop_grace_s)
     watchdog_s = 10.0  # how often a followed job's nodes are checked
     job_api_unreachable_s = 30.0  # the job API may not answer this long before the head counts as gone
+    convert_timeout_s = (
+        4 * 3600.0
+    )  # the HF -> torch_dist conversion on every training node (glmlaunch prepare)
+    copy_timeout_s = 4 * 3600.0  # the node-local copies of the checkpoints (glmlaunch prepare)
 
 
 @dataclass

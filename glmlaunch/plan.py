@@ -74,6 +74,10 @@ class PortPlan(BaseModel):
     dashboard: int = Defaults.dashboard_port
     min_worker: int = 10002
     max_worker: int = 14999
+    convert: int = 23456
+    """The checkpoint conversion's ``torchrun --master-port`` on the head (``glmlaunch prepare``;
+    miles' fixed port, command_utils.py:58 (miles@31f1ca961a94)); not a Ray port, so not in
+    :attr:`named` (nothing listens on it while Ray runs)."""
 
     @property
     def gcs(self) -> int:

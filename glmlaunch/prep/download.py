@@ -3,8 +3,8 @@
 What is fetched (:func:`hub_items`): the recipe's model (``ModelSpec.hf_repo`` into
 ``checkpoint.hf_checkpoint``), its FP8 copy when ``sglang.fp8_rollout`` is set (into
 ``checkpoint.hf_checkpoint_fp8``) and the task's datasets into the directories the trainer reads
-them from (the seed's layout: ``$BASE_DIR/dapo-math-17k``, ``$BASE_DIR/rl_data/aime-2024``;
-mission.md "Downloads", miles scripts/run_glm45_355b_a32b.py:42-56 (miles@31f1ca961a94)).
+them from (the seed's layout: ``$BASE_DIR/dapo-math-17k``, ``$BASE_DIR/rl_data/aime-2024``, the seed's set-up that
+:data:`glmlaunch.resolve.TASKS` records; miles scripts/run_glm45_355b_a32b.py:42-56 (miles@31f1ca961a94)).
 
 Each repo is pinned to the commit the Hub reports (``HfApi.repo_info``) and fetched with
 ``snapshot_download(local_dir=...)``, which resumes: a file finished earlier is recorded in
@@ -41,7 +41,7 @@ from ..resolve import paths
 
 # The datasets of each task (rollout.task): the prompt data's and the eval data's repos.
 # miles scripts/run_glm45_355b_a32b.py:47-53 (miles@31f1ca961a94); the seed's bash recipe
-# downloads the first two (mission.md "Downloads").
+# downloads the first two.
 TASK_DATASETS = {
     "dapo_aime": {"prompt": "zhuzilin/dapo-math-17k", "eval": "zhuzilin/aime-2024"},
     "gsm8k": {"prompt": "zhuzilin/gsm8k", "eval": "zhuzilin/gsm8k"},
