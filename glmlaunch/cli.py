@@ -312,6 +312,19 @@ class RichReporter(Reporter):
     def findings(self, title, findings):
         print_findings(findings, title)
 
+    def progress(self, step, what, done, total, rate=None):
+        import time
+
+        now = time.monotonic()
+        key = f"{step}:{what}"
+        finished = total is not None and done >= total
+        if not finished and now - self.t0.get(key, 0.0) < 5:  # a line every 5 s at most
+            return
+        self.t0[key] = now
+        size = f"{done / 2**30:.2f}" + (f"/{total / 2**30:.2f}" if total else "") + " GiB"
+        speed = f", {rate / 2**20:.1f} MiB/s" if rate else ""
+        self.c.print(f"   [cyan]↓[/] {_esc(what)} [dim]{_esc(size + speed)}[/]", soft_wrap=True)
+
     def log_line(self, text):
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -436,6 +449,12 @@ def launch(
     no_deep_check: Annotated[
         bool, typer.Option("--no-deep-check", help="skip the megatron-core/SGLang checks")
     ] = False,
+    prepare: Annotated[
+        bool,
+        typer.Option(
+            "--prepare", help="run `glmlaunch prepare` first (each step skipped when verified already)"
+        ),
+    ] = False,
 ) -> None:
     """Check, start the cluster, submit the trainer, follow its log, tear down; exit with the
     trainer's status. Without arguments: the cluster probe on this machine."""
@@ -466,6 +485,7 @@ def launch(
             hostfile,
             keep=keep,
             deep=not no_deep_check,
+            prepare=prepare,
             reporter=RichReporter(),
             runs_dir=runs_dir,
             join_timeout_s=join_timeout,
@@ -486,6 +506,121 @@ def launch(
         err.print("the cluster is still up: [bold]glmlaunch status[/], [bold]glmlaunch down[/]")
     if not res.ok:
         raise typer.Exit(job.exit_code if job.exit_code not in (None, 0) else 1)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def print_prepare(res) -> None:
+    """A prepare result: the dry run's files and free space, or each step with its nodes."""
+    if res.dry_run:
+        st = res.steps[0] if res.steps and res.steps[0].step == "download" else None
+        data = st.data if st else {}
+        for item in data.get("items", []):
+            t = Table(
+                title=_esc(
+                    f"{item['repo_type']} {item['repo_id']} @ {item['commit'][:12]} -> {item['local_dir']}"
+                )
+            )
+            for c in ("file", "size", "to fetch"):
+                t.add_column(c)
+            for f in item["files"]:
+                t.add_row(
+                    _esc(f["path"]),
+                    _size(f["size"]),
+                    "yes" if f["will_download"] else "[dim]no (complete)[/]",
+                )
+            out.print(t)
+            free = data.get("free_bytes", {}).get(item["local_dir"])
+            fetch = sum(f["size"] for f in item["files"] if f["will_download"])
+            out.print(
+                _esc(f"  to fetch: {_size(fetch)} of {_size(sum(f['size'] for f in item['files']))}; "
+                     f"free at the target: {_size(free) if free is not None else '?'}"),
+                soft_wrap=True,
+            )  # fmt: skip
+        return
+    t = Table(title=_esc(f"prepare {res.recipe}"))
+    for c in ("step", "node / item", "state", "detail"):
+        t.add_column(c)
+    color = {"done": "green", "skipped": "cyan", "failed": "red", "not run": "dim"}
+    for st in res.steps:
+        t.add_row(_esc(st.step), "", f"[{color[st.state]}]{st.state}[/]", _esc(st.detail))
+        for n in st.nodes:
+            t.add_row("", _esc(n.node), f"[{color[n.state]}]{n.state}[/]", _esc(n.detail))
+    out.print(t)
+    if res.run_dir:
+        out.print(f"run directory: {_esc(res.run_dir)}", soft_wrap=True)
+
+
+@app.command()
+def prepare(
+    recipe: RecipeArg,
+    hostfile: HostfileOpt = None,
+    head: HeadOpt = None,
+    gpus_per_node: GpusOpt = None,
+    local: LocalOpt = False,
+    set_: SetOpt = None,
+    steps: Annotated[
+        str | None,
+        typer.Option(
+            "--steps",
+            help="comma-separated subset of: download, verify-download, shared-fs, convert, verify-convert, local-copy",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="list the files to fetch, their sizes and the free space; touch nothing"
+        ),
+    ] = False,
+    ssh_config: SSHConfigOpt = None,
+    ssh_user: SSHUserOpt = None,
+    ssh_key: SSHKeyOpt = None,
+    ssh_port: SSHPortOpt = None,
+    known_hosts: KnownHostsOpt = None,
+    connect_timeout: ConnectTimeoutOpt = Defaults.connect_timeout_s,
+    runs_dir: RunsDirOpt = None,
+    python: PythonOpt = None,
+    network: NetworkOpt = None,
+    interface: InterfaceOpt = None,
+    convert_port: Annotated[
+        int | None,
+        typer.Option("--convert-port", help="the conversion's torchrun master port (default 23456)"),
+    ] = None,
+) -> None:
+    """Download, verify, convert (HF -> torch_dist with torchrun on the training nodes) and copy
+    to the nodes' local disks; each step skipped when its verified output is there."""
+    from .prep import prepare as run_prepare
+
+    try:
+        res = run_prepare(
+            recipe,
+            hostfile,
+            overrides=set_ or [],
+            steps=steps,
+            dry_run=dry_run,
+            local=local,
+            head=head,
+            gpus_per_node=gpus_per_node,
+            python=python,
+            network=network,
+            interface=interface,
+            ssh=_ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout),
+            runs_dir=runs_dir,
+            reporter=RichReporter(),
+            convert_port=convert_port,
+        )
+    except GlmlaunchError as e:
+        partial = getattr(e, "result", None)
+        if partial is not None:
+            print_prepare(partial)
+        _fail(e)
+    print_prepare(res)
 
 
 @app.command()

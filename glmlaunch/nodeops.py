@@ -806,6 +806,7 @@ def op_copy_tree(a):
         part = dst + ".partial"
         copied = 0
         try:
+            os.makedirs(part, exist_ok=True)
             for rel, size in files.items():
                 target = os.path.join(part, rel)
                 try:

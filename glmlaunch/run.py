@@ -713,6 +713,7 @@ def launch(
     follow: bool = True,
     dry_run: bool = False,
     deep: bool = True,
+    prepare: bool = False,
     reporter: Reporter | None = None,
     **up_kwargs,
 ) -> LaunchResult:
@@ -722,7 +723,9 @@ def launch(
     :class:`Recipe`; ``hostfile``: an MPI hostfile (default: ``/root/mpi_rack_hostfile``, or the
     Slurm allocation, or this machine for the probe). With ``keep`` the cluster stays up after
     the job; ``dry_run`` only builds and checks the plan (the same plan ``glmlaunch render``
-    prints). Other keyword arguments go to :func:`up`.
+    prints); ``prepare`` first runs :func:`glmlaunch.prep.prepare` on the same nodes (downloads,
+    conversion, node-local copies; each skipped when verified already). Other keyword arguments
+    go to :func:`up`.
 
     Returns a :class:`LaunchResult` (``result.ok`` tells whether the trainer succeeded). Raises
     :class:`CheckFailed` before anything starts, :class:`ClusterError`/:class:`TransportError`
@@ -739,6 +742,11 @@ def launch(
         p = plan_launch(recipe, hostfile, deep=deep, **{k: up_kwargs[k] for k in keys})
         _refuse(p)
         return LaunchResult(plan=p.plan, run_dir=None, findings=list(p.findings))
+    if prepare:
+        from .prep import prepare as prepare_run
+
+        keys = set(inspect.signature(prepare_run).parameters) & set(up_kwargs)
+        prepare_run(recipe, hostfile, reporter=reporter, **{k: up_kwargs[k] for k in keys})
     run = up(recipe, hostfile, deep=deep, reporter=reporter, **up_kwargs)
     try:
         result = run.submit(follow=follow)

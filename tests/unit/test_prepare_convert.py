@@ -68,17 +68,22 @@ def test_unknown_step_is_usage_error(setup):
         run(over, tmp_path, steps="convert,bake")
 
 
-def test_convert_verify_rename_then_skip(setup):
+def test_convert_verify_rename_copy_then_skip(setup):
     tmp_path, base, _m, over, _e = setup
-    res = run(over, tmp_path)
-    assert res.ok and [s.state for s in res.steps] == ["done", "done", "done"]
+    over = over + [f"checkpoint.model_local_dir={tmp_path / 'local'}"]
+    steps = "shared-fs,convert,verify-convert,local-copy"
+    res = run(over, tmp_path, steps)
+    assert res.ok and [s.state for s in res.steps] == ["done", "done", "done", "done"]
+    local = tmp_path / "local" / "GLM-4.5-355B-A32B_torch_dist"
+    assert (local / TRACKER).read_text() == "release" and (local / "release" / ".metadata").is_file()
     out = base / "GLM-4.5-355B-A32B_torch_dist"
     assert (out / TRACKER).read_text() == "release" and (out / STAMP).is_file()
     assert not (base / "GLM-4.5-355B-A32B_torch_dist.partial").exists()
     log = next(Path(res.run_dir).glob("hosts/*/convert.log")).read_text()
     assert "converter rank 0/2 on node 0" in log
-    again = run(over, tmp_path)
-    assert [s.state for s in again.steps] == ["done", "skipped", "skipped"]
+    again = run(over, tmp_path, steps)
+    assert [s.state for s in again.steps] == ["done", "skipped", "skipped", "skipped"]
+    assert again.step("local-copy").nodes[0].detail == "already current"
 
 
 def test_a_dying_converter_is_named_and_nothing_is_marked_done(setup):

@@ -29,6 +29,11 @@ def hub(monkeypatch, tmp_path):
         ),
         ("dataset", "org/data"): FakeRepo(files={"train.jsonl": b'{"prompt": "1+1"}\n' * 10}),
         ("model", "org/gated"): FakeRepo(files={"config.json": b"{}"}, gated=True),
+        ("model", "zai-org/GLM-4.5"): FakeRepo(
+            files={"config.json": b"{}", "model-1.safetensors": BIG}, lfs={"model-1.safetensors"}
+        ),
+        ("dataset", "zhuzilin/dapo-math-17k"): FakeRepo(files={"dapo-math-17k.jsonl": b"{}\n"}),
+        ("dataset", "zhuzilin/aime-2024"): FakeRepo(files={"aime-2024.jsonl": b"{}\n"}),
     }
     from huggingface_hub import constants
 
@@ -152,3 +157,51 @@ def test_hub_items_follow_the_seed_layout():
     ]
     air = dl.hub_items(load_recipe("glm45-air-p2p", ["run.base_dir=/d"]))
     assert air[0].repo_id == "zai-org/GLM-4.5-Air" and air[0].local_dir == "/d/GLM-4.5-Air"
+
+
+def test_cli_dry_run_lists_files_and_refuses_short_space(hub, tmp_path, cli, monkeypatch):
+    base = tmp_path / "shared"
+    args = ["prepare", "glm45-355b-a32b-gspo", "--local", "--dry-run", "--set", f"run.base_dir={base}"]
+    r = cli(*args)
+    assert r.exit_code == 0, r.output
+    assert "model zai-org/GLM-4.5 @ 0123456789ab" in r.output and "model-1.safetensors" in r.output
+    assert "to fetch: 1.00 MiB of 1.00 MiB; free at the target:" in r.output
+    assert not base.exists()
+    monkeypatch.setattr(dl, "free_bytes", lambda p: 1000)
+    r = cli(*args)
+    assert r.exit_code == 1
+    assert "not enough free space for the download" in r.output and "fix:" in r.output
+
+
+def test_prepare_downloads_verifies_and_skips_on_rerun(hub, tmp_path, monkeypatch):
+    from glmlaunch import prepare
+
+    monkeypatch.setenv("GLMLAUNCH_STATE_DIR", str(tmp_path / "state"))
+    base = tmp_path / "shared"
+    kw = dict(
+        local=True,
+        overrides=[f"run.base_dir={base}"],
+        steps="download,verify-download",
+        runs_dir=str(tmp_path / "runs"),
+    )
+    res = prepare("glm45-355b-a32b-gspo", **kw)
+    assert [s.state for s in res.steps] == ["done", "done"]
+    assert [n.node for n in res.step("download").nodes] == [
+        "zai-org/GLM-4.5",
+        "zhuzilin/dapo-math-17k",
+        "zhuzilin/aime-2024",
+    ]
+    assert (base / "rl_data" / "aime-2024" / "aime-2024.jsonl").is_file()
+    gets = dict(hub.gets)
+    again = prepare("glm45-355b-a32b-gspo", **kw)
+    assert again.step("download").state == "skipped" and dict(hub.gets) == gets
+    (base / "GLM-4.5-355B-A32B" / "model-1.safetensors").write_bytes(b"x")
+    with pytest.raises(PrepareError) as e:
+        prepare("glm45-355b-a32b-gspo", **kw | {"steps": "verify-download"})
+    assert "model-1.safetensors: size 1 bytes, the Hub says 1048576" in str(e.value)
+    assert e.value.result.step("verify-download").state == "failed"
+
+
+def test_cli_bad_steps_is_exit_2(cli):
+    r = cli("prepare", "glm45-355b-a32b-gspo", "--local", "--steps", "bake")
+    assert r.exit_code == 2 and "unknown step" in r.output
