@@ -392,7 +392,10 @@ class RayCluster:
                 unreachable = {h: r.reason() for h, (p, r) in seen.items() if p is None}
                 if unreachable:
                     raise TransportError(
-                        "cannot read the shared-filesystem marker on " + ", ".join(unreachable),
+                        "cannot read the shared-filesystem marker on "
+                        + ", ".join(unreachable)
+                        + ":\n"
+                        + "\n".join(f"  - {h}: {why}" for h, why in unreachable.items()),
                         unreachable,
                     )
                 for h, (p, _r) in seen.items():

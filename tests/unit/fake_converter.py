@@ -7,7 +7,8 @@ a real ``torch_dist`` checkpoint of a tiny GLM-4.5-shaped model with
 ``torch.distributed.checkpoint`` under ``--save`` (``release/`` with the layers split over the
 ranks, then rank 0 writes ``latest_checkpointed_iteration.txt`` = ``release`` after a barrier,
 as the real tool does). ``expect.json`` may also ask it to drop a layer (``drop_layer``) or to
-die on one node (``die_on_node``: that node's ranks exit 1 before writing).
+die on one node (``die_on_node``: that node's ranks exit 1 before writing; ``kill_on_node``:
+they are killed with SIGKILL).
 
 ``write_tiny`` is also imported by the unit tests (one process, no process group).
 """
@@ -100,6 +101,11 @@ def main() -> int:
     if expect.get("die_on_node") == node:
         print(f"converter: node {node} dies on purpose", flush=True)
         return 1
+    if expect.get("kill_on_node") == node:
+        import signal
+
+        print(f"converter: node {node} is killed (SIGKILL)", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
     dist.init_process_group("gloo")
     write_tiny(save, args, expect.get("drop_layer"), rank, world)
     dist.barrier()

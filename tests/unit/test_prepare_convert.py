@@ -108,3 +108,20 @@ def test_one_layer_short_is_refused_and_never_renamed(setup):
     assert (base / "GLM-4.5-355B-A32B_torch_dist.partial" / TRACKER).exists()
     (miles / "tools" / "expect.json").write_text(json.dumps(expect))
     assert run(over, tmp_path).ok  # the stale partial output goes, a new conversion verifies
+
+
+def test_launch_prepare_runs_prepare_first(monkeypatch):
+    import glmlaunch.prep as prep_mod
+    from glmlaunch import run as run_mod
+
+    seen = {}
+
+    def fake_prepare(recipe, hostfile=None, *, overrides=None, local=False, runs_dir=None, reporter=None):
+        seen.update(recipe=recipe, overrides=overrides, local=local)
+        raise PrepareError("prepare failed on purpose")  # so up() never runs
+
+    monkeypatch.setattr(prep_mod, "prepare", fake_prepare)
+    with pytest.raises(PrepareError, match="on purpose"):
+        run_mod.launch("glm45-355b-a32b-gspo", local=True, prepare=True, overrides=["run.base_dir=/d"])
+    assert seen["recipe"] == "glm45-355b-a32b-gspo" and seen["local"] is True
+    assert seen["overrides"] == ["run.base_dir=/d"]
