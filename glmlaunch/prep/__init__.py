@@ -53,6 +53,8 @@ def _steps(steps: list[str] | str | None) -> list[str]:
             f"--steps {','.join(steps)}: unknown step(s) {', '.join(unknown) or '(none given)'}",
             f"use some of: {','.join(STEPS)}",
         )
+    if "convert" in steps and "verify-convert" not in steps:
+        steps = [*steps, "verify-convert"]  # a conversion's output is renamed only once verified
     return [s for s in STEPS if s in steps]
 
 
@@ -87,7 +89,8 @@ def prepare(
 
     Nodes: the one discovery policy (:func:`glmlaunch.run.plan_launch`: ``local``, ``hostfile``,
     the Slurm allocation, ``/root/mpi_rack_hostfile`` ...); ``steps``: a subset of
-    :data:`STEPS` (names or one comma-separated string); ``dry_run``: list every file that would
+    :data:`STEPS` (names or one comma-separated string; ``convert`` brings ``verify-convert``
+    with it: its output is renamed only once verified); ``dry_run``: list every file that would
     be fetched with its size and the free space at its target, touch nothing, and raise when the
     space is short. ``convert_port``: the conversion's master port (default
     :attr:`glmlaunch.plan.PortPlan.convert`). Times in seconds.
@@ -164,6 +167,9 @@ def prepare(
     from ..runs import RunDir
 
     rd = RunDir.create(plan.run_id, runs_dir, current=False)
+    from ..render import render_json
+
+    rd.write("plan.json", render_json(plan))  # the nodes, addresses and ports this prepare used
     rd.update(recipe=plan.recipe, recipe_source=plan.recipe_source)
     result.run_dir = str(rd.path)
     cluster = None
@@ -322,6 +328,18 @@ def prepare(
                         st.state, st.detail = "skipped", "checkpoint.model_local_dir is unset"
                         continue
                     assert cluster is not None
+                    if not vf.is_verified(save, exp):
+                        raise PrepareError(
+                            f"{save} is not a verified torch_dist checkpoint: nothing to copy to the nodes",
+                            {save: "not verified"},
+                            "run the conversion first (glmlaunch prepare --steps convert), or the whole prepare",
+                        )
+                    if not _local_copy_files(hf):
+                        raise PrepareError(
+                            f"{hf} is empty or missing: nothing to copy to the nodes",
+                            {hf: "missing"},
+                            "download it first (glmlaunch prepare --steps download,verify-download)",
+                        )
                     st.nodes = copy_to_nodes(
                         cluster,
                         r,

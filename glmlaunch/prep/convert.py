@@ -18,7 +18,7 @@ head's address is the plan's (the chosen network), the port is the plan's ``port
 
 Each node's ``torchrun`` runs as a session of its own (:func:`glmlaunch.nodeops.op_start`) in a
 fresh private state directory; its output goes to ``convert.log`` there and, at the end, to the
-run directory (``hosts/<host>/convert.log``). A node whose ``torchrun`` fails ends the step: the
+run directory (``hosts/<host>/convert.log``), and the node's directory is removed. A node whose ``torchrun`` fails ends the step: the
 other nodes' sessions are stopped, and the error names the node with its last lines. The output
 goes to ``<ref_load>.partial`` (removed first when a stale one is there), which the caller
 renames to ``ref_load`` only once it verified (:mod:`glmlaunch.prep.verify`), so a killed
@@ -173,6 +173,7 @@ def run_conversion(
         else:
             recs[h] = {k: parsed.get(k) for k in ("pid", "starttime", "host", "boot_id")}
     outcomes: dict[str, NodeOutcome] = {}
+    tails: dict[str, list[str]] = {}
     deadline = time.monotonic() + timeout_s
     running = dict(recs)
     try:
@@ -207,8 +208,16 @@ def run_conversion(
                 step="convert-stop",
             )
         _keep_logs(cluster, list(args), sd)
+        tails = _tails(cluster, list(failed), sd) if failed else {}
+        # the nodes' conversion directories go (their logs are in the run directory now); each
+        # only while it is still this user's private directory (nodeops _remove)
+        cluster._nodeop(
+            "stop",
+            {h: {"pid": None, "purge": [sd[h]], "purge_parent": parent} for h in sd},
+            timeout=60,
+            step="convert-cleanup",
+        )
     if failed:
-        tails = _tails(cluster, list(failed), sd)
         for h, why in failed.items():
             outcomes[h] = NodeOutcome(node=h, state="failed", detail=why)
             reporter.host(step, h, "failed", why)

@@ -75,6 +75,14 @@ def run(tc, tmp_path, hostfile, over, steps):
 STEPS = "shared-fs,convert,verify-convert,local-copy"
 
 
+def _plan_nodes(res):
+    from glmlaunch.plan import LaunchPlan
+
+    log = next(Path(res.run_dir).glob("hosts/*/convert-command.log")).read_text()
+    assert "torch.distributed.run" in log
+    return LaunchPlan.model_validate_json(Path(res.run_dir, "plan.json").read_text()).nodes
+
+
 def test_convert_on_three_hosts_copy_and_skip_on_rerun(setup):
     tc, tmp_path, base, _miles, over, _e, hostfile, private = setup
     res = run(tc, tmp_path, hostfile, over, STEPS)
@@ -88,6 +96,11 @@ def test_convert_on_three_hosts_copy_and_skip_on_rerun(setup):
     for i in range(1, len(tc.hosts) + 1):  # each host's private copy
         r = tc.on_host(i, "cat", f"{private}/local/GLM-4.5-Air_torch_dist/{TRACKER}")
         assert r.stdout == "release"
+        r = tc.on_host(i, "cat", f"{private}/local/GLM-4.5-Air/config.json")
+        assert r.stdout == "{}"
+    convert_dirs = {n.state_dir + "-convert" for n in _plan_nodes(res)}
+    for i in range(1, len(tc.hosts) + 1):  # each node's conversion directory is gone
+        assert tc.on_host(i, "ls", *convert_dirs, check=False).returncode != 0
     again = run(tc, tmp_path, hostfile, over, STEPS)
     assert [s.state for s in again.steps] == ["done", "skipped", "skipped", "skipped"]
     assert {n.detail for n in again.step("local-copy").nodes} == {"already current"}

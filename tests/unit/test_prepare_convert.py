@@ -32,6 +32,7 @@ def setup(tmp_path, monkeypatch):
     shutil.copy(HERE / "fake_converter.py", miles / "tools" / "convert_hf_to_torch_dist.py")
     base = tmp_path / "base"
     (base / "GLM-4.5-355B-A32B").mkdir(parents=True)
+    (base / "GLM-4.5-355B-A32B" / "config.json").write_text("{}")
     expect = {
         "world_size": 2,
         "nnodes": 1,
@@ -68,6 +69,14 @@ def test_unknown_step_is_usage_error(setup):
         run(over, tmp_path, steps="convert,bake")
 
 
+def test_local_copy_needs_a_verified_conversion(setup):
+    tmp_path, base, _m, over, _e = setup
+    over = over + [f"checkpoint.model_local_dir={tmp_path / 'local'}"]
+    with pytest.raises(PrepareError, match="is not a verified torch_dist checkpoint"):
+        run(over, tmp_path, steps="local-copy")
+    assert not (tmp_path / "local").exists()
+
+
 def test_convert_verify_rename_copy_then_skip(setup):
     tmp_path, base, _m, over, _e = setup
     over = over + [f"checkpoint.model_local_dir={tmp_path / 'local'}"]
@@ -81,6 +90,8 @@ def test_convert_verify_rename_copy_then_skip(setup):
     assert not (base / "GLM-4.5-355B-A32B_torch_dist.partial").exists()
     log = next(Path(res.run_dir).glob("hosts/*/convert.log")).read_text()
     assert "converter rank 0/2 on node 0" in log
+    plan = json.loads((Path(res.run_dir) / "plan.json").read_text())
+    assert not Path(plan["state_dir"]).exists()  # the node's conversion directory (and its parent) went
     again = run(over, tmp_path, steps)
     assert [s.state for s in again.steps] == ["done", "skipped", "skipped", "skipped"]
     assert again.step("local-copy").nodes[0].detail == "already current"
