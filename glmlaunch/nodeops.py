@@ -798,7 +798,8 @@ def op_copy_tree(a):
                 out[d] = {
                     "state": "failed",
                     "bytes": 0,
-                    "why": f"not enough space: {total / 2**30:.2f} GiB to copy, {free / 2**30:.2f} GiB free",
+                    "why": f"not enough space in {os.path.dirname(d)}: {total} bytes ({total / 2**30:.2f} GiB) "
+                    f"to copy, {free} bytes ({free / 2**30:.2f} GiB) free",
                 }
             return out
     for c in todo:

@@ -137,3 +137,25 @@ def test_shared_fs_check_fails_on_a_per_host_private_directory(setup):
     assert {n.node: n.state for n in e.value.result.step("shared-fs").nodes} == {
         tc.hosts[0]: "done", tc.hosts[1]: "failed", tc.hosts[2]: "failed",
     }  # fmt: skip
+
+
+def test_node_local_copy_refused_on_a_full_disk_of_one_host(setup):
+    """h2's model_local_dir is a 4 KiB tmpfs, mounted inside h2's own mount namespace (on a
+    directory this test made in h2's private /tmp/ray) and unmounted at the end."""
+    tc, tmp_path, _base, _m, over, _e, hostfile, private = setup
+    local = f"{private}/local"
+    tc.on_host(2, "mkdir", "-p", local)
+    tc.on_host(2, "mount", "-t", "tmpfs", "-o", "size=4k", "glt-prepare", local)
+    try:
+        with pytest.raises(PrepareError) as e:
+            run(tc, tmp_path, hostfile, over, "convert,local-copy")
+        msg = str(e.value)
+        assert f"node-local copies to {local} failed on {tc.hosts[1]}:" in msg, msg
+        assert f"not enough space in {local}" in msg
+        assert [s.state for s in e.value.result.steps] == ["done", "done", "failed"]
+        for i in (1, 3):  # the other hosts have their copies
+            r = tc.on_host(i, "cat", f"{local}/GLM-4.5-Air_torch_dist/{TRACKER}")
+            assert r.stdout == "release"
+        assert tc.on_host(2, "ls", "-A", local).stdout == ""  # nothing half-copied on the full one
+    finally:
+        tc.on_host(2, "umount", local, check=False)

@@ -46,7 +46,11 @@ def test_full_disk_is_refused_before_copying(tmp_path, monkeypatch):
     c = {"src": str(tmp_path / "src"), "dst": str(tmp_path / "local" / "ck"), "files": sizes}
     monkeypatch.setattr(nodeops, "_free", lambda p: 100)
     got = nodeops.op_copy_tree({"copies": [c]})[c["dst"]]
-    assert got["state"] == "failed" and got["why"].startswith("not enough space: 0.00 GiB to copy")
+    assert got["state"] == "failed"
+    assert (
+        got["why"]
+        == f"not enough space in {tmp_path / 'local'}: 1012 bytes (0.00 GiB) to copy, 100 bytes (0.00 GiB) free"
+    )
     assert not os.path.exists(tmp_path / "local")
 
 
