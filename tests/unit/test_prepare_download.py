@@ -205,3 +205,16 @@ def test_prepare_downloads_verifies_and_skips_on_rerun(hub, tmp_path, monkeypatc
 def test_cli_bad_steps_is_exit_2(cli):
     r = cli("prepare", "glm45-355b-a32b-gspo", "--local", "--steps", "bake")
     assert r.exit_code == 2 and "unknown step" in r.output
+
+
+def test_cli_prepare_prints_each_step_and_item(hub, tmp_path, cli):
+    base = tmp_path / "shared"
+    r = cli(
+        "prepare", "glm45-355b-a32b-gspo", "--local", "--steps", "download,verify-download",
+        "--set", f"run.base_dir={base}", "--runs-dir", str(tmp_path / "runs"),
+        env={"GLMLAUNCH_STATE_DIR": str(tmp_path / "state")},
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "▶ prepare: download" in r.output and "↓ zai-org/GLM-4.5" in r.output  # progress
+    for line in ("download", "zai-org/GLM-4.5", "zhuzilin/aime-2024", "verify-download", "run directory:"):
+        assert line in r.output
