@@ -4,6 +4,7 @@ from an MPI hostfile (over SSH with Fabric) or a Slurm allocation (srun / submit
 Public API::
 
     from glmlaunch import launch, up, Run, plan_launch, load_recipe, read_hostfile, from_slurm, discover
+    from glmlaunch import prepare   # downloads, HF -> torch_dist conversion, node-local copies
 
 Every name is imported on first use, so ``import glmlaunch`` (and ``glmlaunch --help``) stays
 fast: the executor pulls in Ray and Fabric only when a cluster is started.
