@@ -115,16 +115,42 @@ def child_env(environ, plan_env=None, slurm=False):
     return env
 
 
+def _shell_keep(slurm=False, setup=True):
+    """The ``case`` pattern of the variables :func:`allowed` keeps."""
+    return "|".join(
+        [*ENV_ALLOW, *(ENV_SETUP if setup else ())]
+        + [
+            x + "*"
+            for x in ENV_ALLOW_PREFIXES
+            + (ENV_SETUP_PREFIXES if setup else ())
+            + ((SLURM_PREFIX,) if slurm else ())
+        ]
+    )
+
+
+_SHELL_SECRET = "*TOKEN*|*SECRET*|*PASSWORD*|*PASSWD*|*CREDENTIAL*|*_KEY|KEY"
+
+
+def shell_env_args():
+    """A POSIX sh snippet that sets the positional parameters to ``NAME=value`` for every exported
+    variable :func:`child_env` keeps (no secrets, no :data:`ENV_DROP`), so that
+    ``env -i "$@" K=V cmd`` starts ``cmd`` with exactly that environment plus the plan's. Used by
+    the rendered ``commands.sh``, whose commands start in each node's SSH login environment."""
+    drop = "|".join(ENV_DROP)
+    return (
+        "set --; for __v in $(env | sed -n 's/^\\([A-Za-z_][A-Za-z0-9_]*\\)=.*/\\1/p'); do case $__v in "
+        f"{_SHELL_SECRET}|{drop}) ;; {_shell_keep(setup=False)}) "
+        'eval "[ -z \\"\\${$__v+x}\\" ] || set -- \\"\\$@\\" \\"$__v=\\$$__v\\"";; esac; done; unset __v'
+    )
+
+
 def shell_env_filter(slurm=False):
     """A bash prefix that unsets every exported variable :func:`ops_env` would drop (for a
     transport whose commands start in an environment it does not choose: a Slurm step)."""
-    keep = "|".join(
-        [*ENV_ALLOW, *ENV_SETUP]
-        + [x + "*" for x in ENV_ALLOW_PREFIXES + ENV_SETUP_PREFIXES + ((SLURM_PREFIX,) if slurm else ())]
-    )
+    keep = _shell_keep(slurm)
     return (
         "for __v in $(compgen -e); do case $__v in "
-        "*TOKEN*|*SECRET*|*PASSWORD*|*PASSWD*|*CREDENTIAL*|*_KEY|KEY) unset $__v 2>/dev/null;; "
+        f"{_SHELL_SECRET}) unset $__v 2>/dev/null;; "
         f"{keep}) ;; *) unset $__v 2>/dev/null;; esac; done; unset __v; "
     )
 
