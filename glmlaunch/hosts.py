@@ -79,6 +79,28 @@ def is_ip(name: str) -> bool:
     return not pct or _ZONE_RE.fullmatch(zone) is not None
 
 
+def is_ifname(name: str) -> bool:
+    """A Linux network interface name: 1-15 characters, printable, no ``/``, ``:`` or whitespace,
+    not ``.`` or ``..`` (the kernel's ``dev_valid_name``, net/core/dev.c; IFNAMSIZ is 16)."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) < 16
+        and name.isprintable()
+        and name not in (".", "..")
+        and not any(c in name for c in "/: \t")
+    )
+
+
+def plain_option(option: str, value: str | None, hint: str) -> None:
+    """Refuse an option value that is empty or holds control or format characters (a newline, ESC,
+    a bidi override): such a value is never a path, a name or a CIDR. Raises
+    :class:`~glmlaunch.errors.UsageError` naming ``option``, with ``hint`` as the fix."""
+    if value is None:
+        return
+    if not isinstance(value, str) or not value or not value.isprintable():
+        raise UsageError(f"{option} '{shown(value)}': empty or holds a control character", hint)
+
+
 def is_user(name: str) -> bool:
     """A login name that can follow ``ssh -l`` safely: ``[A-Za-z0-9._-]``, not starting with ``-``."""
     return isinstance(name, str) and len(name) <= 64 and _USER_RE.fullmatch(name) is not None

@@ -36,3 +36,27 @@ class SSHOptions:
     port: int | None = None
     known_hosts: str | None = None
     connect_timeout: float = Defaults.connect_timeout_s
+
+    def validate(self) -> None:
+        """Refuse values that cannot be right before any node is contacted: file options empty or
+        with control characters, a user that is not a login name (``ssh -l`` would read one
+        starting with ``-`` as an option), a port outside 1-65535. Raises
+        :class:`~glmlaunch.errors.UsageError` naming the option."""
+        from .errors import UsageError
+        from .hosts import is_user, plain_option, shown
+
+        for option, value in (
+            ("--ssh-config", self.ssh_config),
+            ("--ssh-key", self.key),
+            ("--known-hosts", self.known_hosts),
+        ):
+            plain_option(option, value, f"pass {option} PATH of a readable file")
+        if self.user is not None and not is_user(self.user):
+            raise UsageError(
+                f"--ssh-user '{shown(self.user)}': not a login name (letters, digits, '.', '_' and '-', not starting with '-')",
+                "pass a plain login name, or leave it out (~/.ssh/config decides)",
+            )
+        if self.port is not None and not (isinstance(self.port, int) and 0 < self.port < 65536):
+            raise UsageError(
+                f"--ssh-port {self.port!r}: not a TCP port", "pass a port from 1 to 65535, e.g. 22"
+            )

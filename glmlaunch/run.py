@@ -28,7 +28,7 @@ from pathlib import Path
 from . import checks, jobs
 from .cluster import ClusterStatus, RayCluster
 from .errors import ClusterError, Finding, Findings, GlmlaunchError, JobError, UsageError
-from .hosts import Allocation, AllocationKind, discover
+from .hosts import Allocation, AllocationKind, discover, is_ifname, plain_option, shown
 from .options import Defaults, SSHOptions
 from .plan import LaunchPlan, PortPlan, build_plan
 from .progress import NullReporter, Reporter
@@ -149,6 +149,16 @@ def plan_launch(
     finding: see ``findings`` (and :meth:`~glmlaunch.errors.Findings.raise_for_errors`). Raises
     :class:`~glmlaunch.errors.UsageError`/``HostfileError``/``RecipeError`` for bad input.
     """
+    plain_option("--python", python, "pass the Python of the nodes as a path, e.g. /opt/venv/bin/python3")
+    plain_option("--network", network, "write it as CIDR, e.g. 10.4.0.0/16")
+    plain_option("--head", head, "pass the head node's name or address as the hostfile writes it")
+    if interface is not None and not is_ifname(interface):
+        raise UsageError(
+            f"--interface '{shown(interface)}': not a network interface name",
+            "pass a name as `ip -br link` shows it (1-15 characters, no '/', ':' or spaces), e.g. eth0",
+        )
+    if ssh is not None:
+        ssh.validate()
     r = load_recipe(recipe, overrides)
     if interface and not r.env.interface:
         r.env.interface = interface  # GLOO/TP/NCCL_SOCKET_IFNAME follow the chosen interface
