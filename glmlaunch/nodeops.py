@@ -55,13 +55,18 @@ ENV_ALLOW = (
     "LD_LIBRARY_PATH",
     "PYTHONPATH",
     "VIRTUAL_ENV",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST",
 )
 """Variables of the node's (or the transport's) environment that a started command keeps; every
 other one is dropped, except those of :data:`ENV_ALLOW_PREFIXES` (and ``SLURM_*`` inside a Slurm
 step). The plan's own variables are added on top. The one place this list lives: ``start``, the
 local transport and the srun transport all use it."""
 
-ENV_ALLOW_PREFIXES = ("LC_", "NVIDIA_")
+ENV_ALLOW_PREFIXES = ("LC_", "NVIDIA_", "NCCL_", "NVSHMEM_")
+"""Prefixes kept as well: locale, and the GPU and fabric settings a site sets in the nodes'
+environment (``NCCL_SOCKET_IFNAME``, ``NCCL_IB_HCA``, and the NVLink multicast switches
+``NCCL_NVLS_ENABLE``/``NVSHMEM_DISABLE_NVLS``/``TORCH_SYMM_MEM_DISABLE_MULTICAST`` that shared GPU
+hosts set to keep multicast off). The plan's own values still win over them."""
 ENV_SETUP = ("MODULEPATH", "MODULESHOME", "LOADEDMODULES", "_LMFILES_", "MODULEPATH_ROOT")
 ENV_SETUP_PREFIXES = ("LMOD_", "MODULES_")
 """Kept for the node operations only (so that ``cluster.setup`` lines such as ``module load``
