@@ -608,11 +608,16 @@ def _current(p: Planned, reporter: Reporter, transport: Transport | None = None)
             return None
     except GlmlaunchError:
         return None
+    # a probed variable is the nodes' answer in the running plan, not yet in the new one
+    probed = {k for k in plan.probed_env if run.plan.probed_env.get(k) == plan.probed_env[k]}
+    env_old, env_new = (
+        {k: v for k, v in e.items() if k not in probed} for e in (run.plan.env_vars, plan.env_vars)
+    )
     differs = [
         k
         for k, a, b in (
             ("trainer argv", run.plan.argv, plan.argv),
-            ("runtime env", run.plan.env_vars, plan.env_vars),
+            ("runtime env", env_old, env_new),
             ("secrets", run.plan.secret_env, plan.secret_env),
         )
         if a != b
