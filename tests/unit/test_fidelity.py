@@ -804,3 +804,17 @@ def test_gspo_equals_run_glm45_355b_a32b_8node():
 def test_template_header_pins_the_miles_commit(template):
     header = Path(PACKAGE_TEMPLATES / f"{template}.toml").read_text().split("\n[", 1)[0]
     assert MILES_COMMIT in header
+
+
+def test_every_cited_fidelity_anchor_exists():
+    """Each anchor of docs/fidelity.md that the code, the templates, the tests or the README
+    link to exists there."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "fidelity.md").read_text()
+    anchors = set(re.findall(r'<a id="([^"]+)"></a>', doc))
+    files = [root / "README.md", root / "docs" / "rules.md", *root.glob("glmlaunch/**/*.py")]
+    files += [*root.glob("glmlaunch/templates/*.toml"), *root.glob("tests/unit/*.py")]
+    cited = {(f.name, a) for f in files for a in re.findall(r"fidelity\.md#([a-z0-9-]+)", f.read_text())}
+    assert cited and not {c for c in cited if c[1] not in anchors}
