@@ -207,3 +207,16 @@ def test_analyze_says_nothing_of_nvlink_when_nothing_is_probed():
     plan = _plan("glm45-355b-a32b-gspo")
     answers = {n.name: {"inspect": {"nvlink": 18 if i else 0, "gpus": 8}} for i, n in enumerate(plan.nodes)}
     assert not [f for f in preflight.analyze(plan, None, answers, 0.0) if "NVLink" in f.message]
+
+
+def test_a_running_cluster_with_the_probed_value_is_the_same_plan():
+    """``up`` twice: the running plan holds the nodes' answer, the new one the value until they
+    answer; that is no difference (another env.vars value is)."""
+    from glmlaunch.run import plan_differences
+
+    running = _plan()
+    apply_probes(running, {n.name: {"nvlink": 18} for n in running.nodes})
+    assert running.env_vars["NCCL_NVLS_ENABLE"] == "1"
+    assert plan_differences(running, _plan()) == []
+    assert plan_differences(running, _plan(sets=["env.vars.NCCL_NVLS_ENABLE=0"])) == ["runtime env"]
+    assert plan_differences(running, _plan(sets=["env.vars.X=1"])) == ["runtime env"]
