@@ -671,8 +671,8 @@ def check_flags(res: Resolved, out: list[Finding]) -> None:
 # runtime env values glmlaunch computes per launch (plan.runtime_env); env.vars wins over them
 COMPUTED_ENV = {
     "MASTER_ADDR": "the head node's address",
-    "no_proxy": "localhost and every node's address",
-    "NO_PROXY": "localhost and every node's address",
+    "no_proxy": "env.no_proxy and every node's address",
+    "NO_PROXY": "env.no_proxy and every node's address",
     "PYTHONPATH": "trainer.miles_dir:trainer.megatron_dir (for the probe: glmlaunch's own directory)",
 }
 

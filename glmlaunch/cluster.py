@@ -284,6 +284,7 @@ class RayCluster:
                 ),
             )
         findings += self._shared_check(answers)
+        self._apply_probes(answers)
         _, writable = pf.recipe_files(self.recipe)
         if writable:  # leave --save as it was: remove each node's sentinel
             self._nodeop(
@@ -307,6 +308,21 @@ class RayCluster:
                 "move ours with --port-base/--dashboard-port, install or fix files) and run again",
             )
         return findings
+
+    def _apply_probes(self, answers: dict[str, dict]) -> None:
+        """The plan's probed variables (``NCCL_NVLS_ENABLE``) from the nodes' answers, into the
+        plan the job is submitted with (:func:`glmlaunch.plan.apply_probes`); the run directory's
+        ``plan.json`` is written again with them and an event records the values."""
+        from .plan import apply_probes
+
+        if not self.plan.probed_env:
+            return
+        values = apply_probes(self.plan, {h: a["inspect"] for h, a in answers.items()})
+        if self.run_dir:
+            from .render import render_json
+
+            self.run_dir.write("plan.json", render_json(self.plan))
+            self.run_dir.event("probed", env=values)
 
     def inspect(self) -> list[Finding]:
         """The preflight round, read-only (nothing is started), as findings: what the nodes

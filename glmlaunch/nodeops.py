@@ -618,9 +618,52 @@ def _git_head(path):
         return None
 
 
+NVLINK_TIMEOUT_S = 20
+
+
+def nvlink_count(topo):
+    """How many NVLink connections ``nvidia-smi topo -m`` prints: its ``NV<n>`` cells (``n``
+    bonded links between two GPUs), counted as miles' ``check_has_nvlink`` counts them
+    (``grep -o 'NV[0-9][0-9]*' | wc -l``, miles/utils/external_utils/command_utils.py:248-250
+    (miles@31f1ca961a94)). The legend's ``NV#`` is not a count and is not matched."""
+    import re
+
+    return len(re.findall(r"NV[0-9]+", topo or ""))
+
+
+def nvlink_probe(run=None, which=None):
+    """The node's NVLink answer: ``{"nvlink": <connections>, "nvlink_why": <text>}``. No
+    ``nvidia-smi``, a failed one or one that takes more than :data:`NVLINK_TIMEOUT_S` seconds
+    count as no NVLink (0), as in miles, where the probe's errors go to ``/dev/null`` and an empty
+    output counts 0; ``nvlink_why`` says which. ``run``/``which``: ``subprocess.run`` /
+    ``shutil.which`` (replaceable for tests)."""
+    import shutil
+    import subprocess
+
+    run = run or subprocess.run
+    which = which or shutil.which
+    if not which("nvidia-smi"):
+        return {"nvlink": 0, "nvlink_why": "no nvidia-smi"}
+    try:
+        r = run(
+            ["nvidia-smi", "topo", "-m"],
+            capture_output=True,
+            text=True,
+            timeout=NVLINK_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        return {"nvlink": 0, "nvlink_why": f"nvidia-smi topo -m took more than {NVLINK_TIMEOUT_S} s"}
+    except (OSError, subprocess.SubprocessError) as e:
+        return {"nvlink": 0, "nvlink_why": f"nvidia-smi topo -m failed: {e}"}
+    n = nvlink_count(r.stdout)
+    if r.returncode != 0 and not n:
+        return {"nvlink": 0, "nvlink_why": f"nvidia-smi topo -m exited {r.returncode}"}
+    return {"nvlink": n, "nvlink_why": f"nvidia-smi topo -m shows {n} NVLink connection(s)"}
+
+
 def op_inspect(a):
-    """What a node looks like before launch: versions, GPUs, stray GPU/Ray processes, files,
-    free space, interface, clock."""
+    """What a node looks like before launch: versions, GPUs, stray GPU/Ray processes, NVLink
+    (:func:`nvlink_probe`), files, free space, interface, clock."""
     import shutil
     import subprocess
 
@@ -661,6 +704,7 @@ def op_inspect(a):
             info["gpu_processes"] = [x.strip() for x in out.splitlines() if x.strip()]
         except (OSError, subprocess.SubprocessError):
             pass
+    info.update(nvlink_probe())
     names = ("raylet", "gcs_server", "sglang", "sglang::scheduler", "sglang-router")
     for name in os.listdir("/proc"):
         if name.isdigit():

@@ -597,6 +597,26 @@ def _watchdog(cluster: RayCluster, every_s: float = Defaults.watchdog_s):
 # ----------------------------------------------------------------------------- up / launch
 
 
+def plan_differences(running: LaunchPlan, new: LaunchPlan) -> list[str]:
+    """What differs between a running cluster's plan and a new one for the same nodes: ``trainer
+    argv``, ``runtime env``, ``secrets``. A variable both plans probe (``probed_env``,
+    docs/fidelity.md#env-presets) is not compared: the running plan holds the nodes' answer, the
+    new one the value until they answer."""
+    probed = {k for k, p in new.probed_env.items() if running.probed_env.get(k) == p}
+    env_old, env_new = (
+        {k: v for k, v in e.items() if k not in probed} for e in (running.env_vars, new.env_vars)
+    )
+    return [
+        k
+        for k, a, b in (
+            ("trainer argv", running.argv, new.argv),
+            ("runtime env", env_old, env_new),
+            ("secrets", running.secret_env, new.secret_env),
+        )
+        if a != b
+    ]
+
+
 def _current(p: Planned, reporter: Reporter, transport: Transport | None = None) -> Run | None:
     """The current run if its cluster is up on the same hosts, for the same recipe, with the same
     ports, Python and GPUs per node (``up`` is idempotent); else ``None``. The handle carries the
@@ -618,15 +638,7 @@ def _current(p: Planned, reporter: Reporter, transport: Transport | None = None)
             return None
     except GlmlaunchError:
         return None
-    differs = [
-        k
-        for k, a, b in (
-            ("trainer argv", run.plan.argv, plan.argv),
-            ("runtime env", run.plan.env_vars, plan.env_vars),
-            ("secrets", run.plan.secret_env, plan.secret_env),
-        )
-        if a != b
-    ]
+    differs = plan_differences(run.plan, plan)
     if differs:
         raise ClusterError(
             f"run {run.run_id} is already up on these nodes with another plan ({', '.join(differs)} differ)",

@@ -42,7 +42,7 @@ ok=0; for i in $(seq 120); do $SSH 10.0.0.1 'env -u RAY_AUTH_TOKEN RAY_AUTH_MODE
 # 4. runtime env (secrets come from this shell's environment, never from argv)
 python3 - /tmp/glr-golden-0000000000000000/runtime_env.json <<'EOF'
 import json, os, sys
-env = json.loads('{"env_vars": {"PYTHONUNBUFFERED": "1", "CUDA_DEVICE_MAX_CONNECTIONS": "1", "NCCL_NVLS_ENABLE": "0", "PYTHONPATH": "/root/miles:/root/Megatron-LM", "MASTER_ADDR": "10.0.0.1", "no_proxy": "localhost,127.0.0.1,10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4,10.0.0.5,10.0.0.6,10.0.0.7,10.0.0.8", "NO_PROXY": "localhost,127.0.0.1,10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4,10.0.0.5,10.0.0.6,10.0.0.7,10.0.0.8", "MC_TRANSFER_TIMEOUT": "300", "RAY_DEBUG": "1", "MODEL_ARGS_ROTARY_BASE": "1000000"}}')
+env = json.loads('{"env_vars": {"PYTHONUNBUFFERED": "1", "CUDA_DEVICE_MAX_CONNECTIONS": "1", "NCCL_NVLS_ENABLE": "0", "PYTHONPATH": "/root/miles:/root/Megatron-LM", "MASTER_ADDR": "10.0.0.1", "no_proxy": "127.0.0.1,10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4,10.0.0.5,10.0.0.6,10.0.0.7,10.0.0.8", "NO_PROXY": "127.0.0.1,10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4,10.0.0.5,10.0.0.6,10.0.0.7,10.0.0.8", "MC_TRANSFER_TIMEOUT": "300", "RAY_DEBUG": "1", "MODEL_ARGS_ROTARY_BASE": "1000000"}}')
 for k in []:
     env['env_vars'][k] = os.environ[k]
 open(sys.argv[1], 'w').write(json.dumps(env))
