@@ -21,7 +21,7 @@ from pathlib import PurePosixPath
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from .errors import RecipeError
-from .hosts import Allocation
+from .hosts import Allocation, AllocationKind
 from .models import BLACKWELL, get_model
 from .options import Defaults
 from .recipe import Recipe
@@ -183,6 +183,9 @@ class LaunchPlan(BaseModel):
     notes: list[str] = Field(default_factory=list)
     setup: list[str] = Field(default_factory=list)
     placeholder: bool = False
+    local: bool = False
+    """The nodes are this machine (``--local``): the rendered script runs their commands with
+    ``bash -c`` instead of ``ssh``."""
     probed_env: dict[str, str] = Field(default_factory=dict)
     probed: bool = False
 
@@ -793,6 +796,7 @@ def build_plan(
         notes=notes,
         setup=[recipe.expand(x) for x in recipe.cluster.setup],
         placeholder=alloc.placeholder,
+        local=alloc.kind == AllocationKind.LOCAL,
         probed_env=probed_env,
     )
 

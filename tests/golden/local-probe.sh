@@ -26,7 +26,7 @@ $SSH 10.0.0.3 'cd /tmp/glr-golden-0000000000000000/n2 && { set --; for __v in $(
 for p in "${pids[@]}"; do wait "$p" || { echo "a worker failed to start" >&2; exit 1; }; done
 
 # 3. wait (at most 10 minutes) until 3 nodes and 24 GPUs have joined
-ok=0; for i in $(seq 120); do $SSH 10.0.0.1 'env -u RAY_AUTH_TOKEN RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=/tmp/glr-golden-0000000000000000/n0/auth_token /opt/glm/bin/ray status --address 10.0.0.1:6379' | grep -q '/24.0 GPU' && { ok=1; break; }; sleep 5; done
+ok=0; for i in $(seq 120); do $SSH 10.0.0.1 'env -u RAY_AUTH_TOKEN RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=/tmp/glr-golden-0000000000000000/n0/auth_token /opt/glm/bin/ray status --address 10.0.0.1:6379' | awk -v want=3 -v gpus='/24.0 GPU' '/^Pending:/{p=1} !p && / node_/{n++} index($0, gpus){g=1} END{exit !(n>=want && (g || 0))}' && { ok=1; break; }; sleep 5; done
 [ "$ok" = 1 ] || { echo "the cluster did not reach 3 nodes and 24 GPUs in 10 minutes; not submitting" >&2; exit 1; }
 
 # 4. runtime env (secrets come from this shell's environment, never from argv)

@@ -72,12 +72,13 @@ if sys.argv[1:3] == ["job", "submit"]:
     rec["runtime_env"] = json.load(open(sys.argv[sys.argv.index("--runtime-env") + 1]))
 with open(log, "a") as f:
     f.write(json.dumps(rec) + "\n")
-if sys.argv[1] == "status":
-    print("Resources\n  0.0/__GPUS__.0 GPU")
+if sys.argv[1] == "status":  # the layout of Ray 2.60's `ray status`
+    print("Node status\nActive:\n" + "".join(f" 1 node_{i:04x}\n" for i in range(__NODES__)) +
+          "Idle:\n (no idle nodes)\nPending:\n (no pending nodes)\nResources\nUsage:\n 0.0/__GPUS__.0 GPU")
 """
 
 
-def _stand_ins(tmp: Path, gpus: int) -> tuple[Path, Path]:
+def _stand_ins(tmp: Path, gpus: int, nodes: int = 3) -> tuple[Path, Path]:
     bin_dir, log = tmp / "bin", tmp / "log"
     bin_dir.mkdir()
     log.mkdir()
@@ -88,6 +89,7 @@ def _stand_ins(tmp: Path, gpus: int) -> tuple[Path, Path]:
         STAND_IN_RAY.replace("__LOG__", str(log))
         .replace("__PYTHON__", sys.executable)
         .replace("__GPUS__", str(gpus))
+        .replace("__NODES__", str(nodes))
     )
     ssh.chmod(0o755)
     ray.chmod(0o755)
@@ -165,7 +167,7 @@ def test_shell_syntax_in_values_is_never_evaluated_and_reaches_ray_exactly(where
 def test_ray_start_gets_the_allowlist_and_the_plan_never_the_login_secrets(tmp_path, write_hostfile):
     recipe = load_recipe("local-probe", ['env.secret_vars=["WANDB_API_KEY"]'])
     alloc = read_hostfile(write_hostfile("10.0.0.1 slots=1\n10.0.0.2 slots=1\n"))
-    bin_dir, _ = _stand_ins(tmp_path, 2)
+    bin_dir, _ = _stand_ins(tmp_path, 2, nodes=2)
     plan = _plan(recipe, alloc, bin_dir)
     r, log = _run_script(plan, tmp_path, {"LC_ALL": "C.UTF-8", "NVIDIA_VISIBLE_DEVICES": "all"})
     assert r.returncode == 0, r.stderr[-3000:]
@@ -201,3 +203,69 @@ def test_ray_start_gets_the_allowlist_and_the_plan_never_the_login_secrets(tmp_p
 def test_host_names_users_and_zone_ids_that_cannot_be_valid_never_reach_a_script(line, write_hostfile):
     with pytest.raises(HostfileError, match=r"hostfile:1: "):
         read_hostfile(write_hostfile(line + "\n"))
+
+
+def test_a_local_plan_runs_its_node_commands_without_ssh(tmp_path):
+    from glmlaunch.hosts import local_allocation
+
+    recipe = load_recipe("local-probe", [f"env.vars.HOSTILE={json.dumps(_payloads(tmp_path / 'marker')[0])}"])
+    (tmp_path / "marker").mkdir()
+    bin_dir, log = _stand_ins(tmp_path, 0, nodes=1)
+    (bin_dir / "ssh").write_text("#!/bin/sh\necho ssh must not run >&2\nexit 99\n")
+    plan = _plan(recipe, local_allocation(0), bin_dir)
+    assert plan.local
+    r, log = _run_script(plan, tmp_path, {})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "ssh must not run" not in r.stderr and not (log / "ssh-destinations").exists()
+    assert list((tmp_path / "marker").iterdir()) == []
+    (start,) = [c for c in _calls(log) if c["argv"][0] == "start"]
+    assert start["argv"] == plan.nodes[0].ray_start[1:] and "HF_TOKEN" not in start["env"]
+
+
+def test_the_join_wait_counts_nodes_and_gpus(tmp_path, write_hostfile):
+    # two of three nodes up: the script must not go on to submit (its wait is bounded; the
+    # stand-in answers at once, so the test only checks the condition, with a short loop)
+    recipe = load_recipe("local-probe")
+    alloc = read_hostfile(write_hostfile("10.0.0.1 slots=1\n10.0.0.2 slots=1\n10.0.0.3 slots=1\n"))
+    bin_dir, log = _stand_ins(tmp_path, 3, nodes=2)
+    plan = _plan(recipe, alloc, bin_dir)
+    text = render_bash(plan).replace("$(seq 120)", "$(seq 2)").replace("sleep 5", "sleep 0")
+    script = tmp_path / "short.sh"
+    script.write_text(text)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path)}
+    try:
+        r = subprocess.run([BASH, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        for d in [plan.state_dir, *{n.ray_dir for n in plan.nodes}]:
+            assert d.startswith("/tmp/glr-") and len(d) > len("/tmp/glr-") + 16
+            shutil.rmtree(d, ignore_errors=True)
+    assert r.returncode == 1 and "did not reach 3 nodes and 3 GPUs" in r.stderr, r.stderr[-2000:]
+    assert not [c for c in _calls(log) if c["argv"][:2] == ["job", "submit"]]
+
+
+TEMPLATES = sorted(p.stem for p in (Path(__file__).parents[2] / "glmlaunch" / "templates").glob("*.toml"))
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_every_template_renders_a_script_that_runs_and_evaluates_no_input(template, tmp_path, write_hostfile):
+    marker = tmp_path / "marker"
+    marker.mkdir()
+    payloads = _payloads(marker)
+    sets = [f"env.vars.HOSTILE_{i}={json.dumps(p)}" for i, p in enumerate(payloads)]
+    sets.append(f"run.base_dir={json.dumps('/tmp/x ' + payloads[0] + payloads[2])}")
+    recipe = load_recipe(template, sets)
+    n = recipe.cluster.nodes or 3
+    alloc = read_hostfile(write_hostfile("".join(f"10.0.0.{i} slots=8\n" for i in range(1, n + 1))))
+    bin_dir, _ = _stand_ins(tmp_path, 8 * n, nodes=n)
+    plan = _plan(recipe, alloc, bin_dir)
+    r, log = _run_script(plan, tmp_path, {k: "secret" for k in plan.secret_env})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert list(marker.iterdir()) == [], "a shell evaluated an input"
+    calls = _calls(log)
+    assert sorted(c["argv"] for c in calls if c["argv"][0] == "start") == sorted(
+        n.ray_start[1:] for n in plan.nodes
+    )
+    (submit,) = [c for c in calls if c["argv"][:2] == ["job", "submit"]]
+    assert submit["argv"] == plan.submit[1:]
+    want = {**plan.env_vars, **{k: "secret" for k in plan.secret_env}}
+    assert submit["runtime_env"]["env_vars"] == want
