@@ -343,11 +343,15 @@ def print_status(run) -> None:
         for h, v in st.cluster.nodes.items():
             alive = "[green]alive[/]" if v["alive"] else "[red]not alive[/]"
             proc = {True: "[green]running[/]", False: "[red]exited[/]", None: "-"}[v["process"]]
+            if not v.get("reachable", True):
+                proc = "[red]unreachable[/]"
             gpus = "-" if v["gpus"] is None else f"{v['gpus']:g}"
             t.add_row(_esc(h), _esc(v["role"]), _esc(v["address"]), alive, _esc(gpus), proc)
         out.print(t)
         for p in st.cluster.problems:
             err.print(f"[yellow]note:[/] {_esc(p)}")
+        for h, why in st.cluster.unreachable.items():
+            err.print(f"[red]unreachable:[/] {_esc(h)}: {_esc(why)}", soft_wrap=True)
     for j in st.jobs:
         out.print(
             _esc(

@@ -573,7 +573,12 @@ def _watchdog(cluster: RayCluster, every_s: float = Defaults.watchdog_s):
             st = cluster.status()
         except GlmlaunchError:
             return
-        dead = {h: "left the cluster (Ray reports it dead)" for h, v in st.nodes.items() if not v["alive"]}
+        dead = {
+            h: "left the cluster (Ray reports it dead)"
+            + (f"; {st.unreachable[h]}" if h in st.unreachable else "")
+            for h, v in st.nodes.items()
+            if not v["alive"]
+        }
         if dead and not st.problems:
             raise ClusterError(
                 f"{len(dead)} node(s) died while the job was running: {', '.join(dead)}",
