@@ -183,3 +183,128 @@ def test_the_watchdog_names_the_dead_node_and_why_it_does_not_answer(cluster, mo
         check()
     assert set(e.value.missing) == {H3}
     assert "Ray reports it dead" in e.value.missing[H3] and "connection refused" in e.value.missing[H3]
+
+
+# ----------------------------------------------------------------------------- supervision logic
+
+from glmlaunch import recovery  # noqa: E402
+from glmlaunch.bundle import redact_argv, redact_env  # noqa: E402
+from glmlaunch.jobs import JobResult  # noqa: E402
+from glmlaunch.nodeops import latest_complete  # noqa: E402
+from glmlaunch.runs import Attempt, Manifest  # noqa: E402
+
+
+def _job(status: str, code: int | None = 1, message: str = "") -> JobResult:
+    return JobResult("sid", status, code, message, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("result", "error", "dead", "tail", "kind"),
+    [
+        (_job("SUCCEEDED", 0), None, {}, "", "none"),
+        (None, ClusterError("1 node(s) died", missing={"h3": "dead"}), {}, "", "cluster"),
+        (None, ClusterError("the job printed no new log line for 60 s: hung"), {}, "", "cluster"),
+        (_job("FAILED"), None, {"h2": "Ray reports it dead"}, "", "cluster"),
+        (_job("FAILED", None, "Job supervisor actor died"), None, {}, "", "cluster"),
+        (_job("FAILED"), None, {}, "ray.exceptions.ActorDiedError: ... its node has died", "cluster"),
+        (_job("FAILED"), None, {}, "The actor died because its node has died. Node Id: ab", "cluster"),
+        (_job("FAILED", 1), None, {}, "ZeroDivisionError: division by zero", "trainer"),
+        (_job("STOPPED", None), None, {}, "", "stopped"),
+    ],
+)
+def test_classify(result, error, dead, tail, kind):
+    assert recovery.classify(result, error, dead_nodes=dead, log_tail=tail).kind == kind
+
+
+def test_a_trainer_failure_is_restarted_only_when_asked():
+    trainer = recovery.Cause(recovery.CauseKind.TRAINER, "exit 1")
+    cluster = recovery.Cause(recovery.CauseKind.CLUSTER, "node lost")
+    assert not recovery.should_restart(trainer, "cluster", 3)
+    assert recovery.should_restart(trainer, "any", 3)
+    assert recovery.should_restart(cluster, "cluster", 1)
+    assert not recovery.should_restart(cluster, "cluster", 0)  # exhausted
+    assert not recovery.should_restart(recovery.Cause(recovery.CauseKind.STOPPED), "any", 3)
+
+
+def test_backoff_doubles_up_to_its_cap():
+    assert [recovery.backoff_s(i, base_s=10, max_s=50) for i in (1, 2, 3, 4)] == [10, 20, 40, 50]
+
+
+def test_a_bad_node_is_replaced_by_a_spare_in_place():
+    active, left, swapped = recovery.replace_nodes(["h1", "h2", "h3"], ["s1", "s2"], {"h2": "unreachable"})
+    assert active == ["h1", "s1", "h3"] and left == ["s2"] and swapped == {"h2": "s1"}
+
+
+def test_no_spare_left_names_the_bad_node():
+    with pytest.raises(ClusterError) as e:
+        recovery.replace_nodes(["h1", "h2"], ["s1"], {"h2": "unreachable", "s1": "failed preflight"})
+    assert set(e.value.missing) == {"h2"} and "h2" in e.value.message
+
+
+def _iteration(save, it: int, *, complete: bool = True) -> None:
+    d = save / f"iter_{it:07d}"
+    d.mkdir(parents=True)
+    for f in ("metadata.json", "common.pt", ".metadata"):
+        (d / f).write_text("x")
+    if complete:
+        (d / "__0_0.distcp").write_bytes(b"x")
+
+
+@pytest.fixture
+def no_torch(monkeypatch):
+    """The launcher-side fallback (file presence): torch's reader would refuse our fake files."""
+    import builtins
+
+    real = builtins.__import__
+
+    def imp(name, *a, **kw):
+        if name.startswith("torch"):
+            raise ImportError(name)
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", imp)
+
+
+def test_latest_complete_checkpoint_follows_the_tracker(tmp_path, no_torch):
+    _iteration(tmp_path, 10)
+    _iteration(tmp_path, 20)
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("20\n")
+    assert latest_complete(str(tmp_path)) == {"tracker": 20, "iteration": 20, "torn": {}}
+
+
+def test_a_torn_latest_checkpoint_falls_back_to_the_newest_complete_one(tmp_path, no_torch):
+    _iteration(tmp_path, 10)
+    _iteration(tmp_path, 20, complete=False)  # the save was killed halfway
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("20")
+    found = latest_complete(str(tmp_path))
+    assert found["iteration"] == 10 and "20" in found["torn"]
+    argv, note = recovery.resume_args(["train.py", "--load", str(tmp_path)], found)
+    assert argv[-2:] == ["--ckpt-step", "10"] and "iteration 20 is torn" in note
+
+
+def test_no_checkpoint_yet(tmp_path, no_torch):
+    assert latest_complete(str(tmp_path / "none")) == {"tracker": None, "iteration": None, "torn": {}}
+    argv, note = recovery.resume_args(["train.py", "--ckpt-step", "5"], latest_complete(str(tmp_path)))
+    assert argv == ["train.py"] and "ref-load" in note  # an old --ckpt-step goes
+
+
+def test_secrets_never_enter_the_bundle():
+    env = redact_env(
+        {"WANDB_API_KEY": "k", "HF_TOKEN": "t", "MY_PASS": "p", "NCCL_DEBUG": "INFO"}, ["MY_PASS"]
+    )
+    assert env == {
+        "WANDB_API_KEY": "<redacted>",
+        "HF_TOKEN": "<redacted>",
+        "MY_PASS": "<redacted>",
+        "NCCL_DEBUG": "INFO",
+    }
+    argv = redact_argv(["train.py", "--wandb-key", "abc", "--api-token=xyz", "--lr", "1e-6"])
+    assert argv == ["train.py", "--wandb-key", "<redacted>", "--api-token=<redacted>", "--lr", "1e-6"]
+
+
+def test_attempts_are_kept_in_the_manifest():
+    m = Manifest(run_id="r")
+    m.attempts = [Attempt(number=1, nodes=["h1"], cause="cluster", hosts={"h3": "dead"}, resumed_from=None)]
+    back = Manifest.model_validate_json(m.model_dump_json())
+    assert back.attempts[0].hosts == {"h3": "dead"} and back.attempts[0].cause == "cluster"
+    assert Manifest.model_validate_json('{"run_id": "old"}').attempts == []  # older manifests read
