@@ -17,6 +17,7 @@ import os
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import test_ray_ssh as base
@@ -227,4 +228,52 @@ def test_launch_exits_naming_h3_when_its_link_is_cut_mid_run(testcluster, tmp_pa
     _link("h3", "up")
     time.sleep(1)
     Run.open(rd.path).down()
+    assert_no_leftovers(testcluster, RunDir.open(rd.path))
+
+
+def test_a_killed_raylet_is_restarted_once_and_the_second_attempt_succeeds(testcluster, tmp_path, runs):
+    """Supervision: attempt 1's job runs until h3's raylet is SIGKILLed (a cluster cause); the run
+    is bundled, taken down, brought back (new state dirs) and resubmitted; attempt 2 succeeds."""
+    run = _up3(testcluster, tmp_path, runs)
+    rd = run.run_dir
+    marker = tmp_path / "attempt1"  # under /tmp: every test host sees the same file
+    script = f"if [ -e {marker} ]; then echo second-attempt-ok; exit 0; fi; touch {marker}; echo job-started; exec sleep 600"
+    run.plan = run.cluster.plan = run.plan.model_copy(update=dict(argv=["bash", "-c", script]))
+    box: dict = {}
+
+    def go():
+        try:
+            box["r"] = run.supervise(max_restarts=1, watchdog_s=2, backoff_base_s=1)
+        except BaseException as e:  # noqa: BLE001 (handed to the test thread)
+            box["e"] = e
+
+    th = threading.Thread(target=go, daemon=True)
+    th.start()
+    try:
+        log = rd.path / "job.log"
+        deadline = time.monotonic() + 90
+        while "job-started" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline and th.is_alive(), box
+            time.sleep(0.5)
+        sid = RunDir.open(rd.path).manifest.nodes["h3"].pid
+        raylets = [p for p in testcluster.processes(3) if p["comm"] == "raylet" and p["sid"] == sid]
+        assert len(raylets) == 1, testcluster.processes(3)
+        testcluster.kill(3, raylets[0]["pid"])
+        th.join(400)
+        assert not th.is_alive(), "supervise did not finish in 400 s"
+    finally:
+        run.down()
+    assert "r" in box, box
+    assert box["r"].ok, box
+    m = RunDir.open(rd.path).manifest
+    assert [a.number for a in m.attempts] == [1, 2]
+    a1, a2 = m.attempts
+    assert a1.cause == "cluster" and "h3" in a1.hosts and a1.restarted, a1
+    assert a2.cause == "none" and a2.status == "SUCCEEDED" and not a2.restarted, a2
+    bundle = Path(a1.bundle)
+    for f in ("summary.txt", "manifest.json", "job-tail.log", "nodes.txt", "job.json", "ray-logs/h3.txt"):
+        assert (bundle / f).is_file(), f
+    assert "first failure: cluster" in (bundle / "summary.txt").read_text()
+    assert (bundle.parent / "crash-1.tar.gz").is_file()
+    assert "second-attempt-ok" in (rd.path / "job.log").read_text()
     assert_no_leftovers(testcluster, RunDir.open(rd.path))
