@@ -343,16 +343,31 @@ def print_status(run) -> None:
         for h, v in st.cluster.nodes.items():
             alive = "[green]alive[/]" if v["alive"] else "[red]not alive[/]"
             proc = {True: "[green]running[/]", False: "[red]exited[/]", None: "-"}[v["process"]]
+            if not v.get("reachable", True):
+                proc = "[red]unreachable[/]"
             gpus = "-" if v["gpus"] is None else f"{v['gpus']:g}"
             t.add_row(_esc(h), _esc(v["role"]), _esc(v["address"]), alive, _esc(gpus), proc)
         out.print(t)
         for p in st.cluster.problems:
             err.print(f"[yellow]note:[/] {_esc(p)}")
+        for h, why in st.cluster.unreachable.items():
+            err.print(f"[red]unreachable:[/] {_esc(h)}: {_esc(why)}", soft_wrap=True)
     for j in st.jobs:
         out.print(
             _esc(
                 f"job {j.submission_id}: {j.status}"
                 + (f" (exit code {j.exit_code})" if j.exit_code is not None else "")
+            ),
+            soft_wrap=True,
+        )
+    for a in st.attempts:
+        res = a.status + (f" (exit code {a.exit_code})" if a.exit_code is not None else "")
+        why = f"; {a.cause}: {a.detail}" if a.cause and a.cause != "none" else ""
+        hosts = f" [{', '.join(a.hosts)}]" if a.hosts else ""
+        out.print(
+            _esc(
+                f"attempt {a.number}: {res or 'running'}{why}{hosts}; nodes {', '.join(a.nodes)}; "
+                f"{a.resume_note}" + ("; restarted" if a.restarted else "")
             ),
             soft_wrap=True,
         )
@@ -436,6 +451,25 @@ def launch(
     no_deep_check: Annotated[
         bool, typer.Option("--no-deep-check", help="skip the megatron-core/SGLang checks")
     ] = False,
+    max_restarts: Annotated[
+        int,
+        typer.Option(
+            "--max-restarts",
+            min=0,
+            help="restart after a cluster failure (node lost, raylet/GCS/driver dead, hang) up to N times, "
+            "resuming from the run's newest complete checkpoint",
+        ),
+    ] = 0,
+    restart_on: Annotated[
+        str,
+        typer.Option(
+            "--restart-on", help="cluster: only cluster causes; any: also a trainer that failed by itself"
+        ),
+    ] = "cluster",
+    hang_timeout: Annotated[
+        float | None,
+        typer.Option("--hang-timeout", min=1, help="seconds without a new job log line that count as a hang"),
+    ] = None,
 ) -> None:
     """Check, start the cluster, submit the trainer, follow its log, tear down; exit with the
     trainer's status. Without arguments: the cluster probe on this machine."""
@@ -469,6 +503,9 @@ def launch(
             reporter=RichReporter(),
             runs_dir=runs_dir,
             join_timeout_s=join_timeout,
+            max_restarts=max_restarts,
+            restart_on=restart_on,
+            hang_timeout_s=hang_timeout,
             **kw,
         )
     except GlmlaunchError as e:

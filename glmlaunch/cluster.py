@@ -76,6 +76,7 @@ class ClusterStatus:
     nodes: dict[str, dict] = field(default_factory=dict)
     ok: bool = False
     problems: list[str] = field(default_factory=list)
+    unreachable: dict[str, str] = field(default_factory=dict)  # host -> why it did not answer (SSH/srun)
 
 
 def target_of(node: NodePlan) -> Target:
@@ -121,6 +122,7 @@ class RayCluster:
         self._targets = {n.name: target_of(n) for n in plan.nodes}
         self._node_plan = {n.name: n for n in plan.nodes}
         self.is_up = False
+        self.unreachable: dict[str, str] = {}  # host -> why its last check did not answer
 
     @property
     def started(self) -> bool:
@@ -463,11 +465,20 @@ class RayCluster:
         res = data.get("data", {}).get("result", {})
         return res.get("result", res) if isinstance(res, dict) else res
 
-    def _alive_procs(self) -> dict[str, bool]:
+    def _alive_procs(self) -> dict[str, bool | None]:
+        """host -> whether its recorded ``ray start`` session is alive, for every node with a
+        recorded process; ``None`` where the host did not answer within the transport's bounds
+        (connect timeout, 30 s command): its reason is kept in :attr:`unreachable`. One parallel
+        round, so a cut host costs about the connect timeout, not TCP's 15 minutes."""
         per = {n.name: {"procs": [self._proc(n)]} for n in self.nodes.values() if n.pid}
         res = self._nodeop("alive", per, timeout=30)
-        out = {}
-        for h, (parsed, _r) in res.items():
+        out: dict[str, bool | None] = {}
+        for h, (parsed, r) in res.items():
+            if parsed is None and r.exit_code is None:  # the command never ran there
+                self.unreachable[h] = r.reason()
+                out[h] = None
+                continue
+            self.unreachable.pop(h, None)
             out[h] = bool(parsed and all(parsed.values()))
         return out
 
@@ -488,7 +499,14 @@ class RayCluster:
                 return
             except (urllib.error.URLError, OSError, ValueError) as e:
                 last = str(e)
-            if not self._alive_procs().get(head.name, False):
+            alive = self._alive_procs().get(head.name, False)
+            if alive is None:
+                self._fail(
+                    "the head node stopped answering while it started",
+                    {head.name: self.unreachable.get(head.name, "unreachable")},
+                    "check the head's network and sshd, then launch again",
+                )
+            if not alive:
                 self._fail(
                     "the head node's ray start exited",
                     {head.name: "ray start --head exited"},
@@ -567,6 +585,8 @@ class RayCluster:
                 procs = self._alive_procs()
                 dead = {
                     h: "ray start exited before the node joined"
+                    if ok is False
+                    else f"unreachable before it joined: {self.unreachable.get(h, '')}"
                     for h, ok in procs.items()
                     if not ok and h not in seen
                 }
@@ -631,7 +651,11 @@ class RayCluster:
             raise
 
     def status(self) -> ClusterStatus:
-        """Nodes as Ray sees them, plus whether each node's ``ray start`` process is alive."""
+        """Nodes as Ray sees them (the head's state API, 5 s bound), plus whether each node's
+        ``ray start`` process is alive (one bounded round over the nodes). A node that does not
+        answer is named in ``unreachable`` (host -> reason) with ``process`` ``None`` and
+        ``reachable`` false; the others are reported as usual. Never waits on a cut host longer
+        than the transport's bounds (for SSH: about the connect timeout)."""
         st = ClusterStatus(self.plan.head.name, self.plan.dashboard_url)
         try:
             by_ip = {rn.get("node_ip"): rn for rn in self.ray_nodes()}
@@ -640,14 +664,20 @@ class RayCluster:
         procs = self._alive_procs() if any(n.pid for n in self.nodes.values()) else {}
         for n in self.plan.nodes:
             rn = by_ip.get(n.address, {})
+            why = self.unreachable.get(n.name) if n.name in procs else None
             st.nodes[n.name] = {
                 "address": n.address,
                 "role": n.role,
                 "alive": rn.get("state") == "ALIVE",
                 "gpus": rn.get("resources_total", {}).get("GPU", 0.0) if rn else None,
                 "process": procs.get(n.name),
+                "reachable": why is None,
             }
-        st.ok = all(v["alive"] and v["gpus"] == self.plan.gpus_per_node for v in st.nodes.values())
+            if why is not None:
+                st.unreachable[n.name] = why
+        st.ok = not st.unreachable and all(
+            v["alive"] and v["gpus"] == self.plan.gpus_per_node for v in st.nodes.values()
+        )
         return st
 
     def down(self, purge: bool = False) -> dict[str, dict]:

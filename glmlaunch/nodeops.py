@@ -804,7 +804,91 @@ def op_remove(a):
     return {"removed": out}
 
 
+# ----------------------------------------------------------------------------- checkpoints
+
+TRACKER = "latest_checkpointed_iteration.txt"
+
+
+def _iteration_dir(save, it):
+    return os.path.join(save, f"iter_{it:07d}")
+
+
+def checkpoint_complete(path):
+    """Why the Megatron ``torch_dist`` iteration directory ``path`` is not complete, or ``""``.
+
+    Complete: ``metadata.json`` (Megatron's dist-checkpointing config), ``common.pt`` and the
+    torch distributed-checkpoint ``.metadata`` are there, and every shard file that ``.metadata``
+    names (``*.distcp``) is there and not empty. Where torch is importable its own reader names
+    the shards (``FileSystemReader.read_metadata().storage_data``: ``relative_path``); without
+    torch at least one non-empty ``*.distcp``. Sources: Megatron-LM
+    megatron/core/dist_checkpointing/serialization.py (``metadata.json``, ``common.pt``) and
+    torch/distributed/checkpoint/filesystem.py (``.metadata``, ``__<rank>_<n>.distcp``)."""
+    if not os.path.isdir(path):
+        return "no iteration directory"
+    for f in ("metadata.json", "common.pt", ".metadata"):
+        if not os.path.isfile(os.path.join(path, f)):
+            return "no " + f
+    names = None
+    try:
+        from torch.distributed.checkpoint import FileSystemReader
+
+        md = FileSystemReader(path).read_metadata()
+        names = sorted({getattr(v, "relative_path", "") for v in (md.storage_data or {}).values()} - {""})
+    except ImportError:
+        names = None
+    except Exception as e:  # a torn .metadata
+        return f".metadata unreadable ({e.__class__.__name__})"
+    if names is None:
+        names = [f for f in os.listdir(path) if f.endswith(".distcp")]
+        if not names:
+            return "no *.distcp shard"
+    for f in names:
+        fp = os.path.join(path, f)
+        if not os.path.isfile(fp) or os.path.getsize(fp) == 0:
+            return f"shard {f} missing or empty"
+    return ""
+
+
+def latest_complete(save):
+    """The run's newest complete checkpoint under ``save``: ``{"tracker": N|None, "iteration":
+    M|None, "torn": {iteration: why}}``. ``tracker``: what ``latest_checkpointed_iteration.txt``
+    says (an integer; ``release`` and anything else count as none); ``iteration``: the newest
+    ``iter_NNNNNNN`` not newer than the tracker that :func:`checkpoint_complete` accepts
+    (``None``: none). Megatron names them so: megatron/training/checkpointing.py
+    ``get_checkpoint_tracker_filename``, ``get_checkpoint_name`` (``iter_{:07d}``) (Megatron-LM)."""
+    out = {"tracker": None, "iteration": None, "torn": {}}
+    try:
+        with open(os.path.join(save, TRACKER)) as f:
+            text = f.read().strip()
+        out["tracker"] = int(text) if text.isdigit() else None
+    except OSError:
+        pass
+    its = []
+    try:
+        for name in os.listdir(save):
+            if name.startswith("iter_") and name[5:].isdigit():
+                its.append(int(name[5:]))
+    except OSError:
+        return out
+    if out["tracker"] is not None:
+        its = [i for i in its if i <= out["tracker"]]
+        if out["tracker"] not in its:
+            out["torn"][str(out["tracker"])] = "no iteration directory"
+    for it in sorted(its, reverse=True):
+        why = checkpoint_complete(_iteration_dir(save, it))
+        if not why:
+            out["iteration"] = it
+            break
+        out["torn"][str(it)] = why
+    return out
+
+
+def op_checkpoint(a):
+    return latest_complete(a["save"])
+
+
 OPS = {
+    "checkpoint": op_checkpoint,
     "write_secret": op_write_secret,
     "remove": op_remove,
     "preflight": op_preflight,

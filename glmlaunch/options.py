@@ -22,6 +22,9 @@ class Defaults:
     job_stop_grace_s = 120  # Ray's RAY_JOB_STOP_WAIT_TIME_S: SIGTERM to the trainer, then SIGKILL
     job_stop_wait_s = 150.0  # how long stop_job waits for the job to be terminal (> job_stop_grace_s)
     watchdog_s = 10.0  # how often a followed job's nodes are checked
+    restart_backoff_s = 30.0  # supervision: the wait before the first restart, doubled each time
+    restart_backoff_max_s = 600.0  # ... up to this
+    job_api_request_s = 30.0  # one HTTP request to the head's job API (connect, and each read)
     job_api_unreachable_s = 30.0  # the job API may not answer this long before the head counts as gone
 
 

@@ -234,6 +234,7 @@ class RunStatus:
     state: RunState
     cluster: ClusterStatus | None
     jobs: list[JobState] = field(default_factory=list)
+    attempts: list = field(default_factory=list)  # the manifest's Attempt records, oldest first
 
 
 class Run:
@@ -366,6 +367,7 @@ class Run:
         follow: bool = True,
         stop: threading.Event | None = None,
         watchdog_s: float = Defaults.watchdog_s,
+        hang_timeout_s: float | None = None,
     ) -> jobs.JobResult | None:
         """Submit the plan's trainer and (with ``follow``) stream its log to the reporter and
         ``job.log`` until it ends; returns its :class:`~glmlaunch.jobs.JobResult` (``None``
@@ -402,14 +404,18 @@ class Run:
             fd = os.open(rd.path / "job.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
             logf = os.fdopen(fd, "a")
 
+        last_line = [time.monotonic()]
+
         def on_text(text: str) -> None:
+            last_line[0] = time.monotonic()
             if logf:
                 logf.write(text)
                 logf.flush()
             self.reporter.log_line(text)
 
         try:
-            result = jobs.follow(client, sid, on_text, check=_watchdog(self.cluster, watchdog_s), stop=stop)
+            check = _watchdog(self.cluster, watchdog_s, last_line=last_line, hang_timeout_s=hang_timeout_s)
+            result = jobs.follow(client, sid, on_text, check=check, stop=stop)
         except (
             ClusterError,
             OSError,
@@ -444,6 +450,161 @@ class Run:
             )
         return result
 
+    # ------------------------------------------------------------------ supervision
+
+    def _save_dir(self) -> str | None:
+        argv = list(self.plan.argv)
+        return argv[argv.index("--save") + 1] if "--save" in argv[:-1] else None
+
+    def checkpoint_state(self) -> dict | None:
+        """What the head node finds under the trainer's ``--save``
+        (:func:`glmlaunch.nodeops.latest_complete`: the tracker's iteration, the newest complete
+        one, the torn ones); ``None`` without ``--save`` or when the head does not answer."""
+        save = self._save_dir()
+        if not save:
+            return None
+        head = self.plan.head.name
+        parsed, r = self.cluster._nodeop("checkpoint", {head: {"save": save}}, timeout=60)[head]
+        if parsed is None:
+            log.warning("cannot read the checkpoints under %s on %s: %s", save, head, r.reason())
+        return parsed
+
+    def _fresh_cluster(self) -> None:
+        """A new cluster handle for the next attempt on the same nodes: the plan with a new random
+        state-directory part (every node directory of the last attempt stays as it was, its
+        Ray logs included), written to the run directory (the old plan kept as
+        ``plan-<attempt>.json``)."""
+        import re
+
+        old = self.plan
+        m = re.search(r"-([0-9a-f]{16})$", old.state_dir)
+        assert m, old.state_dir  # build_plan names it so (plan.py: glr-<run-id>-<nonce>)
+        text = render_json(old).replace(m.group(1), secrets.token_hex(8))
+        plan = LaunchPlan.model_validate_json(text)
+        rd = self.run_dir
+        if rd is not None:
+            rd.write(f"plan-{len(rd.manifest.attempts)}.json", render_json(old))
+            rd.write("plan.json", render_json(plan))
+            rd.write("commands.sh", render_bash(plan))
+            rd.update(state_dir=plan.state_dir, nodes={})
+        c = self.cluster
+        self.plan = plan
+        self.cluster = RayCluster(
+            plan,
+            c.transport,
+            run_dir=rd,
+            reporter=self.reporter,
+            join_timeout_s=c.join_timeout_s,
+            command_timeout_s=c.command_timeout_s,
+            stop_grace_s=c.stop_grace_s,
+            recipe=c.recipe,
+            token=c.token,
+        )
+
+    def supervise(
+        self,
+        *,
+        max_restarts: int = 0,
+        restart_on: str = "cluster",
+        watchdog_s: float = Defaults.watchdog_s,
+        hang_timeout_s: float | None = None,
+        backoff_base_s: float = Defaults.restart_backoff_s,
+        backoff_max_s: float = Defaults.restart_backoff_max_s,
+        sleep=time.sleep,
+    ) -> jobs.JobResult:
+        """Submit the trainer and follow it; when an attempt fails for a cluster cause (a node
+        lost, a raylet/GCS/driver dead, the head gone, the hang watchdog; or any failure with
+        ``restart_on="any"``) and restarts are left: collect the crash bundle, stop the job (its
+        grace period) and the cluster, wait the back-off (:func:`glmlaunch.recovery.backoff_s`),
+        bring the cluster back (preflight included) and submit again, resuming from the run's
+        newest complete checkpoint (``--ckpt-step`` when the latest is torn). Every attempt is
+        recorded in the manifest (:class:`~glmlaunch.runs.Attempt`). Returns the last attempt's
+        :class:`~glmlaunch.jobs.JobResult`; raises the last attempt's error (a
+        :class:`ClusterError` naming the hosts, ...) when it ended without a result, or when the
+        cluster cannot be brought back. A trainer failure with every node healthy is not
+        restarted by default (``restart_on="cluster"``)."""
+        from . import bundle, recovery
+        from .runs import Attempt
+
+        if restart_on not in ("cluster", "any"):
+            raise UsageError(f"--restart-on {restart_on}: not cluster or any", "e.g. --restart-on cluster")
+        if max_restarts < 0:
+            raise UsageError(f"--max-restarts {max_restarts}: must be 0 or more", "e.g. --max-restarts 3")
+        rd = self.run_dir
+        number = len(rd.manifest.attempts) if rd else 0
+        restarts = 0
+        while True:
+            number += 1
+            found = self.checkpoint_state()
+            argv, note = recovery.resume_args(list(self.plan.argv), found)
+            if argv != list(self.plan.argv):
+                self.plan = self.cluster.plan = self.plan.model_copy(update={"argv": argv})
+                if rd:
+                    rd.write("plan.json", render_json(self.plan))
+            if found and found.get("torn"):
+                self.reporter.done("checkpoints", True, note)
+            att = Attempt(
+                number=number,
+                nodes=[n.name for n in self.plan.nodes],
+                resumed_from=(found or {}).get("iteration"),
+                resume_note=note,
+            )
+            if rd:
+                rd.update(attempts=[*rd.manifest.attempts, att])
+                rd.event("attempt", number=number, resume=note)
+            result, error = None, None
+            try:
+                result = self.submit(watchdog_s=watchdog_s, hang_timeout_s=hang_timeout_s)
+            except (ClusterError, JobError) as e:
+                error = e
+            dead: dict[str, str] = {}
+            if result is None or not result.ok:
+                try:
+                    st = self.cluster.status()
+                    dead = {h: "Ray reports it dead" for h, v in st.nodes.items() if not v["alive"]}
+                    dead.update(st.unreachable)
+                except GlmlaunchError as e:
+                    log.warning("cannot read the cluster's state after the failure: %s", e)
+            tail = (rd.path / "job.log").read_text(errors="replace")[-20000:] if rd else ""
+            cause = recovery.classify(result, error, dead_nodes=dead, log_tail=tail)
+            att.ended = time.time()
+            att.submission_id = result.submission_id if result else (rd.manifest.submission_id if rd else "")
+            att.status = result.status if result else "failed"
+            att.exit_code = result.exit_code if result else None
+            att.cause, att.detail, att.hosts = cause.kind.value, cause.detail, dict(cause.hosts)
+            if cause.kind is not recovery.CauseKind.NONE:
+                d = bundle.collect(self, number, cause=cause)
+                att.bundle = str(d or "")
+            again = recovery.should_restart(cause, restart_on, max_restarts - restarts)
+            att.restarted = again
+            if rd:
+                rd.update(attempts=[*rd.manifest.attempts[:-1], att])
+            if not again:
+                if rd and cause.kind is not recovery.CauseKind.NONE:
+                    rd.event(
+                        "supervision ended",
+                        cause=cause.kind.value,
+                        detail=cause.detail,
+                        restarts=restarts,
+                        max_restarts=max_restarts,
+                    )
+                if result is None:
+                    assert error is not None
+                    raise error
+                return result
+            restarts += 1
+            wait = recovery.backoff_s(restarts, base_s=backoff_base_s, max_s=backoff_max_s)
+            self.reporter.step(
+                f"attempt {number} failed ({cause.kind}: {cause.detail}); restart {restarts} of "
+                f"{max_restarts} in {wait:.0f} s"
+            )
+            if rd:
+                rd.event("restart", number=number + 1, cause=cause.kind.value, wait_s=wait)
+            self.down()
+            sleep(wait)
+            self._fresh_cluster()
+            self.up()
+
     def status(self) -> RunStatus:
         """The run's state, its nodes as Ray sees them (when the run is up) and every job's
         status (Ray's, or the recorded one when the cluster is gone)."""
@@ -468,7 +629,8 @@ class Run:
             elif st == "UNKNOWN" and sid == subs[-1]:
                 st = "not known (the cluster is down)"
             out.append(JobState(sid, st, code))
-        return RunStatus(self.run_id, state, cluster, out)
+        attempts = list(self.run_dir.manifest.attempts) if self.run_dir else []
+        return RunStatus(self.run_id, state, cluster, out, attempts)
 
     def logs(self, *, follow: bool = False, on_text=None) -> str:
         """The log of the run's last job: from Ray while the cluster is up (with ``follow``,
@@ -560,12 +722,30 @@ def _stop_quietly(client, sid: str) -> None:
         log.warning("could not stop job %s: %s", sid, e)
 
 
-def _watchdog(cluster: RayCluster, every_s: float = Defaults.watchdog_s):
+def _watchdog(
+    cluster: RayCluster,
+    every_s: float = Defaults.watchdog_s,
+    *,
+    last_line: list[float] | None = None,
+    hang_timeout_s: float | None = None,
+):
     """A ``check`` for :func:`jobs.follow`: raises :class:`ClusterError` naming any node that is no
-    longer alive (saves GPU-hours instead of letting the trainer hang)."""
+    longer alive (saves GPU-hours instead of letting the trainer hang), and, with
+    ``hang_timeout_s``, when the job printed no new log line for that long (``last_line[0]``: the
+    monotonic time of the last one): a hang, which supervision counts as a cluster cause."""
     last = [time.monotonic()]
 
     def check() -> None:
+        if (
+            hang_timeout_s is not None
+            and last_line is not None
+            and time.monotonic() - last_line[0] > hang_timeout_s
+        ):
+            raise ClusterError(
+                f"the job printed no new log line for {hang_timeout_s:.0f} s: hung (--hang-timeout)",
+                hint="the job was stopped; the crash bundle in the run directory has every node's Ray "
+                "log tails; raise --hang-timeout if the trainer is silent that long on purpose",
+            )
         if time.monotonic() - last[0] < every_s:
             return
         last[0] = time.monotonic()
@@ -583,7 +763,12 @@ def _watchdog(cluster: RayCluster, every_s: float = Defaults.watchdog_s):
             st = cluster.status()
         except GlmlaunchError:
             return
-        dead = {h: "left the cluster (Ray reports it dead)" for h, v in st.nodes.items() if not v["alive"]}
+        dead = {
+            h: "left the cluster (Ray reports it dead)"
+            + (f"; {st.unreachable[h]}" if h in st.unreachable else "")
+            for h, v in st.nodes.items()
+            if not v["alive"]
+        }
         if dead and not st.problems:
             raise ClusterError(
                 f"{len(dead)} node(s) died while the job was running: {', '.join(dead)}",
@@ -736,6 +921,10 @@ def launch(
     dry_run: bool = False,
     deep: bool = True,
     reporter: Reporter | None = None,
+    max_restarts: int = 0,
+    restart_on: str = "cluster",
+    hang_timeout_s: float | None = None,
+    backoff_base_s: float = Defaults.restart_backoff_s,
     **up_kwargs,
 ) -> LaunchResult:
     """Checks, up, submit, follow, down: the whole main job in one call.
@@ -744,7 +933,9 @@ def launch(
     :class:`Recipe`; ``hostfile``: an MPI hostfile (default: ``/root/mpi_rack_hostfile``, or the
     Slurm allocation, or this machine for the probe). With ``keep`` the cluster stays up after
     the job; ``dry_run`` only builds and checks the plan (the same plan ``glmlaunch render``
-    prints). Other keyword arguments go to :func:`up`.
+    prints). ``max_restarts``/``restart_on``/``hang_timeout_s``/``backoff_base_s``: supervision
+    (:meth:`Run.supervise`: restarts after a cluster cause, resuming from the run's newest
+    complete checkpoint, every attempt in the manifest). Other keyword arguments go to :func:`up`.
 
     Returns a :class:`LaunchResult` (``result.ok`` tells whether the trainer succeeded). Raises
     :class:`CheckFailed` before anything starts, :class:`ClusterError`/:class:`TransportError`
@@ -763,7 +954,16 @@ def launch(
         return LaunchResult(plan=p.plan, run_dir=None, findings=list(p.findings))
     run = up(recipe, hostfile, deep=deep, reporter=reporter, **up_kwargs)
     try:
-        result = run.submit(follow=follow)
+        result: jobs.JobResult | None
+        if follow:
+            result = run.supervise(
+                max_restarts=max_restarts,
+                restart_on=restart_on,
+                hang_timeout_s=hang_timeout_s,
+                backoff_base_s=backoff_base_s,
+            )
+        else:
+            result = run.submit(follow=False)
         probe = None
         if result is not None and run.plan.trainer_kind == "probe" and run.path:
             from .probe import parse_report

@@ -92,6 +92,30 @@ class JobRecord(_Record):
     seconds: float = 0.0
 
 
+class Attempt(_Record):
+    """One attempt of a supervised run (``manifest.json``'s ``attempts``): its number (1 = the
+    first launch), when it started and ended (Unix time, seconds), its nodes, the checkpoint
+    iteration it resumed from (``None``: none yet / not known), the job's submission id and
+    status, and why it ended: ``cause`` (:class:`glmlaunch.recovery.CauseKind`: ``cluster``,
+    ``trainer``, ``stopped``, ``none``), ``detail`` and the hosts it names; ``bundle``: its
+    crash bundle's directory; ``restarted``: whether another attempt followed."""
+
+    number: int
+    started: float = Field(default_factory=time.time)
+    ended: float | None = None
+    nodes: list[str] = Field(default_factory=list)
+    resumed_from: int | None = None
+    resume_note: str = ""
+    submission_id: str = ""
+    status: str = ""
+    exit_code: int | None = None
+    cause: str = ""
+    detail: str = ""
+    hosts: dict[str, str] = Field(default_factory=dict)
+    bundle: str = ""
+    restarted: bool = False
+
+
 class TransportRecord(_Record):
     """How to reach the nodes again from another shell (``kind``: ssh, srun or local)."""
 
@@ -134,6 +158,9 @@ class Manifest(_Record):
     preflight: list[dict[str, Any]] = Field(default_factory=list)
     job: JobRecord | None = None
     slurm: dict[str, Any] | None = None
+    attempts: list[Attempt] = Field(default_factory=list)
+    spares: list[HostRecord] = Field(default_factory=list)  # hosts kept out of the cluster, for replacements
+    excluded: dict[str, str] = Field(default_factory=dict)  # host -> why it is out for the rest of the run
 
 
 def default_runs_dir() -> Path:
