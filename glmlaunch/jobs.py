@@ -142,6 +142,21 @@ def job_status(client, sid: str) -> str:
         return "UNKNOWN"
 
 
+def final_state(client, sid: str) -> tuple[str, int | None, str]:
+    """``(status, driver exit code, Ray's message)`` of a job, for the record kept when the cluster
+    goes (``UNKNOWN``, ``None``, ``""`` when Ray does not know it)."""
+    try:
+        info = client.get_job_info(sid)
+    except Exception:
+        return "UNKNOWN", None, ""
+    st = getattr(info, "status", "UNKNOWN")
+    return (
+        getattr(st, "value", str(st)),
+        getattr(info, "driver_exit_code", None),
+        (getattr(info, "message", "") or "")[:2000],
+    )
+
+
 def _status_retry(client, sid: str, window_s: float) -> str:
     """:func:`_status`, retried while the job API does not answer (a dashboard busy for a moment)
     for up to ``window_s`` seconds; then the error is raised (requests' errors are ``OSError`` s)."""

@@ -618,15 +618,17 @@ class Run:
             except GlmlaunchError:
                 client = None
         last = self.run_dir.manifest.job if self.run_dir else None
+        kept = dict(self.run_dir.manifest.job_states) if self.run_dir else {}
         out = []
         for sid in subs:
             st = jobs.job_status(client, sid) if client is not None else "UNKNOWN"
             code = None
-            if sid == subs[-1] and last is not None:
-                code = last.exit_code
+            rec = kept.get(sid) or (last if sid == subs[-1] else None)
+            if rec is not None:
+                code = rec.exit_code
                 if st == "UNKNOWN":
-                    st = last.status
-            elif st == "UNKNOWN" and sid == subs[-1]:
+                    st = rec.status
+            if st == "UNKNOWN" and cluster is None:
                 st = "not known (the cluster is down)"
             out.append(JobState(sid, st, code))
         attempts = list(self.run_dir.manifest.attempts) if self.run_dir else []
@@ -698,6 +700,12 @@ class Run:
                             rd.write(f"{sid}.log", client.get_job_logs(sid))
                     except Exception:
                         pass
+                    if rd:  # and how it ended, for `status` once Ray is gone
+                        st, code, msg = jobs.final_state(client, sid)
+                        if st != "UNKNOWN":
+                            states = dict(rd.manifest.job_states)
+                            states[sid] = JobRecord(status=st, exit_code=code, message=msg)
+                            rd.update(job_states=states)
             except Exception as e:
                 log.warning("could not stop the job through Ray (%s); stopping the cluster", str(e)[:200])
                 self.reporter.done("stopping the job through Ray", False, str(e)[:200])

@@ -157,6 +157,9 @@ class Manifest(_Record):
     nodes: dict[str, NodeRecord] = Field(default_factory=dict)
     preflight: list[dict[str, Any]] = Field(default_factory=list)
     job: JobRecord | None = None
+    job_states: dict[str, JobRecord] = Field(
+        default_factory=dict
+    )  # submission id -> how it ended (kept at down)
     slurm: dict[str, Any] | None = None
     attempts: list[Attempt] = Field(default_factory=list)
     spares: list[HostRecord] = Field(default_factory=list)  # hosts kept out of the cluster, for replacements

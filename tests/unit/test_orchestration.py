@@ -23,7 +23,7 @@ from glmlaunch.hosts import read_hostfile
 from glmlaunch.plan import build_plan
 from glmlaunch.recipe import load_recipe
 from glmlaunch.run import Run
-from glmlaunch.runs import RunState
+from glmlaunch.runs import RunDir, RunState
 
 H1, H2, H3 = "10.0.0.1", "10.0.0.2", "10.0.0.3"
 ALL = [H1, H2, H3]
@@ -382,6 +382,11 @@ def test_down_stops_the_running_job_and_waits_for_it_before_stopping_any_node(
     assert kept == "".join(client.jobs[sid].lines) and kept.endswith("SIGTERM: checkpoint saved, exiting\n")
     assert set(results) == set(ALL) and fake.live() == {}
     assert run.state is RunState.DOWN and fake.closed
+    # how the job ended is kept: `status` says it once Ray is gone
+    rec = RunDir.open(run.path).manifest.job_states[sid]
+    assert (rec.status, rec.exit_code) == ("STOPPED", -15)
+    (job,) = Run.open(run.path).status().jobs
+    assert (job.status, job.exit_code) == ("STOPPED", -15)
 
 
 # ----------------------------------------------------------------------------- (9) Ctrl-C
