@@ -402,7 +402,12 @@ class Run:
             fd = os.open(rd.path / "job.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
             logf = os.fdopen(fd, "a")
 
+        first = [True]
+
         def on_text(text: str) -> None:
+            if first[0] and rd and text.strip():
+                first[0] = False
+                rd.event("first log line", submission_id=sid)
             if logf:
                 logf.write(text)
                 logf.flush()

@@ -164,10 +164,13 @@ class SSHTransport:
     # ------------------------------------------------------------------ running
 
     def _run_one(self, t: Target, command: str, timeout: float, stdin: str | None = None) -> RemoteResult:
-        t0 = time.monotonic()
+        t0, started, connect_s = time.monotonic(), time.time(), 0.0
         c = None
         try:
             c = self._connection(t)
+            if not getattr(c, "is_connected", True):  # opened here, not inside run(): timed
+                c.open()
+                connect_s = time.monotonic() - t0
             r = c.run(
                 "bash -c " + shlex.quote(command),
                 hide=True,
@@ -177,7 +180,9 @@ class SSHTransport:
                 in_stream=io.StringIO(stdin) if stdin is not None else False,
                 pty=False,
             )
-            return RemoteResult(t.name, r.exited, r.stdout, r.stderr, "", time.monotonic() - t0)
+            return RemoteResult(
+                t.name, r.exited, r.stdout, r.stderr, "", time.monotonic() - t0, started, connect_s
+            )
         except Exception as e:  # per-host: never raise, report
             err = self._describe(t, c, e) if c is not None else f"{t.name}: {e}"
             with self._lock:  # a broken connection must not be reused
@@ -187,7 +192,7 @@ class SSHTransport:
                     bad.close()
                 except Exception:
                     pass
-            return RemoteResult(t.name, None, "", "", err, time.monotonic() - t0)
+            return RemoteResult(t.name, None, "", "", err, time.monotonic() - t0, started, connect_s)
 
     def run_many(
         self,
