@@ -196,7 +196,7 @@ print(json.dumps({"found": sorted(found), "args": [a for _, a in found.values()]
 """
 
 
-def marked(host: str, marker: str, action: str = "list", grace: float = 10.0) -> dict:
+def marked(host: str, marker: str, action: str = "list", grace: float = 5.0) -> dict:
     """The processes of ``host`` that carry ``marker`` (``action="kill"``: end them)."""
     r = on_host(host, "python3", "-c", _MARKED_SRC, marker[::-1], action, str(grace), timeout=grace + 60)
     return json.loads(r.stdout)

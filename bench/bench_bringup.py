@@ -22,7 +22,9 @@ COUNT: host counts (default 1..N over the hosts of $GLT_STATE/env.sh).
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -71,10 +73,15 @@ def run_seed(hosts: list[str]) -> float:
         f"until {ssh} {head} {shlex.quote(status)} 2>/dev/null | grep -q '/{total}.0 GPU'; do sleep 1; done\n"
     )
     t0 = time.perf_counter()
+    p = subprocess.Popen(["timeout", str(args.cap), "bash", "-c", script], start_new_session=True)
     try:
-        subprocess.run(["timeout", str(args.cap), "bash", "-c", script], check=True)
+        if p.wait() != 0:
+            raise RuntimeError(f"seed: exit {p.returncode}")
         return time.perf_counter() - t0
     finally:
+        if p.poll() is None:  # interrupted: end the loop (its own process group) first
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait()
         H.end_marked(hosts, marker, tmp)
 
 
