@@ -51,15 +51,20 @@ SEED_CFG.write_text(
 )
 
 
+SSHD_PID = [0]  # read before it is stopped: a stopped sshd removes its pid file
+
+
 def sshd_pid() -> int:
-    return int((SSHD_DIR / "sshd.pid").read_text())
+    SSHD_PID[0] = int((SSHD_DIR / "sshd.pid").read_text())
+    return SSHD_PID[0]
 
 
 def sshd_restore() -> None:
     """Resume the host's sshd, or start it again with the harness's own command; wait until it answers."""
-    H.on_host(BAD, "kill", "-CONT", str(sshd_pid()), check=False)
-    alive = H.on_host(BAD, "kill", "-0", str(sshd_pid()), check=False).returncode == 0
-    if not alive:
+    pid = str(SSHD_PID[0])
+    H.on_host(BAD, "kill", "-CONT", pid, check=False)
+    alive = H.on_host(BAD, "kill", "-0", pid, check=False).returncode == 0
+    if not alive or not (SSHD_DIR / "sshd.pid").exists():
         H.on_host(
             BAD, "/usr/sbin/sshd", "-f", str(SSHD_DIR / "sshd_config"), "-E", str(SSHD_DIR / "sshd.log")
         )
