@@ -646,7 +646,9 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     import signal
 
-    _setup_logging()
+    args = sys.argv[1:] if argv is None else argv
+    if not ({"-h", "--help", "--version"} & set(args)) and args:  # help runs no library code:
+        _setup_logging()  # its state dir (glmlaunch.runs, pydantic) is not imported for it
     old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app(args=argv, prog_name="glmlaunch")

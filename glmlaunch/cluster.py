@@ -47,6 +47,13 @@ from .transport import RemoteResult, Target, Transport
 log = logging.getLogger(__name__)
 
 _NODEOPS_SRC = inspect.getsource(nodeops)
+# The join and head waits poll Ray's state API (one HTTP request) every POLL_S and check the
+# ray start processes (one SSH round) every PROC_CHECK_S; a ray start that exits within
+# START_SETTLE_S (a missing binary, a bad cwd) is reported by the start itself, a later exit by
+# the process check, with the node's log lines either way. Seconds; see bench/timeline.py.
+POLL_S = 0.5
+PROC_CHECK_S = 3.0
+START_SETTLE_S = 0.5
 
 
 @dataclass
@@ -159,6 +166,7 @@ class RayCluster:
         result). ``stdin``: text for every node's stdin (a secret: never in argv or the logs)."""
         cmds = {self._targets[name]: self._nodeop_cmd(op, args) for name, args in per_node.items()}
         limit = timeout or self.command_timeout_s
+        sent = time.time()
         if stdin is None:
             res = self.transport.run_many(cmds, timeout=limit)
         else:
@@ -176,6 +184,21 @@ class RayCluster:
             if self.run_dir and step:
                 self.run_dir.host_log(t.name, step, f"nodeops {op}", r.stdout, r.stderr, r.exit_code, r.error)
             out[t.name] = (parsed, r)
+        if self.run_dir and step:  # per-host phases for bench/timeline.py: Unix start, seconds
+            self.run_dir.event(
+                "phase",
+                step=step,
+                op=op,
+                hosts={
+                    t.name: {
+                        "start": round(r.started or sent, 3),
+                        "seconds": round(r.duration_s, 3),
+                        "connect_s": round(r.connect_s, 3),
+                        "ok": out[t.name][0] is not None,
+                    }
+                    for t, r in res.items()
+                },
+            )
         return out
 
     def _record(self) -> None:
@@ -431,7 +454,7 @@ class RayCluster:
                 "cwd": n.state_dir,
                 "log": f"{n.state_dir}/ray-start.log",
                 "pidfile": f"{n.state_dir}/ray.pid",
-                "settle_s": 2,
+                "settle_s": START_SETTLE_S,
                 # a transport whose steps end their processes (srun) keeps one step per node alive
                 **getattr(self.transport, "start_options", {}),
             }
@@ -493,26 +516,33 @@ class RayCluster:
         deadline = time.monotonic() + min(self.join_timeout_s, 180)
         head = self.plan.head
         last = ""
+        last_proc_check = time.monotonic()
         while time.monotonic() < deadline:
             try:
                 self._api("/api/version", timeout=3)
+                if self.run_dir:
+                    self.run_dir.event("head answers", host=head.name)
                 return
             except (urllib.error.URLError, OSError, ValueError) as e:
                 last = str(e)
-            alive = self._alive_procs().get(head.name, False)
-            if alive is None:
-                self._fail(
-                    "the head node stopped answering while it started",
-                    {head.name: self.unreachable.get(head.name, "unreachable")},
-                    "check the head's network and sshd, then launch again",
-                )
-            if not alive:
-                self._fail(
-                    "the head node's ray start exited",
-                    {head.name: "ray start --head exited"},
-                    "read the log lines above; a busy port or a bad flag is the usual cause",
-                )
-            time.sleep(1.0)
+            # the process check is a round over SSH (a Python on the head): every PROC_CHECK_S,
+            # not every poll, so it does not compete with Ray's own start for the head's CPU
+            if time.monotonic() - last_proc_check > PROC_CHECK_S:
+                last_proc_check = time.monotonic()
+                alive = self._alive_procs().get(head.name, False)
+                if alive is None:
+                    self._fail(
+                        "the head node stopped answering while it started",
+                        {head.name: self.unreachable.get(head.name, "unreachable")},
+                        "check the head's network and sshd, then launch again",
+                    )
+                if not alive:
+                    self._fail(
+                        "the head node's ray start exited",
+                        {head.name: "ray start --head exited"},
+                        "read the log lines above; a busy port or a bad flag is the usual cause",
+                    )
+            time.sleep(POLL_S)
         self._fail(
             f"the head's dashboard/job API at {self.plan.dashboard_url} did not answer in time ({last})",
             {head.name: "no answer"},
@@ -531,7 +561,8 @@ class RayCluster:
         )
         deadline = time.monotonic() + timeout_s
         seen: set[str] = set()
-        last_proc_check = 0.0
+        joined_at: dict[str, float] = {}  # host -> Unix time its GPUs were first seen
+        last_proc_check = time.monotonic()  # ray start was just checked by its settle
         status = ClusterStatus(self.plan.head.name, self.plan.dashboard_url)
         while True:
             try:
@@ -554,6 +585,7 @@ class RayCluster:
                     wrong[n.name] = f"joined with {gpus:g} GPUs, expected {g:g}"
                 elif n.name not in seen:
                     seen.add(n.name)
+                    joined_at[n.name] = round(time.time(), 3)
                     self.nodes[n.name].joined = True
                     self.reporter.host(step, n.name, "ok", f"{gpus:g} GPUs")
             strangers = [ip for ip in alive if ip not in want]
@@ -577,10 +609,10 @@ class RayCluster:
                 }
                 self.reporter.done("join", True, f"{len(want)} nodes, {int(g * len(want))} GPUs")
                 if self.run_dir:
-                    self.run_dir.event("ready")
+                    self.run_dir.event("ready", joined=joined_at)
                 return status
             now = time.monotonic()
-            if now - last_proc_check > 3:
+            if now - last_proc_check > PROC_CHECK_S:
                 last_proc_check = now
                 procs = self._alive_procs()
                 dead = {
@@ -606,7 +638,7 @@ class RayCluster:
                     "check the named hosts' network path to the head "
                     f"({self.plan.head_address}:{self.plan.ports.gcs}) and their Ray logs; raise --join-timeout if they are slow",
                 )
-            time.sleep(1.0)
+            time.sleep(POLL_S)
 
     def up(self) -> ClusterStatus:
         """Preflight, start the head, start the workers, wait for every node and GPU. On any

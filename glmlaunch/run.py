@@ -405,9 +405,13 @@ class Run:
             logf = os.fdopen(fd, "a")
 
         last_line = [time.monotonic()]
+        first = [True]
 
         def on_text(text: str) -> None:
             last_line[0] = time.monotonic()
+            if first[0] and rd and text.strip():
+                first[0] = False
+                rd.event("first log line", submission_id=sid)
             if logf:
                 logf.write(text)
                 logf.flush()

@@ -29,7 +29,9 @@ class Target:
 @dataclass
 class RemoteResult:
     """One host's outcome. ``exit_code`` is ``None`` when the command never ran (connection
-    failed, timed out): then ``error`` says why. Durations are in seconds."""
+    failed, timed out): then ``error`` says why. Durations are in seconds; ``started`` is the
+    Unix time the command was sent and ``connect_s`` the part of ``duration_s`` spent opening a
+    new connection (0 where the transport does not measure them)."""
 
     host: str
     exit_code: int | None
@@ -37,6 +39,8 @@ class RemoteResult:
     stderr: str = ""
     error: str = ""
     duration_s: float = 0.0
+    started: float = 0.0
+    connect_s: float = 0.0
 
     @property
     def ok(self) -> bool:

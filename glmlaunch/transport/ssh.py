@@ -221,11 +221,13 @@ class SSHTransport:
     # ------------------------------------------------------------------ running
 
     def _run_one(self, t: Target, command: str, timeout: float, stdin: str | None = None) -> RemoteResult:
-        t0 = time.monotonic()
+        t0, started, connect_s = time.monotonic(), time.time(), 0.0
         c = None
         try:
             c = self._connection(t)
-            c.open()  # idempotent; bounded by connect/banner/auth timeouts
+            if not getattr(c, "is_connected", True):  # opened here, not inside run(): timed
+                c.open()  # bounded by connect/banner/auth timeouts
+                connect_s = time.monotonic() - t0
             self._bound(c)
             r = c.run(
                 "bash -c " + shlex.quote(command),
@@ -249,13 +251,17 @@ class SSHTransport:
                     f"{self._where(t, c)}: unreachable: the connection was lost while the command ran "
                     "(connection dropped)",
                     time.monotonic() - t0,
+                    started,
+                    connect_s,
                 )
-            return RemoteResult(t.name, r.exited, r.stdout, r.stderr, "", time.monotonic() - t0)
+            return RemoteResult(
+                t.name, r.exited, r.stdout, r.stderr, "", time.monotonic() - t0, started, connect_s
+            )
         except Exception as e:  # per-host: never raise, report
             err = self._describe(t, c, e) if c is not None else f"{t.name}: {e}"
             if c is not None:  # a broken connection must not be reused
                 self._drop(t, c)
-            return RemoteResult(t.name, None, "", "", err, time.monotonic() - t0)
+            return RemoteResult(t.name, None, "", "", err, time.monotonic() - t0, started, connect_s)
 
     def run_many(
         self,
