@@ -713,7 +713,9 @@ class RayCluster:
         return st
 
     def down(self, purge: bool = False) -> dict[str, dict]:
-        """Stop this cluster's Ray processes on every node (workers first, then the head), by
+        """Stop this cluster's Ray processes on every node, all nodes in one parallel round (with
+        ``purge`` of a run directory that several nodes share: the workers first, then the head,
+        which removes the shared parent once the workers' directories are gone), by
         recorded session only (host, boot id, PID and start time must match), and remove the
         run's token from the nodes. With ``purge`` the state directories this run created (Ray's
         logs of this run) go too, each only while it is still this user's private directory.
@@ -737,9 +739,13 @@ class RayCluster:
                     if parent_ours:
                         per_node[n.name]["purge_parent"] = parent
         results = {}
-        workers = {h: a for h, a in per_node.items() if self.nodes[h].role != "head"}
-        head = {h: a for h, a in per_node.items() if self.nodes[h].role == "head"}
-        for group in (workers, head):
+        if purge and parent_ours:
+            workers = {h: a for h, a in per_node.items() if self.nodes[h].role != "head"}
+            head = {h: a for h, a in per_node.items() if self.nodes[h].role == "head"}
+            groups = [workers, head]
+        else:  # one round: a stop waits for its node's sessions to end, so rounds add up
+            groups = [per_node]
+        for group in groups:
             if not group:
                 continue
             res = self._nodeop("stop", group, timeout=self.stop_grace_s + 30, step="down")

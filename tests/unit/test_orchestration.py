@@ -27,7 +27,9 @@ from glmlaunch.runs import RunDir, RunState
 
 H1, H2, H3 = "10.0.0.1", "10.0.0.2", "10.0.0.3"
 ALL = [H1, H2, H3]
-WALL_LIMIT_S = 2.0  # no test here may wait longer than this
+WALL_LIMIT_S = (
+    15.0  # a hang guard (the waits run on fake clocks), not a speed target: no test here may take longer
+)
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -81,13 +83,12 @@ def seq_of(fake: FakeTransport, op: str, host: str | None = None) -> list[int]:
 
 
 def assert_rolled_back(fake: FakeTransport, plan, started: list[str]) -> None:
-    """Stop went to every node that got a start or the token (workers in one round, then the
-    head), and nothing is left on any node: no process, no token."""
+    """Stop went to every node that got a start or the token (all in one round), and nothing is
+    left on any node: no process, no token."""
     touched = set(started) | {c.host for c in fake.ops("write_secret")}
     assert {c.host for c in fake.ops("stop")} == touched
     batches = [set(b) for b in fake.batches("stop")]
-    workers = touched - {H1}
-    assert batches == ([workers] if workers else []) + ([{H1}] if H1 in touched else [])
+    assert batches == [touched]
     assert min(seq_of(fake, "stop")) > max(seq_of(fake, "start"), default=0)
     assert fake.live() == {}
     for n in plan.nodes:
