@@ -489,6 +489,15 @@ def launch(
         float | None,
         typer.Option("--hang-timeout", min=1, help="seconds without a new job log line that count as a hang"),
     ] = None,
+    backoff: Annotated[
+        float,
+        typer.Option(
+            "--backoff",
+            min=0,
+            help="seconds to wait before the first restart (doubled for each next one, at most "
+            f"{Defaults.restart_backoff_max_s:g} s)",
+        ),
+    ] = Defaults.restart_backoff_s,
 ) -> None:
     """Check, start the cluster, submit the trainer, follow its log, tear down; exit with the
     trainer's status. Without arguments: the cluster probe on this machine."""
@@ -526,6 +535,7 @@ def launch(
             max_restarts=max_restarts,
             restart_on=restart_on,
             hang_timeout_s=hang_timeout,
+            backoff_base_s=backoff,
             **kw,
         )
     except GlmlaunchError as e:
@@ -569,6 +579,33 @@ def status(run: RunOpt = None) -> None:
         print_status(Run.open(run))
     except GlmlaunchError as e:
         _fail(e)
+
+
+@app.command()
+def bundle(run: RunOpt = None) -> None:
+    """Write a crash bundle of the current run (or --run) now: the job log tail, the node table,
+    each node's Ray log tails, the manifest and the job's argv and env (secrets redacted), into
+    runs/<id>/bundle-<time>/ and its .tar.gz."""
+    import time
+
+    from . import bundle as bundles
+    from .run import Run
+
+    try:
+        r = Run.open(run)
+        assert r.run_dir is not None  # an opened run has its directory
+        name = f"bundle-{time.strftime('%Y%m%d-%H%M%S')}"
+        d = bundles.collect(r, len(r.run_dir.manifest.attempts), name=name)
+        r.transport.close()
+    except GlmlaunchError as e:
+        _fail(e)
+    assert d is not None
+    out.print(f"bundle: {_esc(d)} and {_esc(d.parent / (d.name + '.tar.gz'))}", soft_wrap=True)
+    summary = d / "summary.txt"
+    if summary.is_file():
+        missing = summary.read_text().partition("not collected:")[2].strip()
+        if missing:
+            err.print("[yellow]not collected:[/] " + _esc(missing), soft_wrap=True)
 
 
 @app.command()

@@ -478,3 +478,42 @@ def test_a_restart_rebuilds_the_same_plan_with_new_state_dirs(tmp_path, hostfile
         old.model_copy(update={"probed": False})
     )
     run.down()
+
+
+# ----------------------------------------------------------------------------- CLI: status, bundle, --backoff
+
+
+def test_status_and_an_on_demand_bundle_after_a_replacement(tmp_path, hostfile3, monkeypatch, cli):
+    fake, run = _supervised(
+        tmp_path, hostfile3, monkeypatch, FakeClock(), _cut(H2), overrides=["cluster.nodes=2"]
+    )
+    monkeypatch.setattr(run_mod, "transport_from_record", lambda rec: fake)
+    r = cli("status", "--run", run.path)
+    assert r.exit_code == 0 and f"spares (not started): {H3}" in r.output, r.output
+    assert run.supervise(max_restarts=1, backoff_base_s=0, watchdog_s=1e9, sleep=lambda s: None).ok
+    r = cli("status", "--run", run.path)
+    assert r.exit_code == 0, r.output
+    assert f"({H2} replaced by spare {H3})" in r.output and f"excluded: {H2}: unreachable" in r.output, (
+        r.output
+    )
+    assert "spares (not started)" not in r.output
+    r = cli("bundle", "--run", run.path)
+    assert r.exit_code == 0, r.output
+    (d,) = [p for p in run.path.iterdir() if p.name.startswith("bundle-") and p.is_dir()]
+    assert (d / "summary.txt").is_file() and (d / "nodes.txt").is_file() and (d / "job-tail.log").is_file()
+    assert (run.path / f"{d.name}.tar.gz").is_file() and d.name in r.output
+    assert "nodes replaced" in (d / "summary.txt").read_text()
+    run.down()
+
+
+def test_launch_passes_backoff_to_supervision(monkeypatch, cli):
+    seen = {}
+
+    def fake_launch(*a, **kw):
+        seen.update(kw)
+        raise run_mod.UsageError("stop here", "nothing")
+
+    monkeypatch.setattr(run_mod, "launch", fake_launch)
+    r = cli("launch", "--max-restarts", "2", "--backoff", "5", "--spares", "/nonexistent")
+    assert r.exit_code == 2 and seen["backoff_base_s"] == 5 and seen["spares"] == "/nonexistent", r.output
+    assert cli("launch", "--backoff", "-1").exit_code == 2
