@@ -110,7 +110,7 @@ def check_cluster(res: Resolved, out: list[Finding]) -> None:
             f"during a supervised run (--max-restarts): "
             + ", ".join(f"{h.name} ({h.source})" for h in alloc.spares),
             "hosts beyond cluster.nodes (and --spares) are spares",
-            "README.md#supervised-runs-restarts-after-a-cluster-failure",
+            "docs/rules.md#nodes",
             "note",
         )
     if alloc.gpus_per_node and c.gpus_per_node and alloc.gpus_per_node != c.gpus_per_node:
