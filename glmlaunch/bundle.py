@@ -68,14 +68,19 @@ def _tail(path: Path, lines: int) -> str:
         return ""
 
 
-def collect(run, attempt: int, *, cause=None, lines: int = 200, node_lines: int = 50) -> Path | None:
+def collect(
+    run, attempt: int, *, cause=None, lines: int = 200, node_lines: int = 50, name: str | None = None
+) -> Path | None:
     """Collect the crash bundle of ``attempt`` of ``run`` (a :class:`glmlaunch.run.Run` with a
-    run directory); returns the directory (``None`` without a run directory). ``cause``: the
-    :class:`glmlaunch.recovery.Cause` of the failure, written first in ``summary.txt``."""
+    run directory) into ``runs/<id>/<name>/`` and ``<name>.tar.gz`` (``name`` default:
+    ``crash-<attempt>``; ``glmlaunch bundle`` passes ``bundle-<time>``); returns the directory
+    (``None`` without a run directory). ``cause``: the :class:`glmlaunch.recovery.Cause` of the
+    failure, written first in ``summary.txt``. Best effort: what cannot be read (a node down, the
+    cluster gone) is listed under "not collected"."""
     rd = run.run_dir
     if rd is None:
         return None
-    name = f"crash-{attempt}"
+    name = name or f"crash-{attempt}"
     d = rd.path / name
     plan = run.plan
     missing: list[str] = []

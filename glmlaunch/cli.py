@@ -101,6 +101,14 @@ GpusOpt = Annotated[
 ]
 HeadOpt = Annotated[str | None, typer.Option("--head", help="The head node (default: the first host)")]
 LocalOpt = Annotated[bool, typer.Option("--local", help="Run on this machine alone (loopback)")]
+SparesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--spares",
+        help="a hostfile of spare hosts (never started): a supervised run (--max-restarts) replaces a failed "
+        "node by one; hosts of --hostfile beyond cluster.nodes are spares too",
+    ),
+]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override a recipe field: --set parallelism.tp=4")
 ]
@@ -146,7 +154,9 @@ def print_findings(findings: list[Finding], title: str = "checks") -> None:
     t.add_column("problem")
     t.add_column("source", style="dim")
     for f in findings:
-        sev = "[bold red]error[/]" if f.severity == "error" else "[yellow]warning[/]"  # nothing of the user's
+        sev = {"error": "[bold red]error[/]", "note": "[blue]note[/]"}.get(
+            f.severity, "[yellow]warning[/]"
+        )  # nothing of the user's
         t.add_row(sev, _esc(f.field), _esc(f.message), _esc(f.source))
     out.print(t)
 
@@ -366,11 +376,17 @@ def print_status(run) -> None:
         hosts = f" [{', '.join(a.hosts)}]" if a.hosts else ""
         out.print(
             _esc(
-                f"attempt {a.number}: {res or 'running'}{why}{hosts}; nodes {', '.join(a.nodes)}; "
-                f"{a.resume_note}" + ("; restarted" if a.restarted else "")
+                f"attempt {a.number}: {res or 'running'}{why}{hosts}; nodes {', '.join(a.nodes)}"
+                + "".join(f" ({b} replaced by spare {sp})" for b, sp in a.replaced.items())
+                + f"; {a.resume_note}"
+                + ("; restarted" if a.restarted else "")
             ),
             soft_wrap=True,
         )
+    if st.spares:
+        out.print(_esc("spares (not started): " + ", ".join(st.spares)), soft_wrap=True)
+    for h, why in st.excluded.items():
+        out.print(f"[red]excluded:[/] {_esc(h)}: {_esc(why)}", soft_wrap=True)
     out.print(f"run directory: {_esc(run.path or '-')}", soft_wrap=True)
 
 
@@ -395,6 +411,7 @@ def up(
     python: PythonOpt = None,
     network: NetworkOpt = None,
     interface: InterfaceOpt = None,
+    spares: SparesOpt = None,
 ) -> None:
     """Start the Ray cluster (head, then every worker) and return once every node and GPU joined."""
     from . import run as runs
@@ -416,6 +433,7 @@ def up(
             python=python,
             network=network,
             interface=interface,
+            spares=spares,
         )
         print_status(r)
     except GlmlaunchError as e:
@@ -446,6 +464,7 @@ def launch(
     python: PythonOpt = None,
     network: NetworkOpt = None,
     interface: InterfaceOpt = None,
+    spares: SparesOpt = None,
     keep: Annotated[bool, typer.Option("--keep", help="leave the cluster up after the job")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (bash) and stop")] = False,
     no_deep_check: Annotated[
@@ -470,6 +489,15 @@ def launch(
         float | None,
         typer.Option("--hang-timeout", min=1, help="seconds without a new job log line that count as a hang"),
     ] = None,
+    backoff: Annotated[
+        float,
+        typer.Option(
+            "--backoff",
+            min=0,
+            help="seconds to wait before the first restart (doubled for each next one, at most "
+            f"{Defaults.restart_backoff_max_s:g} s)",
+        ),
+    ] = Defaults.restart_backoff_s,
 ) -> None:
     """Check, start the cluster, submit the trainer, follow its log, tear down; exit with the
     trainer's status. Without arguments: the cluster probe on this machine."""
@@ -486,6 +514,7 @@ def launch(
         python=python,
         network=network,
         interface=interface,
+        spares=spares,
         ssh=_ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout),
     )
     try:
@@ -506,6 +535,7 @@ def launch(
             max_restarts=max_restarts,
             restart_on=restart_on,
             hang_timeout_s=hang_timeout,
+            backoff_base_s=backoff,
             **kw,
         )
     except GlmlaunchError as e:
@@ -549,6 +579,33 @@ def status(run: RunOpt = None) -> None:
         print_status(Run.open(run))
     except GlmlaunchError as e:
         _fail(e)
+
+
+@app.command()
+def bundle(run: RunOpt = None) -> None:
+    """Write a crash bundle of the current run (or --run) now: the job log tail, the node table,
+    each node's Ray log tails, the manifest and the job's argv and env (secrets redacted), into
+    runs/<id>/bundle-<time>/ and its .tar.gz."""
+    import time
+
+    from . import bundle as bundles
+    from .run import Run
+
+    try:
+        r = Run.open(run)
+        assert r.run_dir is not None  # an opened run has its directory
+        name = f"bundle-{time.strftime('%Y%m%d-%H%M%S')}"
+        d = bundles.collect(r, len(r.run_dir.manifest.attempts), name=name)
+        r.transport.close()
+    except GlmlaunchError as e:
+        _fail(e)
+    assert d is not None
+    out.print(f"bundle: {_esc(d)} and {_esc(d.parent / (d.name + '.tar.gz'))}", soft_wrap=True)
+    summary = d / "summary.txt"
+    if summary.is_file():
+        missing = summary.read_text().partition("not collected:")[2].strip()
+        if missing:
+            err.print("[yellow]not collected:[/] " + _esc(missing), soft_wrap=True)
 
 
 @app.command()

@@ -334,6 +334,45 @@ class RayCluster:
             )
         return findings
 
+    def node_faults(self) -> dict[str, str]:
+        """Which of the plan's nodes cannot be used now, each judged on its own: host -> why (it
+        does not answer, a planned port is in use, or an error finding of the preflight about it
+        alone: Ray missing, GPUs, files, ``--save``, interface). One bounded, read-only round
+        (the preflight's; its sentinel files in ``--save`` are removed after); starts nothing
+        and raises nothing for a bad node. Cross-node rules (same versions everywhere, one
+        shared ``--save``) are left to the full :meth:`preflight` of the next ``up``. Used by
+        supervision to pick the nodes and spares of the next attempt (issue 14)."""
+        from . import preflight as pf
+
+        self.sentinel = secrets.token_hex(8)  # the --save check's nonce (as in preflight)
+        sent = time.time()
+        res = self._nodeop("preflight", pf.requests(self.plan, self.recipe, self.sentinel), step="node check")
+        bad: dict[str, str] = {}
+        answers: dict[str, dict] = {}
+        for h, (parsed, r) in res.items():
+            if parsed is None:
+                bad[h] = f"unreachable: {r.reason()}"
+                continue
+            answers[h] = parsed
+            why = []
+            busy = parsed["ports"]["busy"]
+            if busy:
+                why.append(
+                    f"{len(busy)} planned port(s) in use: " + "; ".join(f"{p} {w}" for p, w in busy.items())
+                )
+            one = pf.analyze(self.plan, self.recipe, {h: parsed}, sent, time.time())
+            why += [f.message for f in one if f.severity == "error"]
+            if why:
+                bad[h] = "; ".join(why)
+        _, writable = pf.recipe_files(self.recipe)
+        if writable and answers:
+            self._nodeop(
+                "remove",
+                {h: {"files": [f"{writable[0]}/{self._sentinel_file(a)}"]} for h, a in answers.items()},
+                timeout=60,
+            )
+        return bad
+
     def _apply_probes(self, answers: dict[str, dict]) -> None:
         """The plan's probed variables (``NCCL_NVLS_ENABLE``) from the nodes' answers, into the
         plan the job is submitted with (:func:`glmlaunch.plan.apply_probes`); the run directory's
@@ -506,7 +545,8 @@ class RayCluster:
         return out
 
     def _fail(self, message: str, missing: dict[str, str], hint: str) -> None:
-        logs = self.tail_logs(list(missing)) if missing else {}
+        ours = [h for h in missing if h in self._node_plan]  # a stranger (an IP) has no logs of ours
+        logs = self.tail_logs(ours) if ours else {}
         detail = "\n".join(f"  - {h}: {why}\n  {logs.get(h, '')}" for h, why in missing.items())
         if self.run_dir:
             self.run_dir.event("failed", message=message, missing=missing)

@@ -16,6 +16,7 @@ cluster before it propagates.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -28,7 +29,7 @@ from pathlib import Path
 from . import checks, jobs
 from .cluster import ClusterStatus, RayCluster
 from .errors import ClusterError, Finding, Findings, GlmlaunchError, JobError, UsageError
-from .hosts import Allocation, AllocationKind, discover, is_ifname, plain_option, shown
+from .hosts import Allocation, AllocationKind, Host, discover, is_ifname, plain_option, shown
 from .options import Defaults, SSHOptions
 from .plan import LaunchPlan, PortPlan, build_plan
 from .progress import NullReporter, Reporter
@@ -135,6 +136,7 @@ def plan_launch(
     reporter: Reporter | None = None,
     origin: str | None = None,
     startable: bool = False,
+    spares: str | None = None,
 ) -> Planned:
     """Load the recipe, find the nodes, resolve, build the plan and run the checks: the same
     steps, in the same order, for ``render``, ``check``, ``up``, ``launch``, ``launch --dry-run``
@@ -145,13 +147,16 @@ def plan_launch(
     for one node or the probe, placeholders for more). ``network`` (CIDR) / ``interface`` pick
     each node's address in one round over the nodes. ``deep`` adds megatron-core, SGLang and HF
     config checks; ``preflight`` the read-only round on every real node. ``startable``: refuse
-    placeholder nodes at once (:class:`~glmlaunch.errors.UsageError`), before any check. Never raises for a
+    placeholder nodes at once (:class:`~glmlaunch.errors.UsageError`), before any check.
+    ``spares``: a hostfile of spare hosts (hostfile mode; hosts beyond ``cluster.nodes`` in the
+    hostfile are spares too): ``alloc.spares``, never in the plan. Never raises for a
     finding: see ``findings`` (and :meth:`~glmlaunch.errors.Findings.raise_for_errors`). Raises
     :class:`~glmlaunch.errors.UsageError`/``HostfileError``/``RecipeError`` for bad input.
     """
     plain_option("--python", python, "pass the Python of the nodes as a path, e.g. /opt/venv/bin/python3")
     plain_option("--network", network, "write it as CIDR, e.g. 10.4.0.0/16")
     plain_option("--head", head, "pass the head node's name or address as the hostfile writes it")
+    plain_option("--spares", spares, "pass the spare hosts as the path of a hostfile")
     if interface is not None and not is_ifname(interface):
         raise UsageError(
             f"--interface '{shown(interface)}': not a network interface name",
@@ -172,6 +177,8 @@ def plan_launch(
         env=env,
         fallback_nodes=fallback,
         origin=origin,
+        want_nodes=r.cluster.nodes,
+        spares=spares,
     )
     if startable and alloc.placeholder:
         make_transport(alloc)  # raises: nothing can start on placeholders
@@ -235,6 +242,8 @@ class RunStatus:
     cluster: ClusterStatus | None
     jobs: list[JobState] = field(default_factory=list)
     attempts: list = field(default_factory=list)  # the manifest's Attempt records, oldest first
+    spares: list[str] = field(default_factory=list)  # spare hosts left (never started)
+    excluded: dict[str, str] = field(default_factory=dict)  # host -> why it is out for the rest of the run
 
 
 class Run:
@@ -343,7 +352,12 @@ class Run:
                 transport=transport_record(alloc, ssh)
                 if alloc
                 else TransportRecord(kind=self.transport.kind),
+                spares=[_host_record(h) for h in alloc.spares] if alloc else [],
             )
+            recipe = recipe or self.cluster.recipe
+            if recipe is not None:  # the next attempt's plan is built from it (Run.supervise)
+                self.cluster.recipe = recipe
+                rd.write("recipe.json", recipe.model_dump_json(indent=1))
             self.run_dir = self.cluster.run_dir = rd
         rd = self.run_dir
         self.cluster.token = self.cluster.token or secrets.token_hex(32)
@@ -473,24 +487,95 @@ class Run:
             log.warning("cannot read the checkpoints under %s on %s: %s", save, head, r.reason())
         return parsed
 
-    def _fresh_cluster(self) -> None:
-        """A new cluster handle for the next attempt on the same nodes: the plan with a new random
-        state-directory part (every node directory of the last attempt stays as it was, its
-        Ray logs included), written to the run directory (the old plan kept as
-        ``plan-<attempt>.json``)."""
-        import re
+    def _recipe(self) -> Recipe:
+        """The run's recipe (overrides applied): the handle's, else ``recipe.json`` of the run
+        directory (written by :meth:`up`). Raises :class:`UsageError` when there is neither."""
+        r = self.cluster.recipe
+        f = self.run_dir.path / "recipe.json" if self.run_dir else None
+        if r is None and f is not None and f.is_file():
+            from .recipe import recipe_from_dict
+
+            r = self.cluster.recipe = recipe_from_dict(json.loads(f.read_text()), self.plan.recipe_source)
+        if r is None:
+            raise UsageError(
+                f"run {self.run_id}: its recipe is not known, so the next attempt cannot be planned",
+                "supervise a run started by glmlaunch up/launch (they keep recipe.json in the run directory)",
+            )
+        return r
+
+    def _plan_hosts(self) -> list[Host]:
+        """The plan's nodes as :class:`~glmlaunch.hosts.Host` (head first), as discovery gave them."""
+        return [
+            Host(
+                name=n.name,
+                address=n.address,
+                slots=n.gpus,
+                ssh_user=n.ssh_user,
+                ssh_port=n.ssh_port,
+                source=n.source,
+            )
+            for n in self.plan.nodes
+        ]
+
+    def _spare_hosts(self) -> list[Host]:
+        """The run's spares left (the manifest's ``spares``), in order."""
+        if self.run_dir is None:
+            return []
+        return [
+            Host(
+                name=h.name,
+                address=h.address,
+                slots=h.gpus,
+                ssh_user=h.ssh_user,
+                ssh_port=h.ssh_port,
+                source=h.source,
+            )
+            for h in self.run_dir.manifest.spares
+        ]
+
+    def _build(self, hosts: list[Host]) -> LaunchPlan:
+        """:func:`~glmlaunch.plan.build_plan` of the run's recipe on ``hosts`` (head first) with the
+        run's id, ports, Python and state root and a new random state-directory part; the
+        trainer's argv is carried over (``trainer_argv`` reads only the layout, which a restart
+        keeps, and a resubmit runs the same job; ``--ckpt-step`` is set by
+        :func:`glmlaunch.recovery.resume_args`)."""
+        from pathlib import PurePosixPath
 
         old = self.plan
-        m = re.search(r"-([0-9a-f]{16})$", old.state_dir)
-        assert m, old.state_dir  # build_plan names it so (plan.py: glr-<run-id>-<nonce>)
-        text = render_json(old).replace(m.group(1), secrets.token_hex(8))
-        plan = LaunchPlan.model_validate_json(text)
+        kind = AllocationKind.LOCAL if old.local else AllocationKind.HOSTFILE
+        if self.transport.kind == "srun":
+            kind = AllocationKind.SLURM
+        alloc = Allocation(
+            hosts=tuple(hosts), gpus_per_node=old.gpus_per_node, kind=kind, origin=f"run {old.run_id}"
+        )
+        plan = build_plan(
+            self._recipe(),
+            alloc,
+            run_id=old.run_id,
+            ports=old.ports,
+            python=old.python,
+            state_root=str(PurePosixPath(old.state_dir).parent),
+        )
+        return plan.model_copy(update={"argv": list(old.argv)})
+
+    def _replan(self, hosts: list[Host] | None = None) -> None:
+        """A new plan and cluster handle for the next attempt, on ``hosts`` (default: the same
+        nodes), built by :meth:`_build` (new state directories: every node directory of the last
+        attempt stays as it was, its Ray logs included). Written to the run directory (the old
+        plan kept as ``plan-<attempt>.json``) with the manifest's hosts."""
+        old = self.plan
+        plan = self._build(hosts or self._plan_hosts())
         rd = self.run_dir
         if rd is not None:
             rd.write(f"plan-{len(rd.manifest.attempts)}.json", render_json(old))
             rd.write("plan.json", render_json(plan))
             rd.write("commands.sh", render_bash(plan))
-            rd.update(state_dir=plan.state_dir, nodes={})
+            rd.update(
+                state_dir=plan.state_dir,
+                nodes={},
+                hosts=[HostRecord(name=n.name, address=n.address, gpus=n.gpus) for n in plan.nodes],
+                dashboard_url=plan.dashboard_url,
+            )
         c = self.cluster
         self.plan = plan
         self.cluster = RayCluster(
@@ -504,6 +589,66 @@ class Run:
             recipe=c.recipe,
             token=c.token,
         )
+
+    def _next_nodes(self) -> dict[str, str]:
+        """The next attempt's nodes: one read-only round (:meth:`RayCluster.node_faults`) over the
+        nodes and the spares left; each node that does not answer or fails its own checks is
+        replaced, in place, by the first spare that passes (:func:`glmlaunch.recovery.replace_nodes`:
+        same GPUs per node, same world size) and recorded in the manifest's ``excluded`` for the
+        rest of the run. Builds the next plan (:meth:`_replan`). Returns bad node -> its spare.
+        Raises :class:`ClusterError` naming the bad nodes that no spare is left for (never a
+        smaller world)."""
+        from . import recovery
+
+        rd = self.run_dir
+        active, spares = self._plan_hosts(), self._spare_hosts()
+        names = {h.name for h in active}
+        spares = [s for s in spares if s.name not in names]
+        check = RayCluster(
+            self._build(active + spares),
+            self.transport,
+            reporter=self.reporter,
+            command_timeout_s=self.cluster.command_timeout_s,
+            recipe=self._recipe(),
+        )
+        self.reporter.step(
+            f"checking the nodes{f' and {len(spares)} spare(s)' if spares else ''} before the restart",
+            total=len(active) + len(spares),
+        )
+        faults = check.node_faults()
+        for h in [*active, *spares]:
+            self.reporter.host(
+                "node check", h.name, "failed" if h.name in faults else "ok", faults.get(h.name, "")
+            )
+        bad = {h.name: faults[h.name] for h in active if h.name in faults}
+        bad_spares = {s.name: faults[s.name] for s in spares if s.name in faults}
+        if rd and bad_spares:
+            rd.event("spares failed their check", hosts=bad_spares)
+        if rd and bad:
+            rd.update(excluded={**rd.manifest.excluded, **bad})
+        try:
+            order, _, swapped = recovery.replace_nodes(
+                [h.name for h in active], [s.name for s in spares if s.name not in bad_spares], bad
+            )
+        except ClusterError as e:
+            self.reporter.done("node check", False, e.message)
+            if rd:
+                rd.event("no spare left", hosts=dict(e.missing or {}))
+            raise
+        self.reporter.done(
+            "node check",
+            True,
+            "; ".join(f"{b} replaced by spare {s}" for b, s in swapped.items()) or "every node passes",
+        )
+        by_name = {h.name: h for h in [*active, *spares]}
+        if rd:
+            rd.update(
+                spares=[_host_record(s) for s in spares if s.name not in swapped.values()],
+            )
+            if swapped:
+                rd.event("nodes replaced", replaced=swapped, why=bad)
+        self._replan([by_name[n] for n in order])
+        return swapped
 
     def supervise(
         self,
@@ -537,6 +682,7 @@ class Run:
         rd = self.run_dir
         number = len(rd.manifest.attempts) if rd else 0
         restarts = 0
+        replaced: dict[str, str] = {}
         while True:
             number += 1
             found = self.checkpoint_state()
@@ -552,6 +698,7 @@ class Run:
                 nodes=[n.name for n in self.plan.nodes],
                 resumed_from=(found or {}).get("iteration"),
                 resume_note=note,
+                replaced=replaced,
             )
             if rd:
                 rd.update(attempts=[*rd.manifest.attempts, att])
@@ -606,7 +753,16 @@ class Run:
                 rd.event("restart", number=number + 1, cause=cause.kind.value, wait_s=wait)
             self.down()
             sleep(wait)
-            self._fresh_cluster()
+            try:
+                replaced = self._next_nodes()
+            except ClusterError as e:
+                att.restarted = False
+                if rd:
+                    rd.update(attempts=[*rd.manifest.attempts[:-1], att])
+                    rd.event(
+                        "supervision ended", cause="no spare left", detail=e.message, restarts=restarts - 1
+                    )
+                raise
             self.up()
 
     def status(self) -> RunStatus:
@@ -635,8 +791,16 @@ class Run:
             if st == "UNKNOWN" and cluster is None:
                 st = "not known (the cluster is down)"
             out.append(JobState(sid, st, code))
-        attempts = list(self.run_dir.manifest.attempts) if self.run_dir else []
-        return RunStatus(self.run_id, state, cluster, out, attempts)
+        m = self.run_dir.manifest if self.run_dir else None
+        return RunStatus(
+            self.run_id,
+            state,
+            cluster,
+            out,
+            list(m.attempts) if m else [],
+            [h.name for h in m.spares] if m else [],
+            dict(m.excluded) if m else {},
+        )
 
     def logs(self, *, follow: bool = False, on_text=None) -> str:
         """The log of the run's last job: from Ray while the cluster is up (with ``follow``,
@@ -725,6 +889,17 @@ class Run:
 
     def __exit__(self, *exc) -> None:
         self.down()
+
+
+def _host_record(h: Host) -> HostRecord:
+    return HostRecord(
+        name=h.name,
+        address=h.address,
+        gpus=h.slots or 0,
+        ssh_user=h.ssh_user,
+        ssh_port=h.ssh_port,
+        source=h.source,
+    )
 
 
 def _stop_quietly(client, sid: str) -> None:
@@ -865,10 +1040,12 @@ def up(
     env: dict | None = None,
     network: str | None = None,
     interface: str | None = None,
+    spares: str | None = None,
 ) -> Run:
     """Check, then start a Ray cluster for ``recipe`` on the nodes and return its :class:`Run`
     once every node and GPU has joined. With ``reuse``, an identical cluster already up from the
-    current run is returned instead of starting a second one. Raises :class:`CheckFailed`
+    current run is returned instead of starting a second one. ``spares``: a hostfile of spare
+    hosts (:func:`plan_launch`), recorded in the manifest for :meth:`Run.supervise`. Raises :class:`CheckFailed`
     (nothing started), :class:`ClusterError` / :class:`TransportError` (rolled back: nothing left
     running), :class:`UsageError` for bad input."""
     reporter = reporter or NullReporter()
@@ -894,6 +1071,7 @@ def up(
         transport=transport,
         reporter=reporter,
         startable=transport is None,
+        spares=spares,
     )
     _refuse(p)
     t = transport or make_transport(p.alloc, ssh)
@@ -902,6 +1080,7 @@ def up(
         if existing is not None:
             reporter.done("cluster already up", True, str(existing.path or ""))
             existing.reused = True
+            existing.cluster.recipe = existing.cluster.recipe or p.recipe
             return existing
     run = Run(p.plan, t, recipe=p.recipe, reporter=reporter, join_timeout_s=join_timeout_s)
     run.up(runs_dir, recipe=p.recipe, ssh=ssh, alloc=p.alloc)

@@ -78,9 +78,15 @@ class NodeRecord(_Record):
 
 
 class HostRecord(_Record):
+    """A host as the manifest keeps it (a node, or a spare: ``spares``); ``source``: the
+    hostfile line it came from."""
+
     name: str
     address: str
     gpus: int = 0
+    ssh_user: str | None = None
+    ssh_port: int | None = None
+    source: str = ""
 
 
 class JobRecord(_Record):
@@ -98,7 +104,8 @@ class Attempt(_Record):
     iteration it resumed from (``None``: none yet / not known), the job's submission id and
     status, and why it ended: ``cause`` (:class:`glmlaunch.recovery.CauseKind`: ``cluster``,
     ``trainer``, ``stopped``, ``none``), ``detail`` and the hosts it names; ``bundle``: its
-    crash bundle's directory; ``restarted``: whether another attempt followed."""
+    crash bundle's directory; ``restarted``: whether another attempt followed; ``replaced``:
+    bad node -> the spare that took its place for this attempt (:func:`glmlaunch.recovery.replace_nodes`)."""
 
     number: int
     started: float = Field(default_factory=time.time)
@@ -114,6 +121,7 @@ class Attempt(_Record):
     hosts: dict[str, str] = Field(default_factory=dict)
     bundle: str = ""
     restarted: bool = False
+    replaced: dict[str, str] = Field(default_factory=dict)
 
 
 class TransportRecord(_Record):

@@ -13,7 +13,9 @@ they tell "bounded" from "waits for TCP", not one speed from another.
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import subprocess
 import threading
 import time
@@ -22,6 +24,7 @@ from pathlib import Path
 import pytest
 import test_ray_ssh as base
 
+from glmlaunch.probe import PREFIX
 from glmlaunch.run import Run, up
 from glmlaunch.runs import RunDir
 from glmlaunch.transport import Target
@@ -277,3 +280,106 @@ def test_a_killed_raylet_is_restarted_once_and_the_second_attempt_succeeds(testc
     assert (bundle.parent / "crash-1.tar.gz").is_file()
     assert "second-attempt-ok" in (rd.path / "job.log").read_text()
     assert_no_leftovers(testcluster, RunDir.open(rd.path))
+
+
+@pytest.fixture
+def h2_sshd(testcluster):
+    """h2's sshd (in-host pid); started again afterwards if a test stopped it (the harness's own
+    command, as test_ray_ssh's ``h3_sshd``)."""
+    d = testcluster.state_dir / "ssh" / "h2"
+    pid = int((d / "sshd.pid").read_text())
+    yield pid
+    testcluster.kill(2, pid, "CONT")
+    if not testcluster.pid_alive(2, pid):
+        testcluster.on_host(2, "/usr/sbin/sshd", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log"))
+    for _ in range(50):
+        r = subprocess.run(
+            ["ssh", "-F", str(testcluster.ssh_config), "h2", "hostname"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        if r.stdout.strip() == "h2":
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("h2's sshd did not come back")
+
+
+def test_a_failed_node_is_replaced_by_the_spare(testcluster, tmp_path, runs, h2_sshd):
+    """Spares: cluster.nodes=2 and a 3-line hostfile (h3 the spare, never started). During
+    attempt 1 h2's sshd is stopped and its raylet killed; supervision finds h2 unreachable after
+    the failure, replaces it by h3 and attempt 2 (the probe) runs on h1 + h3, with h2 excluded."""
+    from glmlaunch.probe import parse_report
+
+    run = up(
+        RECIPE,
+        _hostfile(tmp_path, testcluster),
+        overrides=["cluster.nodes=2"],
+        ssh=_ssh(testcluster, connect_timeout=CONNECT_S),
+        runs_dir=str(runs),
+        join_timeout_s=120,
+    )
+    rd = run.run_dir
+    assert [n.name for n in run.plan.nodes] == ["h1", "h2"]
+    assert [h.name for h in rd.manifest.spares] == ["h3"]
+    assert not [p for p in testcluster.processes(3) if p["comm"] == "raylet"], "the spare was started"
+    marker = tmp_path / "attempt1"  # under /tmp: every test host sees the same file
+    probe = shlex.join(run.plan.argv)  # attempt 2 runs the real probe: it names the nodes it sees
+    script = f"if [ -e {marker} ]; then exec {probe}; fi; touch {marker}; echo job-started; exec sleep 600"
+    run.plan = run.cluster.plan = run.plan.model_copy(update=dict(argv=["bash", "-c", script]))
+    box: dict = {}
+
+    def go():
+        try:
+            box["r"] = run.supervise(max_restarts=1, watchdog_s=2, backoff_base_s=1)
+        except BaseException as e:  # noqa: BLE001 (handed to the test thread)
+            box["e"] = e
+
+    th = threading.Thread(target=go, daemon=True)
+    th.start()
+    try:
+        log = rd.path / "job.log"
+        deadline = time.monotonic() + 90
+        while "job-started" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline and th.is_alive(), box
+            time.sleep(0.5)
+        sid = RunDir.open(rd.path).manifest.nodes["h2"].pid
+        raylets = [p for p in testcluster.processes(2) if p["comm"] == "raylet" and p["sid"] == sid]
+        assert len(raylets) == 1, testcluster.processes(2)
+        testcluster.kill(2, h2_sshd, "TERM")  # new connections to h2 are refused from now on
+        testcluster.kill(2, raylets[0]["pid"])
+        th.join(480)
+        assert not th.is_alive(), "supervise did not finish in 480 s"
+    finally:
+        run.down()
+    assert "r" in box, box
+    text = (rd.path / "job.log").read_text()
+    assert box["r"].ok, (box, text[-3000:])
+    m = RunDir.open(rd.path).manifest
+    a1, a2 = m.attempts
+    assert a1.cause == "cluster" and "h2" in a1.hosts and a1.restarted and a1.nodes == ["h1", "h2"], a1
+    assert a2.nodes == ["h1", "h3"] and a2.replaced == {"h2": "h3"} and a2.status == "SUCCEEDED", a2
+    assert set(m.excluded) == {"h2"} and m.spares == [], (m.excluded, m.spares)
+    report = parse_report(text)
+    assert report == {"ok": True, "problems": [], "nodes": 2}, text[-3000:]
+    seen = sorted(
+        json.loads(line[len(PREFIX) :])["hostname"] for line in text.splitlines() if line.startswith(PREFIX)
+    )
+    assert seen == ["h1", "h3"], seen
+
+    p = subprocess.run(
+        [str(GLMLAUNCH), "status", "--run", str(rd.path)], capture_output=True, text=True, timeout=BOUND_S
+    )
+    assert "excluded" in p.stdout and "h2" in p.stdout and "replaced by spare h3" in p.stdout, (
+        p.stdout + p.stderr
+    )
+    # h2's sshd back: nothing of the run is left on any host (h2 was stopped on the open connection)
+    testcluster.kill(2, h2_sshd, "CONT")
+    assert_no_leftovers(testcluster, RunDir.open(rd.path))
+    both = f"/glr-{m.run_id}-"  # both attempts' state directories
+    left = {
+        h: [p for p in testcluster.processes(i + 1, both) if p["marked"]]
+        for i, h in enumerate(testcluster.hosts)
+    }
+    assert not any(left.values()), left

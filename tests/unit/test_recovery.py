@@ -11,14 +11,17 @@ from __future__ import annotations
 import threading
 
 import pytest
-from fakes import FakeClock, FakeTransport, install
+from fakes import FakeClock, FakeJobs, FakeTransport, install
 
+from glmlaunch import run as run_mod
 from glmlaunch.cluster import RayCluster
-from glmlaunch.errors import ClusterError
-from glmlaunch.hosts import read_hostfile
+from glmlaunch.errors import ClusterError, HostfileError, UsageError
+from glmlaunch.hosts import discover, read_hostfile
 from glmlaunch.plan import build_plan
 from glmlaunch.recipe import load_recipe
-from glmlaunch.run import _watchdog
+from glmlaunch.render import render_bash, render_json
+from glmlaunch.run import _watchdog, plan_launch
+from glmlaunch.runs import RunDir
 from glmlaunch.transport import RemoteResult, Target, run_parallel
 
 H1, H2, H3 = "10.0.0.1", "10.0.0.2", "10.0.0.3"
@@ -308,3 +311,209 @@ def test_attempts_are_kept_in_the_manifest():
     back = Manifest.model_validate_json(m.model_dump_json())
     assert back.attempts[0].hosts == {"h3": "dead"} and back.attempts[0].cause == "cluster"
     assert Manifest.model_validate_json('{"run_id": "old"}').attempts == []  # older manifests read
+
+
+# ----------------------------------------------------------------------------- spares: discovery
+
+
+def test_hosts_beyond_cluster_nodes_are_spares(hostfile3):
+    a = discover(str(hostfile3), want_nodes=2)
+    assert [h.address for h in a.hosts] == [H1, H2]
+    assert [h.address for h in a.spares] == [H3] and a.spares[0].slots == 8
+    assert a.spares[0].source.endswith("hostfile3:3")
+    every = discover(str(hostfile3))  # without cluster.nodes every host is a node, as before
+    assert every.num_nodes == 3 and every.spares == ()
+
+
+def test_the_head_stays_a_node_when_it_is_listed_last(hostfile3):
+    a = discover(str(hostfile3), want_nodes=2, head=H3)
+    assert [h.address for h in a.hosts] == [H3, H1] and [h.address for h in a.spares] == [H2]
+
+
+def test_spares_from_a_file_of_their_own(write_hostfile, hostfile3):
+    spares = write_hostfile("10.0.0.7\n10.0.0.8\n", "spares")
+    a = discover(str(hostfile3), want_nodes=2, spares=str(spares))
+    assert [h.address for h in a.spares] == [H3, "10.0.0.7", "10.0.0.8"]
+    assert all(h.slots == 8 for h in a.spares)  # a spare without slots takes the nodes' count
+
+
+def test_a_spare_that_is_also_a_node_is_refused_naming_its_line(write_hostfile, hostfile3):
+    spares = write_hostfile("# spares\n10.0.0.9 slots=8\n10.0.0.2 slots=8\n", "spares")
+    with pytest.raises(HostfileError) as ei:
+        discover(str(hostfile3), spares=str(spares))
+    assert "spares:3" in ei.value.message and "10.0.0.2" in ei.value.message, ei.value.message
+    assert "hostfile3:2" in ei.value.message and ei.value.hint
+
+
+def test_a_spare_with_other_slots_is_refused(write_hostfile, hostfile3):
+    spares = write_hostfile("10.0.0.9 slots=4\n", "spares")
+    with pytest.raises(HostfileError) as ei:
+        discover(str(hostfile3), want_nodes=2, spares=str(spares))
+    assert "spares:1" in ei.value.message and "slots=4" in ei.value.message and "slots=8" in ei.value.message
+
+
+def test_spares_need_a_hostfile(write_hostfile):
+    spares = write_hostfile("10.0.0.9 slots=8\n", "spares")
+    for kw in ({"local": True}, {"nodes": 2}):
+        with pytest.raises(UsageError) as ei:
+            discover(spares=str(spares), **kw)
+        assert "--spares" in ei.value.message and ei.value.hint
+
+
+def test_the_plan_leaves_spares_out_and_a_note_names_them(hostfile3):
+    p = plan_launch("local-probe", str(hostfile3), overrides=["cluster.nodes=2"])
+    assert [n.address for n in p.plan.nodes] == [H1, H2] and p.plan.num_nodes == 2
+    assert not p.findings.errors, [str(f) for f in p.findings]  # once refused: 3 hosts, cluster.nodes=2
+    notes = [f for f in p.findings if f.severity == "note"]
+    assert len(notes) == 1 and H3 in notes[0].message and "hostfile3:3" in notes[0].message
+    assert H3 not in render_json(p.plan) and H3 not in render_bash(p.plan)
+
+
+# ----------------------------------------------------------------------------- spares: supervise
+
+
+class _FailsFirst(FakeJobs):
+    """The first job fails as Ray reports a lost node; ``then`` runs when it does. Later jobs succeed."""
+
+    def __init__(self, then, **kw):
+        super().__init__(**kw)
+        self.then, self.first = then, None
+
+    def _settle(self, j):
+        self.first = self.first or j.sid
+        if j.sid == self.first and j.status == "RUNNING" and j.produced >= len(j.lines):
+            j.status, j.exit_code = "FAILED", 1
+            j.lines.append("The node with node id: abc has been marked dead\n")
+            j.produced = len(j.lines)
+            self.then()
+            return
+        super()._settle(j)
+
+
+def _supervised(tmp_path, hostfile, monkeypatch, clock, then, **up_kw):
+    fake = FakeTransport()
+    jobs = _FailsFirst(lambda: then(fake))
+    install(monkeypatch, fake, jobs, clock=clock)
+    monkeypatch.setenv("GLMLAUNCH_STATE_DIR", str(tmp_path / "state"))
+    run = run_mod.up(
+        "local-probe",
+        str(hostfile),
+        transport=fake,
+        runs_dir=str(tmp_path / "runs"),
+        join_timeout_s=5,
+        **up_kw,
+    )
+    return fake, run
+
+
+def _cut(host):
+    """``host`` dies (its Ray processes gone, as Ray then reports it) and stops answering."""
+
+    def then(fake):
+        fake.host(host).unreachable = True
+        for p in fake.node(host).procs.values():
+            p.alive = False
+
+    return then
+
+
+def test_a_node_unreachable_after_a_failure_is_replaced_by_a_spare(tmp_path, hostfile3, monkeypatch):
+    fake, run = _supervised(
+        tmp_path, hostfile3, monkeypatch, FakeClock(), _cut(H2), overrides=["cluster.nodes=2"]
+    )
+    assert [n.address for n in run.plan.nodes] == [H1, H2]
+    assert [h.name for h in run.run_dir.manifest.spares] == [H3]
+    assert not fake.ops("start", H3)  # a spare is never started
+    first_dir = run.plan.state_dir
+    result = run.supervise(max_restarts=1, backoff_base_s=0, watchdog_s=1e9, sleep=lambda s: None)
+    assert result.ok, result
+    m = RunDir.open(run.path).manifest
+    a1, a2 = m.attempts
+    assert a1.cause == "cluster" and a1.restarted and a1.nodes == [H1, H2]
+    assert a2.nodes == [H1, H3] and a2.replaced == {H2: H3} and a2.status == "SUCCEEDED"
+    assert set(m.excluded) == {H2} and "unreachable" in m.excluded[H2]
+    assert m.spares == [] and [h.address for h in m.hosts] == [H1, H3]
+    assert [n.address for n in run.plan.nodes] == [H1, H3] and run.plan.state_dir != first_dir
+    assert run.plan.head.role == "head" and run.plan.nodes[1].ray_start[-1] != ""
+    assert [c.host for c in fake.ops("start")][-2:] == [H1, H3]  # attempt 2 started H1 then H3
+    st = run.status()
+    assert st.excluded == m.excluded and st.spares == []
+    run.down()
+    assert not fake.live()
+
+
+def test_no_spare_left_stops_naming_the_bad_node(tmp_path, hostfile3, monkeypatch):
+    fake, run = _supervised(tmp_path, hostfile3, monkeypatch, FakeClock(), _cut(H3))
+    with pytest.raises(ClusterError) as ei:
+        run.supervise(max_restarts=2, backoff_base_s=0, watchdog_s=1e9, sleep=lambda s: None)
+    e = ei.value
+    assert H3 in e.message and "no spare" in e.message and set(e.missing) == {H3} and e.hint
+    m = RunDir.open(run.path).manifest
+    assert len(m.attempts) == 1 and not m.attempts[0].restarted
+    assert H3 in m.excluded
+    assert len(fake.ops("start")) == 3  # attempt 1 only: never a smaller world
+
+
+def test_a_spare_that_fails_its_check_is_skipped(tmp_path, write_hostfile, monkeypatch):
+    hf = write_hostfile("".join(f"10.0.0.{i} slots=8\n" for i in range(1, 5)), "hostfile4")
+
+    def then(fake):
+        _cut(H2)(fake)
+        fake.host(H3).unreachable = True  # the first spare is down too
+
+    fake, run = _supervised(tmp_path, hf, monkeypatch, FakeClock(), then, overrides=["cluster.nodes=2"])
+    assert run.supervise(max_restarts=1, backoff_base_s=0, watchdog_s=1e9, sleep=lambda s: None).ok
+    m = RunDir.open(run.path).manifest
+    assert m.attempts[1].replaced == {H2: "10.0.0.4"} and [h.name for h in m.spares] == [H3]
+    assert set(m.excluded) == {H2}
+
+
+def test_a_restart_rebuilds_the_same_plan_with_new_state_dirs(tmp_path, hostfile3, monkeypatch):
+    fake, run = _supervised(tmp_path, hostfile3, monkeypatch, FakeClock(), lambda fake: None)
+    old = run.plan
+    new = run._build(run._plan_hosts())
+    nonce_old, nonce_new = old.state_dir[-16:], new.state_dir[-16:]
+    assert nonce_old != nonce_new
+    assert render_json(new).replace(nonce_new, nonce_old) == render_json(
+        old.model_copy(update={"probed": False})
+    )
+    run.down()
+
+
+# ----------------------------------------------------------------------------- CLI: status, bundle, --backoff
+
+
+def test_status_and_an_on_demand_bundle_after_a_replacement(tmp_path, hostfile3, monkeypatch, cli):
+    fake, run = _supervised(
+        tmp_path, hostfile3, monkeypatch, FakeClock(), _cut(H2), overrides=["cluster.nodes=2"]
+    )
+    monkeypatch.setattr(run_mod, "transport_from_record", lambda rec: fake)
+    r = cli("status", "--run", run.path)
+    assert r.exit_code == 0 and f"spares (not started): {H3}" in r.output, r.output
+    assert run.supervise(max_restarts=1, backoff_base_s=0, watchdog_s=1e9, sleep=lambda s: None).ok
+    r = cli("status", "--run", run.path)
+    assert r.exit_code == 0, r.output
+    assert f"({H2} replaced by spare {H3})" in r.output and f"excluded: {H2}: unreachable" in r.output, (
+        r.output
+    )
+    assert "spares (not started)" not in r.output
+    r = cli("bundle", "--run", run.path)
+    assert r.exit_code == 0, r.output
+    (d,) = [p for p in run.path.iterdir() if p.name.startswith("bundle-") and p.is_dir()]
+    assert (d / "summary.txt").is_file() and (d / "nodes.txt").is_file() and (d / "job-tail.log").is_file()
+    assert (run.path / f"{d.name}.tar.gz").is_file() and d.name in r.output
+    assert "nodes replaced" in (d / "summary.txt").read_text()
+    run.down()
+
+
+def test_launch_passes_backoff_to_supervision(monkeypatch, cli):
+    seen = {}
+
+    def fake_launch(*a, **kw):
+        seen.update(kw)
+        raise run_mod.UsageError("stop here", "nothing")
+
+    monkeypatch.setattr(run_mod, "launch", fake_launch)
+    r = cli("launch", "--max-restarts", "2", "--backoff", "5", "--spares", "/nonexistent")
+    assert r.exit_code == 2 and seen["backoff_base_s"] == 5 and seen["spares"] == "/nonexistent", r.output
+    assert cli("launch", "--backoff", "-1").exit_code == 2
