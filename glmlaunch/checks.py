@@ -102,6 +102,17 @@ def check_cluster(res: Resolved, out: list[Finding]) -> None:
             "nodes in allocation == cluster.nodes",
             own("nodes"),
         )
+    if alloc.spares:
+        _err(
+            out,
+            "cluster.nodes",
+            f"{_plural(len(alloc.spares), 'spare host')} kept out of the cluster, to replace a node that fails "
+            f"during a supervised run (--max-restarts): "
+            + ", ".join(f"{h.name} ({h.source})" for h in alloc.spares),
+            "hosts beyond cluster.nodes (and --spares) are spares",
+            "docs/rules.md#nodes",
+            "note",
+        )
     if alloc.gpus_per_node and c.gpus_per_node and alloc.gpus_per_node != c.gpus_per_node:
         if alloc.kind is AllocationKind.PLACEHOLDER and where.startswith("--nodes"):
             said = f"--gpus-per-node {alloc.gpus_per_node} was given"
@@ -671,8 +682,8 @@ def check_flags(res: Resolved, out: list[Finding]) -> None:
 # runtime env values glmlaunch computes per launch (plan.runtime_env); env.vars wins over them
 COMPUTED_ENV = {
     "MASTER_ADDR": "the head node's address",
-    "no_proxy": "localhost and every node's address",
-    "NO_PROXY": "localhost and every node's address",
+    "no_proxy": "env.no_proxy and every node's address",
+    "NO_PROXY": "env.no_proxy and every node's address",
     "PYTHONPATH": "trainer.miles_dir:trainer.megatron_dir (for the probe: glmlaunch's own directory)",
 }
 

@@ -101,6 +101,14 @@ GpusOpt = Annotated[
 ]
 HeadOpt = Annotated[str | None, typer.Option("--head", help="The head node (default: the first host)")]
 LocalOpt = Annotated[bool, typer.Option("--local", help="Run on this machine alone (loopback)")]
+SparesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--spares",
+        help="a hostfile of spare hosts (never started): a supervised run (--max-restarts) replaces a failed "
+        "node by one; hosts of --hostfile beyond cluster.nodes are spares too",
+    ),
+]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override a recipe field: --set parallelism.tp=4")
 ]
@@ -146,7 +154,9 @@ def print_findings(findings: list[Finding], title: str = "checks") -> None:
     t.add_column("problem")
     t.add_column("source", style="dim")
     for f in findings:
-        sev = "[bold red]error[/]" if f.severity == "error" else "[yellow]warning[/]"  # nothing of the user's
+        sev = {"error": "[bold red]error[/]", "note": "[blue]note[/]"}.get(
+            f.severity, "[yellow]warning[/]"
+        )  # nothing of the user's
         t.add_row(sev, _esc(f.field), _esc(f.message), _esc(f.source))
     out.print(t)
 
@@ -356,11 +366,15 @@ def print_status(run) -> None:
         for h, v in st.cluster.nodes.items():
             alive = "[green]alive[/]" if v["alive"] else "[red]not alive[/]"
             proc = {True: "[green]running[/]", False: "[red]exited[/]", None: "-"}[v["process"]]
+            if not v.get("reachable", True):
+                proc = "[red]unreachable[/]"
             gpus = "-" if v["gpus"] is None else f"{v['gpus']:g}"
             t.add_row(_esc(h), _esc(v["role"]), _esc(v["address"]), alive, _esc(gpus), proc)
         out.print(t)
         for p in st.cluster.problems:
             err.print(f"[yellow]note:[/] {_esc(p)}")
+        for h, why in st.cluster.unreachable.items():
+            err.print(f"[red]unreachable:[/] {_esc(h)}: {_esc(why)}", soft_wrap=True)
     for j in st.jobs:
         out.print(
             _esc(
@@ -369,6 +383,23 @@ def print_status(run) -> None:
             ),
             soft_wrap=True,
         )
+    for a in st.attempts:
+        res = a.status + (f" (exit code {a.exit_code})" if a.exit_code is not None else "")
+        why = f"; {a.cause}: {a.detail}" if a.cause and a.cause != "none" else ""
+        hosts = f" [{', '.join(a.hosts)}]" if a.hosts else ""
+        out.print(
+            _esc(
+                f"attempt {a.number}: {res or 'running'}{why}{hosts}; nodes {', '.join(a.nodes)}"
+                + "".join(f" ({b} replaced by spare {sp})" for b, sp in a.replaced.items())
+                + f"; {a.resume_note}"
+                + ("; restarted" if a.restarted else "")
+            ),
+            soft_wrap=True,
+        )
+    if st.spares:
+        out.print(_esc("spares (not started): " + ", ".join(st.spares)), soft_wrap=True)
+    for h, why in st.excluded.items():
+        out.print(f"[red]excluded:[/] {_esc(h)}: {_esc(why)}", soft_wrap=True)
     out.print(f"run directory: {_esc(run.path or '-')}", soft_wrap=True)
 
 
@@ -393,6 +424,7 @@ def up(
     python: PythonOpt = None,
     network: NetworkOpt = None,
     interface: InterfaceOpt = None,
+    spares: SparesOpt = None,
 ) -> None:
     """Start the Ray cluster (head, then every worker) and return once every node and GPU joined."""
     from . import run as runs
@@ -414,6 +446,7 @@ def up(
             python=python,
             network=network,
             interface=interface,
+            spares=spares,
         )
         print_status(r)
     except GlmlaunchError as e:
@@ -444,6 +477,7 @@ def launch(
     python: PythonOpt = None,
     network: NetworkOpt = None,
     interface: InterfaceOpt = None,
+    spares: SparesOpt = None,
     keep: Annotated[bool, typer.Option("--keep", help="leave the cluster up after the job")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (bash) and stop")] = False,
     no_deep_check: Annotated[
@@ -455,6 +489,34 @@ def launch(
             "--prepare", help="run `glmlaunch prepare` first (each step skipped when verified already)"
         ),
     ] = False,
+    max_restarts: Annotated[
+        int,
+        typer.Option(
+            "--max-restarts",
+            min=0,
+            help="restart after a cluster failure (node lost, raylet/GCS/driver dead, hang) up to N times, "
+            "resuming from the run's newest complete checkpoint",
+        ),
+    ] = 0,
+    restart_on: Annotated[
+        str,
+        typer.Option(
+            "--restart-on", help="cluster: only cluster causes; any: also a trainer that failed by itself"
+        ),
+    ] = "cluster",
+    hang_timeout: Annotated[
+        float | None,
+        typer.Option("--hang-timeout", min=1, help="seconds without a new job log line that count as a hang"),
+    ] = None,
+    backoff: Annotated[
+        float,
+        typer.Option(
+            "--backoff",
+            min=0,
+            help="seconds to wait before the first restart (doubled for each next one, at most "
+            f"{Defaults.restart_backoff_max_s:g} s)",
+        ),
+    ] = Defaults.restart_backoff_s,
 ) -> None:
     """Check, start the cluster, submit the trainer, follow its log, tear down; exit with the
     trainer's status. Without arguments: the cluster probe on this machine."""
@@ -471,6 +533,7 @@ def launch(
         python=python,
         network=network,
         interface=interface,
+        spares=spares,
         ssh=_ssh(ssh_config, ssh_user, ssh_key, ssh_port, known_hosts, connect_timeout),
     )
     try:
@@ -489,6 +552,10 @@ def launch(
             reporter=RichReporter(),
             runs_dir=runs_dir,
             join_timeout_s=join_timeout,
+            max_restarts=max_restarts,
+            restart_on=restart_on,
+            hang_timeout_s=hang_timeout,
+            backoff_base_s=backoff,
             **kw,
         )
     except GlmlaunchError as e:
@@ -650,6 +717,33 @@ def status(run: RunOpt = None) -> None:
 
 
 @app.command()
+def bundle(run: RunOpt = None) -> None:
+    """Write a crash bundle of the current run (or --run) now: the job log tail, the node table,
+    each node's Ray log tails, the manifest and the job's argv and env (secrets redacted), into
+    runs/<id>/bundle-<time>/ and its .tar.gz."""
+    import time
+
+    from . import bundle as bundles
+    from .run import Run
+
+    try:
+        r = Run.open(run)
+        assert r.run_dir is not None  # an opened run has its directory
+        name = f"bundle-{time.strftime('%Y%m%d-%H%M%S')}"
+        d = bundles.collect(r, len(r.run_dir.manifest.attempts), name=name)
+        r.transport.close()
+    except GlmlaunchError as e:
+        _fail(e)
+    assert d is not None
+    out.print(f"bundle: {_esc(d)} and {_esc(d.parent / (d.name + '.tar.gz'))}", soft_wrap=True)
+    summary = d / "summary.txt"
+    if summary.is_file():
+        missing = summary.read_text().partition("not collected:")[2].strip()
+        if missing:
+            err.print("[yellow]not collected:[/] " + _esc(missing), soft_wrap=True)
+
+
+@app.command()
 def logs(
     run: RunOpt = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="follow until the job ends")] = False,
@@ -744,7 +838,9 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     import signal
 
-    _setup_logging()
+    args = sys.argv[1:] if argv is None else argv
+    if not ({"-h", "--help", "--version"} & set(args)) and args:  # help runs no library code:
+        _setup_logging()  # its state dir (glmlaunch.runs, pydantic) is not imported for it
     old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app(args=argv, prog_name="glmlaunch")

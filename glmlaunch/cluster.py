@@ -47,6 +47,13 @@ from .transport import RemoteResult, Target, Transport
 log = logging.getLogger(__name__)
 
 _NODEOPS_SRC = inspect.getsource(nodeops)
+# The join and head waits poll Ray's state API (one HTTP request) every POLL_S and check the
+# ray start processes (one SSH round) every PROC_CHECK_S; a ray start that exits within
+# START_SETTLE_S (a missing binary, a bad cwd) is reported by the start itself, a later exit by
+# the process check, with the node's log lines either way. Seconds; see bench/timeline.py.
+POLL_S = 0.5
+PROC_CHECK_S = 3.0
+START_SETTLE_S = 0.5
 
 
 @dataclass
@@ -76,6 +83,7 @@ class ClusterStatus:
     nodes: dict[str, dict] = field(default_factory=dict)
     ok: bool = False
     problems: list[str] = field(default_factory=list)
+    unreachable: dict[str, str] = field(default_factory=dict)  # host -> why it did not answer (SSH/srun)
 
 
 def target_of(node: NodePlan) -> Target:
@@ -121,6 +129,7 @@ class RayCluster:
         self._targets = {n.name: target_of(n) for n in plan.nodes}
         self._node_plan = {n.name: n for n in plan.nodes}
         self.is_up = False
+        self.unreachable: dict[str, str] = {}  # host -> why its last check did not answer
 
     @property
     def started(self) -> bool:
@@ -157,6 +166,7 @@ class RayCluster:
         result). ``stdin``: text for every node's stdin (a secret: never in argv or the logs)."""
         cmds = {self._targets[name]: self._nodeop_cmd(op, args) for name, args in per_node.items()}
         limit = timeout or self.command_timeout_s
+        sent = time.time()
         if stdin is None:
             res = self.transport.run_many(cmds, timeout=limit)
         else:
@@ -174,6 +184,21 @@ class RayCluster:
             if self.run_dir and step:
                 self.run_dir.host_log(t.name, step, f"nodeops {op}", r.stdout, r.stderr, r.exit_code, r.error)
             out[t.name] = (parsed, r)
+        if self.run_dir and step:  # per-host phases for bench/timeline.py: Unix start, seconds
+            self.run_dir.event(
+                "phase",
+                step=step,
+                op=op,
+                hosts={
+                    t.name: {
+                        "start": round(r.started or sent, 3),
+                        "seconds": round(r.duration_s, 3),
+                        "connect_s": round(r.connect_s, 3),
+                        "ok": out[t.name][0] is not None,
+                    }
+                    for t, r in res.items()
+                },
+            )
         return out
 
     def _record(self) -> None:
@@ -284,6 +309,7 @@ class RayCluster:
                 ),
             )
         findings += self._shared_check(answers)
+        self._apply_probes(answers)
         _, writable = pf.recipe_files(self.recipe)
         if writable:  # leave --save as it was: remove each node's sentinel
             self._nodeop(
@@ -307,6 +333,60 @@ class RayCluster:
                 "move ours with --port-base/--dashboard-port, install or fix files) and run again",
             )
         return findings
+
+    def node_faults(self) -> dict[str, str]:
+        """Which of the plan's nodes cannot be used now, each judged on its own: host -> why (it
+        does not answer, a planned port is in use, or an error finding of the preflight about it
+        alone: Ray missing, GPUs, files, ``--save``, interface). One bounded, read-only round
+        (the preflight's; its sentinel files in ``--save`` are removed after); starts nothing
+        and raises nothing for a bad node. Cross-node rules (same versions everywhere, one
+        shared ``--save``) are left to the full :meth:`preflight` of the next ``up``. Used by
+        supervision to pick the nodes and spares of the next attempt (issue 14)."""
+        from . import preflight as pf
+
+        self.sentinel = secrets.token_hex(8)  # the --save check's nonce (as in preflight)
+        sent = time.time()
+        res = self._nodeop("preflight", pf.requests(self.plan, self.recipe, self.sentinel), step="node check")
+        bad: dict[str, str] = {}
+        answers: dict[str, dict] = {}
+        for h, (parsed, r) in res.items():
+            if parsed is None:
+                bad[h] = f"unreachable: {r.reason()}"
+                continue
+            answers[h] = parsed
+            why = []
+            busy = parsed["ports"]["busy"]
+            if busy:
+                why.append(
+                    f"{len(busy)} planned port(s) in use: " + "; ".join(f"{p} {w}" for p, w in busy.items())
+                )
+            one = pf.analyze(self.plan, self.recipe, {h: parsed}, sent, time.time())
+            why += [f.message for f in one if f.severity == "error"]
+            if why:
+                bad[h] = "; ".join(why)
+        _, writable = pf.recipe_files(self.recipe)
+        if writable and answers:
+            self._nodeop(
+                "remove",
+                {h: {"files": [f"{writable[0]}/{self._sentinel_file(a)}"]} for h, a in answers.items()},
+                timeout=60,
+            )
+        return bad
+
+    def _apply_probes(self, answers: dict[str, dict]) -> None:
+        """The plan's probed variables (``NCCL_NVLS_ENABLE``) from the nodes' answers, into the
+        plan the job is submitted with (:func:`glmlaunch.plan.apply_probes`); the run directory's
+        ``plan.json`` is written again with them and an event records the values."""
+        from .plan import apply_probes
+
+        if not self.plan.probed_env:
+            return
+        values = apply_probes(self.plan, {h: a["inspect"] for h, a in answers.items()})
+        if self.run_dir:
+            from .render import render_json
+
+            self.run_dir.write("plan.json", render_json(self.plan))
+            self.run_dir.event("probed", env=values)
 
     def inspect(self) -> list[Finding]:
         """The preflight round, read-only (nothing is started), as findings: what the nodes
@@ -474,7 +554,7 @@ class RayCluster:
                 "cwd": n.state_dir,
                 "log": f"{n.state_dir}/ray-start.log",
                 "pidfile": f"{n.state_dir}/ray.pid",
-                "settle_s": 2,
+                "settle_s": START_SETTLE_S,
                 # a transport whose steps end their processes (srun) keeps one step per node alive
                 **getattr(self.transport, "start_options", {}),
             }
@@ -508,16 +588,26 @@ class RayCluster:
         res = data.get("data", {}).get("result", {})
         return res.get("result", res) if isinstance(res, dict) else res
 
-    def _alive_procs(self) -> dict[str, bool]:
+    def _alive_procs(self) -> dict[str, bool | None]:
+        """host -> whether its recorded ``ray start`` session is alive, for every node with a
+        recorded process; ``None`` where the host did not answer within the transport's bounds
+        (connect timeout, 30 s command): its reason is kept in :attr:`unreachable`. One parallel
+        round, so a cut host costs about the connect timeout, not TCP's 15 minutes."""
         per = {n.name: {"procs": [self._proc(n)]} for n in self.nodes.values() if n.pid}
         res = self._nodeop("alive", per, timeout=30)
-        out = {}
-        for h, (parsed, _r) in res.items():
+        out: dict[str, bool | None] = {}
+        for h, (parsed, r) in res.items():
+            if parsed is None and r.exit_code is None:  # the command never ran there
+                self.unreachable[h] = r.reason()
+                out[h] = None
+                continue
+            self.unreachable.pop(h, None)
             out[h] = bool(parsed and all(parsed.values()))
         return out
 
     def _fail(self, message: str, missing: dict[str, str], hint: str) -> None:
-        logs = self.tail_logs(list(missing)) if missing else {}
+        ours = [h for h in missing if h in self._node_plan]  # a stranger (an IP) has no logs of ours
+        logs = self.tail_logs(ours) if ours else {}
         detail = "\n".join(f"  - {h}: {why}\n  {logs.get(h, '')}" for h, why in missing.items())
         if self.run_dir:
             self.run_dir.event("failed", message=message, missing=missing)
@@ -527,19 +617,33 @@ class RayCluster:
         deadline = time.monotonic() + min(self.join_timeout_s, 180)
         head = self.plan.head
         last = ""
+        last_proc_check = time.monotonic()
         while time.monotonic() < deadline:
             try:
                 self._api("/api/version", timeout=3)
+                if self.run_dir:
+                    self.run_dir.event("head answers", host=head.name)
                 return
             except (urllib.error.URLError, OSError, ValueError) as e:
                 last = str(e)
-            if not self._alive_procs().get(head.name, False):
-                self._fail(
-                    "the head node's ray start exited",
-                    {head.name: "ray start --head exited"},
-                    "read the log lines above; a busy port or a bad flag is the usual cause",
-                )
-            time.sleep(1.0)
+            # the process check is a round over SSH (a Python on the head): every PROC_CHECK_S,
+            # not every poll, so it does not compete with Ray's own start for the head's CPU
+            if time.monotonic() - last_proc_check > PROC_CHECK_S:
+                last_proc_check = time.monotonic()
+                alive = self._alive_procs().get(head.name, False)
+                if alive is None:
+                    self._fail(
+                        "the head node stopped answering while it started",
+                        {head.name: self.unreachable.get(head.name, "unreachable")},
+                        "check the head's network and sshd, then launch again",
+                    )
+                if not alive:
+                    self._fail(
+                        "the head node's ray start exited",
+                        {head.name: "ray start --head exited"},
+                        "read the log lines above; a busy port or a bad flag is the usual cause",
+                    )
+            time.sleep(POLL_S)
         self._fail(
             f"the head's dashboard/job API at {self.plan.dashboard_url} did not answer in time ({last})",
             {head.name: "no answer"},
@@ -558,7 +662,8 @@ class RayCluster:
         )
         deadline = time.monotonic() + timeout_s
         seen: set[str] = set()
-        last_proc_check = 0.0
+        joined_at: dict[str, float] = {}  # host -> Unix time its GPUs were first seen
+        last_proc_check = time.monotonic()  # ray start was just checked by its settle
         status = ClusterStatus(self.plan.head.name, self.plan.dashboard_url)
         while True:
             try:
@@ -581,6 +686,7 @@ class RayCluster:
                     wrong[n.name] = f"joined with {gpus:g} GPUs, expected {g:g}"
                 elif n.name not in seen:
                     seen.add(n.name)
+                    joined_at[n.name] = round(time.time(), 3)
                     self.nodes[n.name].joined = True
                     self.reporter.host(step, n.name, "ok", f"{gpus:g} GPUs")
             strangers = [ip for ip in alive if ip not in want]
@@ -604,14 +710,16 @@ class RayCluster:
                 }
                 self.reporter.done("join", True, f"{len(want)} nodes, {int(g * len(want))} GPUs")
                 if self.run_dir:
-                    self.run_dir.event("ready")
+                    self.run_dir.event("ready", joined=joined_at)
                 return status
             now = time.monotonic()
-            if now - last_proc_check > 3:
+            if now - last_proc_check > PROC_CHECK_S:
                 last_proc_check = now
                 procs = self._alive_procs()
                 dead = {
                     h: "ray start exited before the node joined"
+                    if ok is False
+                    else f"unreachable before it joined: {self.unreachable.get(h, '')}"
                     for h, ok in procs.items()
                     if not ok and h not in seen
                 }
@@ -631,7 +739,7 @@ class RayCluster:
                     "check the named hosts' network path to the head "
                     f"({self.plan.head_address}:{self.plan.ports.gcs}) and their Ray logs; raise --join-timeout if they are slow",
                 )
-            time.sleep(1.0)
+            time.sleep(POLL_S)
 
     def up(self) -> ClusterStatus:
         """Preflight, start the head, start the workers, wait for every node and GPU. On any
@@ -676,7 +784,11 @@ class RayCluster:
             raise
 
     def status(self) -> ClusterStatus:
-        """Nodes as Ray sees them, plus whether each node's ``ray start`` process is alive."""
+        """Nodes as Ray sees them (the head's state API, 5 s bound), plus whether each node's
+        ``ray start`` process is alive (one bounded round over the nodes). A node that does not
+        answer is named in ``unreachable`` (host -> reason) with ``process`` ``None`` and
+        ``reachable`` false; the others are reported as usual. Never waits on a cut host longer
+        than the transport's bounds (for SSH: about the connect timeout)."""
         st = ClusterStatus(self.plan.head.name, self.plan.dashboard_url)
         try:
             by_ip = {rn.get("node_ip"): rn for rn in self.ray_nodes()}
@@ -685,18 +797,26 @@ class RayCluster:
         procs = self._alive_procs() if any(n.pid for n in self.nodes.values()) else {}
         for n in self.plan.nodes:
             rn = by_ip.get(n.address, {})
+            why = self.unreachable.get(n.name) if n.name in procs else None
             st.nodes[n.name] = {
                 "address": n.address,
                 "role": n.role,
                 "alive": rn.get("state") == "ALIVE",
                 "gpus": rn.get("resources_total", {}).get("GPU", 0.0) if rn else None,
                 "process": procs.get(n.name),
+                "reachable": why is None,
             }
-        st.ok = all(v["alive"] and v["gpus"] == self.plan.gpus_per_node for v in st.nodes.values())
+            if why is not None:
+                st.unreachable[n.name] = why
+        st.ok = not st.unreachable and all(
+            v["alive"] and v["gpus"] == self.plan.gpus_per_node for v in st.nodes.values()
+        )
         return st
 
     def down(self, purge: bool = False) -> dict[str, dict]:
-        """Stop this cluster's Ray processes on every node (workers first, then the head), by
+        """Stop this cluster's Ray processes on every node, all nodes in one parallel round (with
+        ``purge`` of a run directory that several nodes share: the workers first, then the head,
+        which removes the shared parent once the workers' directories are gone), by
         recorded session only (host, boot id, PID and start time must match), and remove the
         run's token from the nodes. With ``purge`` the state directories this run created (Ray's
         logs of this run) go too, each only while it is still this user's private directory.
@@ -720,9 +840,13 @@ class RayCluster:
                     if parent_ours:
                         per_node[n.name]["purge_parent"] = parent
         results = {}
-        workers = {h: a for h, a in per_node.items() if self.nodes[h].role != "head"}
-        head = {h: a for h, a in per_node.items() if self.nodes[h].role == "head"}
-        for group in (workers, head):
+        if purge and parent_ours:
+            workers = {h: a for h, a in per_node.items() if self.nodes[h].role != "head"}
+            head = {h: a for h, a in per_node.items() if self.nodes[h].role == "head"}
+            groups = [workers, head]
+        else:  # one round: a stop waits for its node's sessions to end, so rounds add up
+            groups = [per_node]
+        for group in groups:
             if not group:
                 continue
             res = self._nodeop("stop", group, timeout=self.stop_grace_s + 30, step="down")

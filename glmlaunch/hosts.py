@@ -79,6 +79,28 @@ def is_ip(name: str) -> bool:
     return not pct or _ZONE_RE.fullmatch(zone) is not None
 
 
+def is_ifname(name: str) -> bool:
+    """A Linux network interface name: 1-15 characters, printable, no ``/``, ``:`` or whitespace,
+    not ``.`` or ``..`` (the kernel's ``dev_valid_name``, net/core/dev.c; IFNAMSIZ is 16)."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) < 16
+        and name.isprintable()
+        and name not in (".", "..")
+        and not any(c in name for c in "/: \t")
+    )
+
+
+def plain_option(option: str, value: str | None, hint: str) -> None:
+    """Refuse an option value that is empty or holds control or format characters (a newline, ESC,
+    a bidi override): such a value is never a path, a name or a CIDR. Raises
+    :class:`~glmlaunch.errors.UsageError` naming ``option``, with ``hint`` as the fix."""
+    if value is None:
+        return
+    if not isinstance(value, str) or not value or not value.isprintable():
+        raise UsageError(f"{option} '{shown(value)}': empty or holds a control character", hint)
+
+
 def is_user(name: str) -> bool:
     """A login name that can follow ``ssh -l`` safely: ``[A-Za-z0-9._-]``, not starting with ``-``."""
     return isinstance(name, str) and len(name) <= 64 and _USER_RE.fullmatch(name) is not None
@@ -209,7 +231,9 @@ class Allocation:
     ``gpus_per_node`` is the same for every node (mixed slot counts are refused); ``None`` when
     the source does not say. ``kind`` is where the nodes came from; ``origin`` names it for
     people (the hostfile's path, ``slurm:<jobid>``, ``local``, ``--nodes N``); ``job_id`` is the
-    Slurm job of a ``SLURM`` allocation.
+    Slurm job of a ``SLURM`` allocation. ``spares``: hosts kept out of the cluster (never
+    started, never in a plan) to replace a node that fails during a supervised run (hostfile
+    mode only: :func:`discover`); same GPUs per node as ``hosts``.
     """
 
     hosts: tuple[Host, ...]
@@ -217,6 +241,7 @@ class Allocation:
     kind: AllocationKind = AllocationKind.HOSTFILE
     origin: str = ""
     job_id: str | None = None
+    spares: tuple[Host, ...] = ()
 
     @property
     def head(self) -> Host:
@@ -235,7 +260,12 @@ class Allocation:
         return self.kind is AllocationKind.PLACEHOLDER
 
     def with_gpus_per_node(self, gpus: int) -> Allocation:
-        return replace(self, gpus_per_node=gpus, hosts=tuple(replace(h, slots=gpus) for h in self.hosts))
+        return replace(
+            self,
+            gpus_per_node=gpus,
+            hosts=tuple(replace(h, slots=gpus) for h in self.hosts),
+            spares=tuple(replace(h, slots=gpus) for h in self.spares),
+        )
 
 
 def resolve(name: str) -> str | None:
@@ -757,6 +787,39 @@ def detect_local_gpus() -> int:
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
+def _with_spares(alloc: Allocation, want_nodes: int | None, spares: str | os.PathLike | None) -> Allocation:
+    """``alloc`` with the hosts beyond ``want_nodes`` and those of the ``spares`` hostfile as its
+    spares (:func:`discover`). Raises :class:`HostfileError` for a spare that is also a node (or
+    listed twice) and for a spare whose slots differ from the nodes'."""
+    hosts, extra = list(alloc.hosts), []
+    if want_nodes is not None and want_nodes >= 1 and len(hosts) > want_nodes:
+        hosts, extra = hosts[:want_nodes], hosts[want_nodes:]
+    if spares is not None:
+        seen = {h.address: h for h in (*hosts, *extra)}
+        for s in read_hostfile(spares).hosts:
+            if s.address in seen:
+                prev = seen[s.address]
+                same = "" if prev.name == s.name else f" (the same address {s.address} as '{prev.name}')"
+                raise HostfileError(
+                    f"{s.source}: spare '{s.name}' is already listed{same} at {prev.source}",
+                    "list each host once: as a node in the hostfile or as a spare in --spares",
+                )
+            seen[s.address] = s
+            extra.append(s)
+    if not extra:
+        return alloc
+    gpus = alloc.gpus_per_node
+    for s in extra:
+        if s.slots is not None and s.slots != gpus:
+            nodes = f"slots={gpus}" if gpus is not None else "no slot count"
+            raise HostfileError(
+                f"{s.source}: spare '{s.name}' has slots={s.slots} but the nodes have {nodes}",
+                "a spare replaces a node one for one: give it the nodes' GPU count, or remove it",
+            )
+    spare_hosts = tuple(replace(s, slots=gpus) if gpus is not None else s for s in extra)
+    return replace(alloc, hosts=tuple(hosts), spares=spare_hosts)
+
+
 def discover(
     hostfile: str | os.PathLike | None = None,
     *,
@@ -768,6 +831,8 @@ def discover(
     env: dict | None = None,
     fallback_nodes: int | None = None,
     origin: str | None = None,
+    want_nodes: int | None = None,
+    spares: str | os.PathLike | None = None,
 ) -> Allocation:
     """Where the nodes come from: the one policy every entry point (``render``, ``check``,
     ``up``, ``launch``, ``launch --dry-run``, :func:`glmlaunch.slurm.submit`) uses, so the same
@@ -785,8 +850,17 @@ def discover(
 
     ``gpus_per_node`` (0 or more; 0: CPU-only) fills in missing slots and must agree with slots
     that are given; with placeholders and no count, the recipe decides
-    (``cluster.gpus_per_node`` or its hardware). Raises :class:`UsageError` for options that
-    exclude each other, :class:`HostfileError` for nodes that cannot be read.
+    (``cluster.gpus_per_node`` or its hardware).
+
+    Spares (hostfile mode, 2. and 5.; issue 14): with ``want_nodes`` (the recipe's
+    ``cluster.nodes``), hosts listed beyond the first ``want_nodes`` (after the head is moved to
+    the front) are the allocation's ``spares``; without it every host is a node. ``spares``: a
+    hostfile of more spares, read like the hostfile (:func:`read_hostfile`). A spare that is also
+    a node is a :class:`HostfileError` naming its line; so is a spare whose slots differ from the
+    nodes'. ``spares`` with any other source of nodes is a :class:`UsageError`.
+
+    Raises :class:`UsageError` for options that exclude each other, :class:`HostfileError` for
+    nodes that cannot be read.
     """
     env = dict(os.environ if env is None else env)
     check_gpus_per_node(gpus_per_node)
@@ -815,16 +889,22 @@ def discover(
                 origin
                 or f"{fallback_nodes} placeholder nodes (no hostfile given, {DEFAULT_HOSTFILE} does not exist)"
             )
+    if spares is not None and (local or nodes is not None or (hostfile is None and in_slurm)):
+        src = "--local" if local else "--nodes" if nodes is not None else "a Slurm allocation"
+        raise UsageError(
+            f"--spares {shown(os.fspath(spares))}: spare hosts are for a hostfile, not {src}",
+            "pass --hostfile PATH with the cluster's nodes, or drop --spares",
+        )
     if local:
         return local_allocation(gpus_per_node if gpus_per_node is not None else detect_local_gpus())
     if nodes is not None:
         return placeholder_allocation(nodes, gpus_per_node, origin)
     if hostfile is not None:
-        alloc = read_hostfile(hostfile, head=head)
+        alloc = _with_spares(read_hostfile(hostfile, head=head), want_nodes, spares)
     elif in_slurm:
         alloc = from_slurm(env, head=head)
     else:
-        alloc = read_hostfile(DEFAULT_HOSTFILE, head=head)
+        alloc = _with_spares(read_hostfile(DEFAULT_HOSTFILE, head=head), want_nodes, spares)
     if gpus_per_node is not None:
         if alloc.gpus_per_node and alloc.gpus_per_node != gpus_per_node:
             raise HostfileError(

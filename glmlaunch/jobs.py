@@ -59,8 +59,19 @@ def client_for(plan: LaunchPlan, token: str | None):
     # job ..."): library code never prints, so only its warnings are kept
     logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)
     headers = {"Authorization": f"Bearer {token}"} if token else None
+
+    class BoundedJobClient(JobSubmissionClient):
+        """The SDK's client with a bound on every HTTP request (connect and each read): the SDK
+        passes none to ``requests.request`` (ray/dashboard/modules/dashboard_sdk.py
+        ``_do_request`` (ray@2.60.0)), so a head whose link is cut would hold the launcher until
+        TCP gives up."""
+
+        def _do_request(self, method, endpoint, *, data=None, json_data=None, **kwargs):
+            kwargs.setdefault("timeout", Defaults.job_api_request_s)
+            return super()._do_request(method, endpoint, data=data, json_data=json_data, **kwargs)
+
     try:
-        return JobSubmissionClient(plan.dashboard_url, headers=headers)
+        return BoundedJobClient(plan.dashboard_url, headers=headers)
     except Exception as e:
         raise JobError(
             f"cannot reach the Ray job API at {plan.dashboard_url}: {e}",
@@ -129,6 +140,21 @@ def job_status(client, sid: str) -> str:
         return _status(client, sid)
     except Exception:
         return "UNKNOWN"
+
+
+def final_state(client, sid: str) -> tuple[str, int | None, str]:
+    """``(status, driver exit code, Ray's message)`` of a job, for the record kept when the cluster
+    goes (``UNKNOWN``, ``None``, ``""`` when Ray does not know it)."""
+    try:
+        info = client.get_job_info(sid)
+    except Exception:
+        return "UNKNOWN", None, ""
+    st = getattr(info, "status", "UNKNOWN")
+    return (
+        getattr(st, "value", str(st)),
+        getattr(info, "driver_exit_code", None),
+        (getattr(info, "message", "") or "")[:2000],
+    )
 
 
 def _status_retry(client, sid: str, window_s: float) -> str:

@@ -32,8 +32,8 @@ def select_addresses(
     setup: list[str] | None = None,
     timeout: float = 60.0,
 ) -> Allocation:
-    """Return ``alloc`` with each host's ``address`` replaced by its address on ``network``
-    (CIDR) or ``interface``. Raises :class:`HostfileError` (no or several matches, bad CIDR) and
+    """Return ``alloc`` with each host's ``address`` (its spares' too: a spare must answer at
+    launch) replaced by its address on ``network`` (CIDR) or ``interface``. Raises :class:`HostfileError` (no or several matches, bad CIDR) and
     :class:`TransportError` (unreachable nodes)."""
     if not network and not interface:
         return alloc
@@ -48,7 +48,8 @@ def select_addresses(
     src = inspect.getsource(nodeops)
     prefix = "".join(f"{s} && " for s in setup or [])
     cmd = f"{prefix}{shlex.quote(python)} -c {shlex.quote(src)} addresses '{{}}'"
-    targets = {h.name: Target(h.name, h.address, h.ssh_user, h.ssh_port) for h in alloc.hosts}
+    every = (*alloc.hosts, *alloc.spares)
+    targets = {h.name: Target(h.name, h.address, h.ssh_user, h.ssh_port) for h in every}
     res = transport.run_many({t: cmd for t in targets.values()}, timeout=timeout)
     bad = {t.name: r.reason() for t, r in res.items() if not r.ok}
     if bad:
@@ -58,7 +59,7 @@ def select_addresses(
             hint="check ssh access to the named hosts",
         )
     hosts = []
-    for h in alloc.hosts:
+    for h in every:
         by_if = json.loads(res[targets[h.name]].stdout.strip().splitlines()[-1])
         if interface:
             cands = by_if.get(interface, [])
@@ -75,4 +76,5 @@ def select_addresses(
                 "pick the network the nodes share with --network CIDR or --interface NAME",
             )
         hosts.append(replace(h, address=cands[0]))
-    return replace(alloc, hosts=tuple(hosts))
+    n = len(alloc.hosts)
+    return replace(alloc, hosts=tuple(hosts[:n]), spares=tuple(hosts[n:]))

@@ -55,13 +55,18 @@ ENV_ALLOW = (
     "LD_LIBRARY_PATH",
     "PYTHONPATH",
     "VIRTUAL_ENV",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST",
 )
 """Variables of the node's (or the transport's) environment that a started command keeps; every
 other one is dropped, except those of :data:`ENV_ALLOW_PREFIXES` (and ``SLURM_*`` inside a Slurm
 step). The plan's own variables are added on top. The one place this list lives: ``start``, the
 local transport and the srun transport all use it."""
 
-ENV_ALLOW_PREFIXES = ("LC_", "NVIDIA_")
+ENV_ALLOW_PREFIXES = ("LC_", "NVIDIA_", "NCCL_", "NVSHMEM_")
+"""Prefixes kept as well: locale, and the GPU and fabric settings a site sets in the nodes'
+environment (``NCCL_SOCKET_IFNAME``, ``NCCL_IB_HCA``, and the NVLink multicast switches
+``NCCL_NVLS_ENABLE``/``NVSHMEM_DISABLE_NVLS``/``TORCH_SYMM_MEM_DISABLE_MULTICAST`` that shared GPU
+hosts set to keep multicast off). The plan's own values still win over them."""
 ENV_SETUP = ("MODULEPATH", "MODULESHOME", "LOADEDMODULES", "_LMFILES_", "MODULEPATH_ROOT")
 ENV_SETUP_PREFIXES = ("LMOD_", "MODULES_")
 """Kept for the node operations only (so that ``cluster.setup`` lines such as ``module load``
@@ -115,16 +120,42 @@ def child_env(environ, plan_env=None, slurm=False):
     return env
 
 
+def _shell_keep(slurm=False, setup=True):
+    """The ``case`` pattern of the variables :func:`allowed` keeps."""
+    return "|".join(
+        [*ENV_ALLOW, *(ENV_SETUP if setup else ())]
+        + [
+            x + "*"
+            for x in ENV_ALLOW_PREFIXES
+            + (ENV_SETUP_PREFIXES if setup else ())
+            + ((SLURM_PREFIX,) if slurm else ())
+        ]
+    )
+
+
+_SHELL_SECRET = "*TOKEN*|*SECRET*|*PASSWORD*|*PASSWD*|*CREDENTIAL*|*_KEY|KEY"
+
+
+def shell_env_args():
+    """A POSIX sh snippet that sets the positional parameters to ``NAME=value`` for every exported
+    variable :func:`child_env` keeps (no secrets, no :data:`ENV_DROP`), so that
+    ``env -i "$@" K=V cmd`` starts ``cmd`` with exactly that environment plus the plan's. Used by
+    the rendered ``commands.sh``, whose commands start in each node's SSH login environment."""
+    drop = "|".join(ENV_DROP)
+    return (
+        "set --; for __v in $(env | sed -n 's/^\\([A-Za-z_][A-Za-z0-9_]*\\)=.*/\\1/p'); do case $__v in "
+        f"{_SHELL_SECRET}|{drop}) ;; {_shell_keep(setup=False)}) "
+        'eval "[ -z \\"\\${$__v+x}\\" ] || set -- \\"\\$@\\" \\"$__v=\\$$__v\\"";; esac; done; unset __v'
+    )
+
+
 def shell_env_filter(slurm=False):
     """A bash prefix that unsets every exported variable :func:`ops_env` would drop (for a
     transport whose commands start in an environment it does not choose: a Slurm step)."""
-    keep = "|".join(
-        [*ENV_ALLOW, *ENV_SETUP]
-        + [x + "*" for x in ENV_ALLOW_PREFIXES + ENV_SETUP_PREFIXES + ((SLURM_PREFIX,) if slurm else ())]
-    )
+    keep = _shell_keep(slurm)
     return (
         "for __v in $(compgen -e); do case $__v in "
-        "*TOKEN*|*SECRET*|*PASSWORD*|*PASSWD*|*CREDENTIAL*|*_KEY|KEY) unset $__v 2>/dev/null;; "
+        f"{_SHELL_SECRET}) unset $__v 2>/dev/null;; "
         f"{keep}) ;; *) unset $__v 2>/dev/null;; esac; done; unset __v; "
     )
 
@@ -587,9 +618,52 @@ def _git_head(path):
         return None
 
 
+NVLINK_TIMEOUT_S = 20
+
+
+def nvlink_count(topo):
+    """How many NVLink connections ``nvidia-smi topo -m`` prints: its ``NV<n>`` cells (``n``
+    bonded links between two GPUs), counted as miles' ``check_has_nvlink`` counts them
+    (``grep -o 'NV[0-9][0-9]*' | wc -l``, miles/utils/external_utils/command_utils.py:248-250
+    (miles@31f1ca961a94)). The legend's ``NV#`` is not a count and is not matched."""
+    import re
+
+    return len(re.findall(r"NV[0-9]+", topo or ""))
+
+
+def nvlink_probe(run=None, which=None):
+    """The node's NVLink answer: ``{"nvlink": <connections>, "nvlink_why": <text>}``. No
+    ``nvidia-smi``, a failed one or one that takes more than :data:`NVLINK_TIMEOUT_S` seconds
+    count as no NVLink (0), as in miles, where the probe's errors go to ``/dev/null`` and an empty
+    output counts 0; ``nvlink_why`` says which. ``run``/``which``: ``subprocess.run`` /
+    ``shutil.which`` (replaceable for tests)."""
+    import shutil
+    import subprocess
+
+    run = run or subprocess.run
+    which = which or shutil.which
+    if not which("nvidia-smi"):
+        return {"nvlink": 0, "nvlink_why": "no nvidia-smi"}
+    try:
+        r = run(
+            ["nvidia-smi", "topo", "-m"],
+            capture_output=True,
+            text=True,
+            timeout=NVLINK_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        return {"nvlink": 0, "nvlink_why": f"nvidia-smi topo -m took more than {NVLINK_TIMEOUT_S} s"}
+    except (OSError, subprocess.SubprocessError) as e:
+        return {"nvlink": 0, "nvlink_why": f"nvidia-smi topo -m failed: {e}"}
+    n = nvlink_count(r.stdout)
+    if r.returncode != 0 and not n:
+        return {"nvlink": 0, "nvlink_why": f"nvidia-smi topo -m exited {r.returncode}"}
+    return {"nvlink": n, "nvlink_why": f"nvidia-smi topo -m shows {n} NVLink connection(s)"}
+
+
 def op_inspect(a):
-    """What a node looks like before launch: versions, GPUs, stray GPU/Ray processes, files,
-    free space, interface, clock."""
+    """What a node looks like before launch: versions, GPUs, stray GPU/Ray processes, NVLink
+    (:func:`nvlink_probe`), files, free space, interface, clock."""
     import shutil
     import subprocess
 
@@ -630,6 +704,7 @@ def op_inspect(a):
             info["gpu_processes"] = [x.strip() for x in out.splitlines() if x.strip()]
         except (OSError, subprocess.SubprocessError):
             pass
+    info.update(nvlink_probe())
     names = ("raylet", "gcs_server", "sglang", "sglang::scheduler", "sglang-router")
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -841,8 +916,92 @@ def op_copy_tree(a):
     return out
 
 
+# ----------------------------------------------------------------------------- checkpoints
+
+TRACKER = "latest_checkpointed_iteration.txt"
+
+
+def _iteration_dir(save, it):
+    return os.path.join(save, f"iter_{it:07d}")
+
+
+def checkpoint_complete(path):
+    """Why the Megatron ``torch_dist`` iteration directory ``path`` is not complete, or ``""``.
+
+    Complete: ``metadata.json`` (Megatron's dist-checkpointing config), ``common.pt`` and the
+    torch distributed-checkpoint ``.metadata`` are there, and every shard file that ``.metadata``
+    names (``*.distcp``) is there and not empty. Where torch is importable its own reader names
+    the shards (``FileSystemReader.read_metadata().storage_data``: ``relative_path``); without
+    torch at least one non-empty ``*.distcp``. Sources: Megatron-LM
+    megatron/core/dist_checkpointing/serialization.py (``metadata.json``, ``common.pt``) and
+    torch/distributed/checkpoint/filesystem.py (``.metadata``, ``__<rank>_<n>.distcp``)."""
+    if not os.path.isdir(path):
+        return "no iteration directory"
+    for f in ("metadata.json", "common.pt", ".metadata"):
+        if not os.path.isfile(os.path.join(path, f)):
+            return "no " + f
+    names = None
+    try:
+        from torch.distributed.checkpoint import FileSystemReader
+
+        md = FileSystemReader(path).read_metadata()
+        names = sorted({getattr(v, "relative_path", "") for v in (md.storage_data or {}).values()} - {""})
+    except ImportError:
+        names = None
+    except Exception as e:  # a torn .metadata
+        return f".metadata unreadable ({e.__class__.__name__})"
+    if names is None:
+        names = [f for f in os.listdir(path) if f.endswith(".distcp")]
+        if not names:
+            return "no *.distcp shard"
+    for f in names:
+        fp = os.path.join(path, f)
+        if not os.path.isfile(fp) or os.path.getsize(fp) == 0:
+            return f"shard {f} missing or empty"
+    return ""
+
+
+def latest_complete(save):
+    """The run's newest complete checkpoint under ``save``: ``{"tracker": N|None, "iteration":
+    M|None, "torn": {iteration: why}}``. ``tracker``: what ``latest_checkpointed_iteration.txt``
+    says (an integer; ``release`` and anything else count as none); ``iteration``: the newest
+    ``iter_NNNNNNN`` not newer than the tracker that :func:`checkpoint_complete` accepts
+    (``None``: none). Megatron names them so: megatron/training/checkpointing.py
+    ``get_checkpoint_tracker_filename``, ``get_checkpoint_name`` (``iter_{:07d}``) (Megatron-LM)."""
+    out = {"tracker": None, "iteration": None, "torn": {}}
+    try:
+        with open(os.path.join(save, TRACKER)) as f:
+            text = f.read().strip()
+        out["tracker"] = int(text) if text.isdigit() else None
+    except OSError:
+        pass
+    its = []
+    try:
+        for name in os.listdir(save):
+            if name.startswith("iter_") and name[5:].isdigit():
+                its.append(int(name[5:]))
+    except OSError:
+        return out
+    if out["tracker"] is not None:
+        its = [i for i in its if i <= out["tracker"]]
+        if out["tracker"] not in its:
+            out["torn"][str(out["tracker"])] = "no iteration directory"
+    for it in sorted(its, reverse=True):
+        why = checkpoint_complete(_iteration_dir(save, it))
+        if not why:
+            out["iteration"] = it
+            break
+        out["torn"][str(it)] = why
+    return out
+
+
+def op_checkpoint(a):
+    return latest_complete(a["save"])
+
+
 OPS = {
     "copy_tree": op_copy_tree,
+    "checkpoint": op_checkpoint,
     "write_secret": op_write_secret,
     "remove": op_remove,
     "preflight": op_preflight,

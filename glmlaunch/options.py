@@ -22,6 +22,9 @@ class Defaults:
     job_stop_grace_s = 120  # Ray's RAY_JOB_STOP_WAIT_TIME_S: SIGTERM to the trainer, then SIGKILL
     job_stop_wait_s = 150.0  # how long stop_job waits for the job to be terminal (> job_stop_grace_s)
     watchdog_s = 10.0  # how often a followed job's nodes are checked
+    restart_backoff_s = 30.0  # supervision: the wait before the first restart, doubled each time
+    restart_backoff_max_s = 600.0  # ... up to this
+    job_api_request_s = 30.0  # one HTTP request to the head's job API (connect, and each read)
     job_api_unreachable_s = 30.0  # the job API may not answer this long before the head counts as gone
     convert_timeout_s = (
         4 * 3600.0
@@ -40,3 +43,27 @@ class SSHOptions:
     port: int | None = None
     known_hosts: str | None = None
     connect_timeout: float = Defaults.connect_timeout_s
+
+    def validate(self) -> None:
+        """Refuse values that cannot be right before any node is contacted: file options empty or
+        with control characters, a user that is not a login name (``ssh -l`` would read one
+        starting with ``-`` as an option), a port outside 1-65535. Raises
+        :class:`~glmlaunch.errors.UsageError` naming the option."""
+        from .errors import UsageError
+        from .hosts import is_user, plain_option, shown
+
+        for option, value in (
+            ("--ssh-config", self.ssh_config),
+            ("--ssh-key", self.key),
+            ("--known-hosts", self.known_hosts),
+        ):
+            plain_option(option, value, f"pass {option} PATH of a readable file")
+        if self.user is not None and not is_user(self.user):
+            raise UsageError(
+                f"--ssh-user '{shown(self.user)}': not a login name (letters, digits, '.', '_' and '-', not starting with '-')",
+                "pass a plain login name, or leave it out (~/.ssh/config decides)",
+            )
+        if self.port is not None and not (isinstance(self.port, int) and 0 < self.port < 65536):
+            raise UsageError(
+                f"--ssh-port {self.port!r}: not a TCP port", "pass a port from 1 to 65535, e.g. 22"
+            )

@@ -21,7 +21,7 @@ from pathlib import PurePosixPath
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from .errors import RecipeError
-from .hosts import Allocation
+from .hosts import Allocation, AllocationKind
 from .models import BLACKWELL, get_model
 from .options import Defaults
 from .recipe import Recipe
@@ -40,8 +40,10 @@ TRAINER_PORT_RANGES = {
     "checkpoint conversion torchrun": (23456, 23456),
 }
 
-# The rack's NCCL/IB settings: scripts/run_glm45_355b_a32b_8node.py:64-86 (miles@31f1ca961a94). The
-# OMPI_MCA_* keys there are left out: nothing in the run uses MPI.
+# The rack's NCCL/IB settings (``env.nccl_preset = "rack"``, opt-in):
+# scripts/run_glm45_355b_a32b_8node.py:64-86 (miles@31f1ca961a94), NCCL_NVLS_ENABLE=0 included ("off
+# regardless of what execute_train's nvlink probe finds"). The OMPI_MCA_* keys there are left out:
+# nothing in the run uses MPI.
 NCCL_RACK = {
     "NCCL_CUMEM_ENABLE": "0",
     "NVTE_BWD_LAYERNORM_SM_MARGIN": "20",
@@ -57,6 +59,18 @@ NCCL_RACK = {
     "NCCL_NVLS_ENABLE": "0",
     "NCCL_MIN_CTAS": "4",
 }
+
+NVLINK_PROBE = "nvlink"
+PROBES = {
+    NVLINK_PROBE: "1 when every node's `nvidia-smi topo -m` shows an NVLink connection (NV<n>), else 0",
+}
+"""What the nodes decide at launch (``LaunchPlan.probed_env`` maps a variable to one of these).
+``nvlink``: miles' ``execute_train`` sets ``NCCL_NVLS_ENABLE`` from its NVLink probe
+(miles/utils/external_utils/command_utils.py:205, :248-250 (miles@31f1ca961a94)); glmlaunch asks
+every node in the preflight round (:func:`glmlaunch.nodeops.nvlink_probe`), docs/fidelity.md#probed-env."""
+PROBE_DEFAULT = "0"
+"""A probed variable's value in a plan whose nodes have not answered (``render``): NVLS off, the
+value miles' probe gives a node without NVLink."""
 
 
 class PortPlan(BaseModel):
@@ -141,6 +155,12 @@ class LaunchPlan(BaseModel):
     temp dir in ``/tmp/glr-<random>-n<i>/ray`` (``NodePlan.ray_dir``: short, for Ray's socket
     paths), so nodes that share ``/tmp`` do not collide. The nodes create them fresh with mode
     700 and refuse one that exists (:func:`glmlaunch.nodeops.write_secret`). ``world_size`` and ``gpus_per_node`` are in GPUs.
+
+    ``probed_env``: the variables of ``env_vars`` that the nodes decide at launch, each with its
+    probe (:data:`PROBES`; ``NCCL_NVLS_ENABLE``: ``nvlink``). Until the nodes answer
+    (``probed`` false: ``render``, ``launch --dry-run``) ``env_vars`` holds :data:`PROBE_DEFAULT`
+    for them; the preflight round puts the nodes' answer there (:func:`apply_probes`) before the
+    job is submitted, and ``commands.sh`` probes the nodes itself.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -167,6 +187,11 @@ class LaunchPlan(BaseModel):
     notes: list[str] = Field(default_factory=list)
     setup: list[str] = Field(default_factory=list)
     placeholder: bool = False
+    local: bool = False
+    """The nodes are this machine (``--local``): the rendered script runs their commands with
+    ``bash -c`` instead of ``ssh``."""
+    probed_env: dict[str, str] = Field(default_factory=dict)
+    probed: bool = False
 
     @property
     def head(self) -> NodePlan:
@@ -509,21 +534,36 @@ def probe_argv(res: Resolved, python: str) -> list[str]:
     return argv
 
 
-def runtime_env(recipe: Recipe, alloc: Allocation, python: str) -> tuple[dict[str, str], list[str]]:
-    """The job's runtime env (flat, concrete strings) and the names of secret variables.
+def no_proxy(recipe: Recipe, alloc: Allocation) -> str:
+    """``no_proxy``: ``env.no_proxy`` (default ``127.0.0.1``), then the head, then every other
+    node, each once. With the default this is miles' ``execute_train`` value, ``127.0.0.1,<head>``
+    (miles/utils/external_utils/command_utils.py:211 (miles@31f1ca961a94)), followed by the other
+    nodes (docs/fidelity.md#computed-env)."""
+    return ",".join(dict.fromkeys([*recipe.env.no_proxy, *(h.address for h in alloc.hosts)]))
 
-    Precedence: defaults < NCCL preset < interface < ``env.vars`` (docs/rules.md#computed-env).
-    ``no_proxy`` lists every node; ``MASTER_ADDR`` is the head's address. Secrets (W&B key,
+
+def runtime_env(
+    recipe: Recipe, alloc: Allocation, python: str
+) -> tuple[dict[str, str], list[str], dict[str, str]]:
+    """The job's runtime env (flat, concrete strings), the names of secret variables and the
+    variables the nodes decide at launch (name -> probe, :data:`PROBES`).
+
+    Precedence: defaults (probed ones included) < NCCL preset < interface < ``env.vars``
+    (docs/rules.md#computed-env): ``NCCL_NVLS_ENABLE`` is probed (:data:`PROBE_DEFAULT` until the
+    nodes answer) unless the rack preset or ``env.vars`` sets it. ``no_proxy`` (:func:`no_proxy`)
+    lists every node; ``MASTER_ADDR`` is the head's address. Secrets (W&B key,
     ``env.secret_vars``) are named only: their values are read at submit time.
     """
     head = alloc.head.address
     env: dict[str, str] = {"PYTHONUNBUFFERED": "1"}
+    probed: dict[str, str] = {}
     if recipe.trainer.kind == "miles":
         tr = recipe.trainer
         env["CUDA_DEVICE_MAX_CONNECTIONS"] = (
             "1"  # Megatron validate_args needs it when TP/CP > 1 (addendum #36)
         )
-        env["NCCL_NVLS_ENABLE"] = "0"
+        env["NCCL_NVLS_ENABLE"] = PROBE_DEFAULT
+        probed["NCCL_NVLS_ENABLE"] = NVLINK_PROBE
         env["PYTHONPATH"] = f"{tr.miles_dir.rstrip('/')}:{tr.megatron_dir.rstrip('/')}"
         if recipe.env.nccl_preset == "rack":
             env.update(NCCL_RACK)
@@ -536,18 +576,68 @@ def runtime_env(recipe: Recipe, alloc: Allocation, python: str) -> tuple[dict[st
         pkg_root = str(PurePosixPath(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
         env["PYTHONPATH"] = pkg_root
     env["MASTER_ADDR"] = head
-    proxies = ["localhost", "127.0.0.1"] + [h.address for h in alloc.hosts if h.address not in ("127.0.0.1",)]
-    env["no_proxy"] = env["NO_PROXY"] = ",".join(dict.fromkeys(proxies))
+    env["no_proxy"] = env["NO_PROXY"] = no_proxy(recipe, alloc)
     if recipe.env.interface:
         for k in ("GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
             env[k] = recipe.env.interface
     env.update({k: str(v) for k, v in recipe.env.vars.items()})
+    fixed = set(recipe.env.vars) | (set(NCCL_RACK) if recipe.env.nccl_preset == "rack" else set())
+    probed = {k: v for k, v in probed.items() if k not in fixed}  # the preset or env.vars decided
     secret = list(
         dict.fromkeys(([recipe.wandb.key_env] if recipe.wandb.enabled else []) + recipe.env.secret_vars)
     )
     for k in secret:
         env.pop(k, None)
-    return env, secret
+        probed.pop(k, None)
+    return env, secret, probed
+
+
+def probe_answers(probed_env: dict[str, str], answers: dict[str, dict]) -> tuple[dict[str, str], list[str]]:
+    """The probed variables' values from the nodes' ``inspect`` answers (host -> answer, as
+    :func:`glmlaunch.nodeops.op_inspect` returns it), and one line per variable saying why.
+
+    ``nvlink``: ``"1"`` when every node shows an NVLink connection, else ``"0"`` (a node without
+    ``nvidia-smi``, or whose probe failed or timed out, has none: miles' probe counts it 0). miles
+    probes the one machine it runs on (command_utils.py:248-250 (miles@31f1ca961a94)); the job's
+    runtime env is one for every node, so here every node must have NVLink for NVLS to be on.
+    Pure logic: nothing is run."""
+    values: dict[str, str] = {}
+    why: list[str] = []
+    for var, probe in probed_env.items():
+        if probe != NVLINK_PROBE:
+            raise ValueError(f"unknown probe {probe!r} for {var}")
+        counts = {h: int(a.get("nvlink") or 0) for h, a in answers.items()}
+        without = [h for h, n in counts.items() if n <= 0]
+        values[var] = "1" if counts and not without else "0"
+        if not without:
+            what = f"every node shows NVLink ({', '.join(f'{h}: {n}' for h, n in counts.items())})"
+        else:
+            whys = "; ".join(f"{h}: {answers[h].get('nvlink_why') or 'no NVLink'}" for h in without)
+            what = f"{len(without)} of {len(counts)} node(s) without NVLink ({whys})"
+        why.append(f"{var}={values[var]} from the nodes' NVLink probe: {what}")
+    return values, why
+
+
+def apply_probes(plan: LaunchPlan, answers: dict[str, dict]) -> dict[str, str]:
+    """Put the nodes' answers (:func:`probe_answers`) into ``plan.env_vars`` (in place: the
+    plan the job is submitted with), note why in ``plan.notes`` and set ``plan.probed``. Returns
+    the values set."""
+    values, why = probe_answers(plan.probed_env, answers)
+    plan.env_vars.update(values)
+    plan.notes = [n for n in plan.notes if not n.startswith(PROBE_NOTE)] + why
+    plan.probed = True
+    return values
+
+
+PROBE_NOTE = "decided at launch: "
+
+
+def probe_note(probed_env: dict[str, str]) -> str:
+    """The plan's note for variables not probed yet."""
+    return PROBE_NOTE + "; ".join(
+        f"{k} is {PROBES[p]} (this plan shows {PROBE_DEFAULT}, the value until the nodes answer)"
+        for k, p in probed_env.items()
+    )
 
 
 def ray_start_commands(
@@ -662,7 +752,9 @@ def build_plan(
     head_ip = alloc.head.address
     notes: list[str] = []
     argv = trainer_argv(res, notes) if recipe.trainer.kind == "miles" else probe_argv(res, python)
-    env_vars, secret = runtime_env(recipe, alloc, python)
+    env_vars, secret, probed_env = runtime_env(recipe, alloc, python)
+    if probed_env:
+        notes.append(probe_note(probed_env))
     nodes = [
         NodePlan(
             name=h.name,
@@ -708,6 +800,8 @@ def build_plan(
         notes=notes,
         setup=[recipe.expand(x) for x in recipe.cluster.setup],
         placeholder=alloc.placeholder,
+        local=alloc.kind == AllocationKind.LOCAL,
+        probed_env=probed_env,
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from .errors import Finding
-from .plan import LaunchPlan
+from .plan import NVLINK_PROBE, LaunchPlan
 from .recipe import Recipe
 from .resolve import paths
 
@@ -134,6 +134,18 @@ def analyze(
         models = {m for i in insp.values() for m in i.get("gpu_models", [])}
         if len(models) > 1:
             add("nodes", f"nodes have different GPU models: {sorted(models)}", rule="one GPU model")
+    for var, probe in plan.probed_env.items():  # NCCL_NVLS_ENABLE: one value for every node
+        if probe == NVLINK_PROBE:
+            without = sorted(h for h, i in insp.items() if not i.get("nvlink"))
+            if without and len(without) < len(insp):
+                add(
+                    f"env.vars.{var}",
+                    f"{', '.join(without)} show no NVLink and the other nodes do: {var}=0 for the whole job "
+                    f"(set env.vars.{var} to choose)",
+                    "warning",
+                    "one NVLink answer for every node",
+                    "docs/fidelity.md#probed-env",
+                )
     for h, i in insp.items():
         for gp in i.get("gpu_processes") or []:
             add("nodes", f"{h}: a process already uses a GPU: {gp} (not touched)", "warning", "idle GPUs")

@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import RecipeError, safe_text
 from .hosts import read_input_file, shown
@@ -367,14 +375,32 @@ class TrainerSection(_Section):
 
 
 class EnvSection(_Section):
-    """Runtime env for the trainer. Precedence: glmlaunch defaults < ``nccl`` preset < ``vars``
-    (same order as miles' ``execute_train``, where the user's ``extra_env_vars`` win).
-    ``interface`` sets GLOO/TP/NCCL_SOCKET_IFNAME; it must exist on every node."""
+    """Runtime env for the trainer. Precedence: glmlaunch defaults (``NCCL_NVLS_ENABLE`` from
+    the nodes' NVLink probe, as miles' ``execute_train``) < ``nccl_preset`` < ``interface`` <
+    ``vars`` (same order as ``execute_train``, where the user's ``extra_env_vars`` win).
 
-    nccl_preset: Literal["rack", "none"] = "rack"
+    ``nccl_preset``: ``"none"`` (default: miles' ``execute_train`` adds no NCCL tuning) or
+    ``"rack"``, opt-in: the 8-node script's NCCL/IB constants, ``NCCL_NVLS_ENABLE=0`` included
+    (:data:`glmlaunch.plan.NCCL_RACK`). ``interface`` sets GLOO/TP/NCCL_SOCKET_IFNAME; it must
+    exist on every node. ``no_proxy``: the entries ``no_proxy``/``NO_PROXY`` start with, before
+    the head and every other node (default ``127.0.0.1``: ``execute_train``'s list;
+    docs/fidelity.md#computed-env)."""
+
+    nccl_preset: Literal["rack", "none"] = "none"
+    no_proxy: list[str] = Field(default_factory=lambda: ["127.0.0.1"])
     interface: str = ""
     vars: dict[str, str] = Field(default_factory=dict)
     secret_vars: list[str] = Field(default_factory=list)
+
+    @field_validator("no_proxy")
+    @classmethod
+    def _no_proxy_entries(cls, v: list[str]) -> list[str]:
+        for e in v:
+            if not e or any(c.isspace() or c == "," for c in e):
+                raise ValueError(
+                    f"'{shown(e, 80)}': one host, address or domain per entry (no commas or spaces)"
+                )
+        return v
 
 
 class Recipe(BaseModel):

@@ -10,6 +10,7 @@ import json
 import shlex
 from typing import TYPE_CHECKING
 
+from .nodeops import shell_env_args
 from .plan import LaunchPlan
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ def _bash_template() -> jinja2.Template:
         json=json.dumps,
         pyrepr=repr,
     )
+    env.globals["env_args"] = shell_env_args()
     source = (importlib.resources.files(__package__) / "templates" / BASH_TEMPLATE).read_text()
     return env.from_string(source)
 

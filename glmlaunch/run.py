@@ -16,6 +16,7 @@ cluster before it propagates.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -28,7 +29,7 @@ from pathlib import Path
 from . import checks, jobs
 from .cluster import ClusterStatus, RayCluster
 from .errors import ClusterError, Finding, Findings, GlmlaunchError, JobError, UsageError
-from .hosts import Allocation, AllocationKind, discover
+from .hosts import Allocation, AllocationKind, Host, discover, is_ifname, plain_option, shown
 from .options import Defaults, SSHOptions
 from .plan import LaunchPlan, PortPlan, build_plan
 from .progress import NullReporter, Reporter
@@ -135,6 +136,7 @@ def plan_launch(
     reporter: Reporter | None = None,
     origin: str | None = None,
     startable: bool = False,
+    spares: str | None = None,
 ) -> Planned:
     """Load the recipe, find the nodes, resolve, build the plan and run the checks: the same
     steps, in the same order, for ``render``, ``check``, ``up``, ``launch``, ``launch --dry-run``
@@ -145,10 +147,23 @@ def plan_launch(
     for one node or the probe, placeholders for more). ``network`` (CIDR) / ``interface`` pick
     each node's address in one round over the nodes. ``deep`` adds megatron-core, SGLang and HF
     config checks; ``preflight`` the read-only round on every real node. ``startable``: refuse
-    placeholder nodes at once (:class:`~glmlaunch.errors.UsageError`), before any check. Never raises for a
+    placeholder nodes at once (:class:`~glmlaunch.errors.UsageError`), before any check.
+    ``spares``: a hostfile of spare hosts (hostfile mode; hosts beyond ``cluster.nodes`` in the
+    hostfile are spares too): ``alloc.spares``, never in the plan. Never raises for a
     finding: see ``findings`` (and :meth:`~glmlaunch.errors.Findings.raise_for_errors`). Raises
     :class:`~glmlaunch.errors.UsageError`/``HostfileError``/``RecipeError`` for bad input.
     """
+    plain_option("--python", python, "pass the Python of the nodes as a path, e.g. /opt/venv/bin/python3")
+    plain_option("--network", network, "write it as CIDR, e.g. 10.4.0.0/16")
+    plain_option("--head", head, "pass the head node's name or address as the hostfile writes it")
+    plain_option("--spares", spares, "pass the spare hosts as the path of a hostfile")
+    if interface is not None and not is_ifname(interface):
+        raise UsageError(
+            f"--interface '{shown(interface)}': not a network interface name",
+            "pass a name as `ip -br link` shows it (1-15 characters, no '/', ':' or spaces), e.g. eth0",
+        )
+    if ssh is not None:
+        ssh.validate()
     r = load_recipe(recipe, overrides)
     if interface and not r.env.interface:
         r.env.interface = interface  # GLOO/TP/NCCL_SOCKET_IFNAME follow the chosen interface
@@ -162,6 +177,8 @@ def plan_launch(
         env=env,
         fallback_nodes=fallback,
         origin=origin,
+        want_nodes=r.cluster.nodes,
+        spares=spares,
     )
     if startable and alloc.placeholder:
         make_transport(alloc)  # raises: nothing can start on placeholders
@@ -224,6 +241,9 @@ class RunStatus:
     state: RunState
     cluster: ClusterStatus | None
     jobs: list[JobState] = field(default_factory=list)
+    attempts: list = field(default_factory=list)  # the manifest's Attempt records, oldest first
+    spares: list[str] = field(default_factory=list)  # spare hosts left (never started)
+    excluded: dict[str, str] = field(default_factory=dict)  # host -> why it is out for the rest of the run
 
 
 class Run:
@@ -332,7 +352,12 @@ class Run:
                 transport=transport_record(alloc, ssh)
                 if alloc
                 else TransportRecord(kind=self.transport.kind),
+                spares=[_host_record(h) for h in alloc.spares] if alloc else [],
             )
+            recipe = recipe or self.cluster.recipe
+            if recipe is not None:  # the next attempt's plan is built from it (Run.supervise)
+                self.cluster.recipe = recipe
+                rd.write("recipe.json", recipe.model_dump_json(indent=1))
             self.run_dir = self.cluster.run_dir = rd
         rd = self.run_dir
         self.cluster.token = self.cluster.token or secrets.token_hex(32)
@@ -356,6 +381,7 @@ class Run:
         follow: bool = True,
         stop: threading.Event | None = None,
         watchdog_s: float = Defaults.watchdog_s,
+        hang_timeout_s: float | None = None,
     ) -> jobs.JobResult | None:
         """Submit the plan's trainer and (with ``follow``) stream its log to the reporter and
         ``job.log`` until it ends; returns its :class:`~glmlaunch.jobs.JobResult` (``None``
@@ -392,14 +418,22 @@ class Run:
             fd = os.open(rd.path / "job.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
             logf = os.fdopen(fd, "a")
 
+        last_line = [time.monotonic()]
+        first = [True]
+
         def on_text(text: str) -> None:
+            last_line[0] = time.monotonic()
+            if first[0] and rd and text.strip():
+                first[0] = False
+                rd.event("first log line", submission_id=sid)
             if logf:
                 logf.write(text)
                 logf.flush()
             self.reporter.log_line(text)
 
         try:
-            result = jobs.follow(client, sid, on_text, check=_watchdog(self.cluster, watchdog_s), stop=stop)
+            check = _watchdog(self.cluster, watchdog_s, last_line=last_line, hang_timeout_s=hang_timeout_s)
+            result = jobs.follow(client, sid, on_text, check=check, stop=stop)
         except (
             ClusterError,
             OSError,
@@ -434,6 +468,303 @@ class Run:
             )
         return result
 
+    # ------------------------------------------------------------------ supervision
+
+    def _save_dir(self) -> str | None:
+        argv = list(self.plan.argv)
+        return argv[argv.index("--save") + 1] if "--save" in argv[:-1] else None
+
+    def checkpoint_state(self) -> dict | None:
+        """What the head node finds under the trainer's ``--save``
+        (:func:`glmlaunch.nodeops.latest_complete`: the tracker's iteration, the newest complete
+        one, the torn ones); ``None`` without ``--save`` or when the head does not answer."""
+        save = self._save_dir()
+        if not save:
+            return None
+        head = self.plan.head.name
+        parsed, r = self.cluster._nodeop("checkpoint", {head: {"save": save}}, timeout=60)[head]
+        if parsed is None:
+            log.warning("cannot read the checkpoints under %s on %s: %s", save, head, r.reason())
+        return parsed
+
+    def _recipe(self) -> Recipe:
+        """The run's recipe (overrides applied): the handle's, else ``recipe.json`` of the run
+        directory (written by :meth:`up`). Raises :class:`UsageError` when there is neither."""
+        r = self.cluster.recipe
+        f = self.run_dir.path / "recipe.json" if self.run_dir else None
+        if r is None and f is not None and f.is_file():
+            from .recipe import recipe_from_dict
+
+            r = self.cluster.recipe = recipe_from_dict(json.loads(f.read_text()), self.plan.recipe_source)
+        if r is None:
+            raise UsageError(
+                f"run {self.run_id}: its recipe is not known, so the next attempt cannot be planned",
+                "supervise a run started by glmlaunch up/launch (they keep recipe.json in the run directory)",
+            )
+        return r
+
+    def _plan_hosts(self) -> list[Host]:
+        """The plan's nodes as :class:`~glmlaunch.hosts.Host` (head first), as discovery gave them."""
+        return [
+            Host(
+                name=n.name,
+                address=n.address,
+                slots=n.gpus,
+                ssh_user=n.ssh_user,
+                ssh_port=n.ssh_port,
+                source=n.source,
+            )
+            for n in self.plan.nodes
+        ]
+
+    def _spare_hosts(self) -> list[Host]:
+        """The run's spares left (the manifest's ``spares``), in order."""
+        if self.run_dir is None:
+            return []
+        return [
+            Host(
+                name=h.name,
+                address=h.address,
+                slots=h.gpus,
+                ssh_user=h.ssh_user,
+                ssh_port=h.ssh_port,
+                source=h.source,
+            )
+            for h in self.run_dir.manifest.spares
+        ]
+
+    def _build(self, hosts: list[Host]) -> LaunchPlan:
+        """:func:`~glmlaunch.plan.build_plan` of the run's recipe on ``hosts`` (head first) with the
+        run's id, ports, Python and state root and a new random state-directory part; the
+        trainer's argv is carried over (``trainer_argv`` reads only the layout, which a restart
+        keeps, and a resubmit runs the same job; ``--ckpt-step`` is set by
+        :func:`glmlaunch.recovery.resume_args`)."""
+        from pathlib import PurePosixPath
+
+        old = self.plan
+        kind = AllocationKind.LOCAL if old.local else AllocationKind.HOSTFILE
+        if self.transport.kind == "srun":
+            kind = AllocationKind.SLURM
+        alloc = Allocation(
+            hosts=tuple(hosts), gpus_per_node=old.gpus_per_node, kind=kind, origin=f"run {old.run_id}"
+        )
+        plan = build_plan(
+            self._recipe(),
+            alloc,
+            run_id=old.run_id,
+            ports=old.ports,
+            python=old.python,
+            state_root=str(PurePosixPath(old.state_dir).parent),
+        )
+        return plan.model_copy(update={"argv": list(old.argv)})
+
+    def _replan(self, hosts: list[Host] | None = None) -> None:
+        """A new plan and cluster handle for the next attempt, on ``hosts`` (default: the same
+        nodes), built by :meth:`_build` (new state directories: every node directory of the last
+        attempt stays as it was, its Ray logs included). Written to the run directory (the old
+        plan kept as ``plan-<attempt>.json``) with the manifest's hosts."""
+        old = self.plan
+        plan = self._build(hosts or self._plan_hosts())
+        rd = self.run_dir
+        if rd is not None:
+            rd.write(f"plan-{len(rd.manifest.attempts)}.json", render_json(old))
+            rd.write("plan.json", render_json(plan))
+            rd.write("commands.sh", render_bash(plan))
+            rd.update(
+                state_dir=plan.state_dir,
+                nodes={},
+                hosts=[HostRecord(name=n.name, address=n.address, gpus=n.gpus) for n in plan.nodes],
+                dashboard_url=plan.dashboard_url,
+            )
+        c = self.cluster
+        self.plan = plan
+        self.cluster = RayCluster(
+            plan,
+            c.transport,
+            run_dir=rd,
+            reporter=self.reporter,
+            join_timeout_s=c.join_timeout_s,
+            command_timeout_s=c.command_timeout_s,
+            stop_grace_s=c.stop_grace_s,
+            recipe=c.recipe,
+            token=c.token,
+        )
+
+    def _next_nodes(self) -> dict[str, str]:
+        """The next attempt's nodes: one read-only round (:meth:`RayCluster.node_faults`) over the
+        nodes and the spares left; each node that does not answer or fails its own checks is
+        replaced, in place, by the first spare that passes (:func:`glmlaunch.recovery.replace_nodes`:
+        same GPUs per node, same world size) and recorded in the manifest's ``excluded`` for the
+        rest of the run. Builds the next plan (:meth:`_replan`). Returns bad node -> its spare.
+        Raises :class:`ClusterError` naming the bad nodes that no spare is left for (never a
+        smaller world)."""
+        from . import recovery
+
+        rd = self.run_dir
+        active, spares = self._plan_hosts(), self._spare_hosts()
+        names = {h.name for h in active}
+        spares = [s for s in spares if s.name not in names]
+        check = RayCluster(
+            self._build(active + spares),
+            self.transport,
+            reporter=self.reporter,
+            command_timeout_s=self.cluster.command_timeout_s,
+            recipe=self._recipe(),
+        )
+        self.reporter.step(
+            f"checking the nodes{f' and {len(spares)} spare(s)' if spares else ''} before the restart",
+            total=len(active) + len(spares),
+        )
+        faults = check.node_faults()
+        for h in [*active, *spares]:
+            self.reporter.host(
+                "node check", h.name, "failed" if h.name in faults else "ok", faults.get(h.name, "")
+            )
+        bad = {h.name: faults[h.name] for h in active if h.name in faults}
+        bad_spares = {s.name: faults[s.name] for s in spares if s.name in faults}
+        if rd and bad_spares:
+            rd.event("spares failed their check", hosts=bad_spares)
+        if rd and bad:
+            rd.update(excluded={**rd.manifest.excluded, **bad})
+        try:
+            order, _, swapped = recovery.replace_nodes(
+                [h.name for h in active], [s.name for s in spares if s.name not in bad_spares], bad
+            )
+        except ClusterError as e:
+            self.reporter.done("node check", False, e.message)
+            if rd:
+                rd.event("no spare left", hosts=dict(e.missing or {}))
+            raise
+        self.reporter.done(
+            "node check",
+            True,
+            "; ".join(f"{b} replaced by spare {s}" for b, s in swapped.items()) or "every node passes",
+        )
+        by_name = {h.name: h for h in [*active, *spares]}
+        if rd:
+            rd.update(
+                spares=[_host_record(s) for s in spares if s.name not in swapped.values()],
+            )
+            if swapped:
+                rd.event("nodes replaced", replaced=swapped, why=bad)
+        self._replan([by_name[n] for n in order])
+        return swapped
+
+    def supervise(
+        self,
+        *,
+        max_restarts: int = 0,
+        restart_on: str = "cluster",
+        watchdog_s: float = Defaults.watchdog_s,
+        hang_timeout_s: float | None = None,
+        backoff_base_s: float = Defaults.restart_backoff_s,
+        backoff_max_s: float = Defaults.restart_backoff_max_s,
+        sleep=time.sleep,
+    ) -> jobs.JobResult:
+        """Submit the trainer and follow it; when an attempt fails for a cluster cause (a node
+        lost, a raylet/GCS/driver dead, the head gone, the hang watchdog; or any failure with
+        ``restart_on="any"``) and restarts are left: collect the crash bundle, stop the job (its
+        grace period) and the cluster, wait the back-off (:func:`glmlaunch.recovery.backoff_s`),
+        bring the cluster back (preflight included) and submit again, resuming from the run's
+        newest complete checkpoint (``--ckpt-step`` when the latest is torn). Every attempt is
+        recorded in the manifest (:class:`~glmlaunch.runs.Attempt`). Returns the last attempt's
+        :class:`~glmlaunch.jobs.JobResult`; raises the last attempt's error (a
+        :class:`ClusterError` naming the hosts, ...) when it ended without a result, or when the
+        cluster cannot be brought back. A trainer failure with every node healthy is not
+        restarted by default (``restart_on="cluster"``)."""
+        from . import bundle, recovery
+        from .runs import Attempt
+
+        if restart_on not in ("cluster", "any"):
+            raise UsageError(f"--restart-on {restart_on}: not cluster or any", "e.g. --restart-on cluster")
+        if max_restarts < 0:
+            raise UsageError(f"--max-restarts {max_restarts}: must be 0 or more", "e.g. --max-restarts 3")
+        rd = self.run_dir
+        number = len(rd.manifest.attempts) if rd else 0
+        restarts = 0
+        replaced: dict[str, str] = {}
+        while True:
+            number += 1
+            found = self.checkpoint_state()
+            argv, note = recovery.resume_args(list(self.plan.argv), found)
+            if argv != list(self.plan.argv):
+                self.plan = self.cluster.plan = self.plan.model_copy(update={"argv": argv})
+                if rd:
+                    rd.write("plan.json", render_json(self.plan))
+            if found and found.get("torn"):
+                self.reporter.done("checkpoints", True, note)
+            att = Attempt(
+                number=number,
+                nodes=[n.name for n in self.plan.nodes],
+                resumed_from=(found or {}).get("iteration"),
+                resume_note=note,
+                replaced=replaced,
+            )
+            if rd:
+                rd.update(attempts=[*rd.manifest.attempts, att])
+                rd.event("attempt", number=number, resume=note)
+            result, error = None, None
+            try:
+                result = self.submit(watchdog_s=watchdog_s, hang_timeout_s=hang_timeout_s)
+            except (ClusterError, JobError) as e:
+                error = e
+            dead: dict[str, str] = {}
+            if result is None or not result.ok:
+                try:
+                    st = self.cluster.status()
+                    dead = {h: "Ray reports it dead" for h, v in st.nodes.items() if not v["alive"]}
+                    dead.update(st.unreachable)
+                except GlmlaunchError as e:
+                    log.warning("cannot read the cluster's state after the failure: %s", e)
+            tail = (rd.path / "job.log").read_text(errors="replace")[-20000:] if rd else ""
+            cause = recovery.classify(result, error, dead_nodes=dead, log_tail=tail)
+            att.ended = time.time()
+            att.submission_id = result.submission_id if result else (rd.manifest.submission_id if rd else "")
+            att.status = result.status if result else "failed"
+            att.exit_code = result.exit_code if result else None
+            att.cause, att.detail, att.hosts = cause.kind.value, cause.detail, dict(cause.hosts)
+            if cause.kind is not recovery.CauseKind.NONE:
+                d = bundle.collect(self, number, cause=cause)
+                att.bundle = str(d or "")
+            again = recovery.should_restart(cause, restart_on, max_restarts - restarts)
+            att.restarted = again
+            if rd:
+                rd.update(attempts=[*rd.manifest.attempts[:-1], att])
+            if not again:
+                if rd and cause.kind is not recovery.CauseKind.NONE:
+                    rd.event(
+                        "supervision ended",
+                        cause=cause.kind.value,
+                        detail=cause.detail,
+                        restarts=restarts,
+                        max_restarts=max_restarts,
+                    )
+                if result is None:
+                    assert error is not None
+                    raise error
+                return result
+            restarts += 1
+            wait = recovery.backoff_s(restarts, base_s=backoff_base_s, max_s=backoff_max_s)
+            self.reporter.step(
+                f"attempt {number} failed ({cause.kind}: {cause.detail}); restart {restarts} of "
+                f"{max_restarts} in {wait:.0f} s"
+            )
+            if rd:
+                rd.event("restart", number=number + 1, cause=cause.kind.value, wait_s=wait)
+            self.down()
+            sleep(wait)
+            try:
+                replaced = self._next_nodes()
+            except ClusterError as e:
+                att.restarted = False
+                if rd:
+                    rd.update(attempts=[*rd.manifest.attempts[:-1], att])
+                    rd.event(
+                        "supervision ended", cause="no spare left", detail=e.message, restarts=restarts - 1
+                    )
+                raise
+            self.up()
+
     def status(self) -> RunStatus:
         """The run's state, its nodes as Ray sees them (when the run is up) and every job's
         status (Ray's, or the recorded one when the cluster is gone)."""
@@ -447,18 +778,29 @@ class Run:
             except GlmlaunchError:
                 client = None
         last = self.run_dir.manifest.job if self.run_dir else None
+        kept = dict(self.run_dir.manifest.job_states) if self.run_dir else {}
         out = []
         for sid in subs:
             st = jobs.job_status(client, sid) if client is not None else "UNKNOWN"
             code = None
-            if sid == subs[-1] and last is not None:
-                code = last.exit_code
+            rec = kept.get(sid) or (last if sid == subs[-1] else None)
+            if rec is not None:
+                code = rec.exit_code
                 if st == "UNKNOWN":
-                    st = last.status
-            elif st == "UNKNOWN" and sid == subs[-1]:
+                    st = rec.status
+            if st == "UNKNOWN" and cluster is None:
                 st = "not known (the cluster is down)"
             out.append(JobState(sid, st, code))
-        return RunStatus(self.run_id, state, cluster, out)
+        m = self.run_dir.manifest if self.run_dir else None
+        return RunStatus(
+            self.run_id,
+            state,
+            cluster,
+            out,
+            list(m.attempts) if m else [],
+            [h.name for h in m.spares] if m else [],
+            dict(m.excluded) if m else {},
+        )
 
     def logs(self, *, follow: bool = False, on_text=None) -> str:
         """The log of the run's last job: from Ray while the cluster is up (with ``follow``,
@@ -526,6 +868,12 @@ class Run:
                             rd.write(f"{sid}.log", client.get_job_logs(sid))
                     except Exception:
                         pass
+                    if rd:  # and how it ended, for `status` once Ray is gone
+                        st, code, msg = jobs.final_state(client, sid)
+                        if st != "UNKNOWN":
+                            states = dict(rd.manifest.job_states)
+                            states[sid] = JobRecord(status=st, exit_code=code, message=msg)
+                            rd.update(job_states=states)
             except Exception as e:
                 log.warning("could not stop the job through Ray (%s); stopping the cluster", str(e)[:200])
                 self.reporter.done("stopping the job through Ray", False, str(e)[:200])
@@ -543,6 +891,17 @@ class Run:
         self.down()
 
 
+def _host_record(h: Host) -> HostRecord:
+    return HostRecord(
+        name=h.name,
+        address=h.address,
+        gpus=h.slots or 0,
+        ssh_user=h.ssh_user,
+        ssh_port=h.ssh_port,
+        source=h.source,
+    )
+
+
 def _stop_quietly(client, sid: str) -> None:
     try:
         jobs.stop_job(client, sid)
@@ -550,12 +909,30 @@ def _stop_quietly(client, sid: str) -> None:
         log.warning("could not stop job %s: %s", sid, e)
 
 
-def _watchdog(cluster: RayCluster, every_s: float = Defaults.watchdog_s):
+def _watchdog(
+    cluster: RayCluster,
+    every_s: float = Defaults.watchdog_s,
+    *,
+    last_line: list[float] | None = None,
+    hang_timeout_s: float | None = None,
+):
     """A ``check`` for :func:`jobs.follow`: raises :class:`ClusterError` naming any node that is no
-    longer alive (saves GPU-hours instead of letting the trainer hang)."""
+    longer alive (saves GPU-hours instead of letting the trainer hang), and, with
+    ``hang_timeout_s``, when the job printed no new log line for that long (``last_line[0]``: the
+    monotonic time of the last one): a hang, which supervision counts as a cluster cause."""
     last = [time.monotonic()]
 
     def check() -> None:
+        if (
+            hang_timeout_s is not None
+            and last_line is not None
+            and time.monotonic() - last_line[0] > hang_timeout_s
+        ):
+            raise ClusterError(
+                f"the job printed no new log line for {hang_timeout_s:.0f} s: hung (--hang-timeout)",
+                hint="the job was stopped; the crash bundle in the run directory has every node's Ray "
+                "log tails; raise --hang-timeout if the trainer is silent that long on purpose",
+            )
         if time.monotonic() - last[0] < every_s:
             return
         last[0] = time.monotonic()
@@ -573,7 +950,12 @@ def _watchdog(cluster: RayCluster, every_s: float = Defaults.watchdog_s):
             st = cluster.status()
         except GlmlaunchError:
             return
-        dead = {h: "left the cluster (Ray reports it dead)" for h, v in st.nodes.items() if not v["alive"]}
+        dead = {
+            h: "left the cluster (Ray reports it dead)"
+            + (f"; {st.unreachable[h]}" if h in st.unreachable else "")
+            for h, v in st.nodes.items()
+            if not v["alive"]
+        }
         if dead and not st.problems:
             raise ClusterError(
                 f"{len(dead)} node(s) died while the job was running: {', '.join(dead)}",
@@ -585,6 +967,26 @@ def _watchdog(cluster: RayCluster, every_s: float = Defaults.watchdog_s):
 
 
 # ----------------------------------------------------------------------------- up / launch
+
+
+def plan_differences(running: LaunchPlan, new: LaunchPlan) -> list[str]:
+    """What differs between a running cluster's plan and a new one for the same nodes: ``trainer
+    argv``, ``runtime env``, ``secrets``. A variable both plans probe (``probed_env``,
+    docs/fidelity.md#env-presets) is not compared: the running plan holds the nodes' answer, the
+    new one the value until they answer."""
+    probed = {k for k, p in new.probed_env.items() if running.probed_env.get(k) == p}
+    env_old, env_new = (
+        {k: v for k, v in e.items() if k not in probed} for e in (running.env_vars, new.env_vars)
+    )
+    return [
+        k
+        for k, a, b in (
+            ("trainer argv", running.argv, new.argv),
+            ("runtime env", env_old, env_new),
+            ("secrets", running.secret_env, new.secret_env),
+        )
+        if a != b
+    ]
 
 
 def _current(p: Planned, reporter: Reporter, transport: Transport | None = None) -> Run | None:
@@ -608,15 +1010,7 @@ def _current(p: Planned, reporter: Reporter, transport: Transport | None = None)
             return None
     except GlmlaunchError:
         return None
-    differs = [
-        k
-        for k, a, b in (
-            ("trainer argv", run.plan.argv, plan.argv),
-            ("runtime env", run.plan.env_vars, plan.env_vars),
-            ("secrets", run.plan.secret_env, plan.secret_env),
-        )
-        if a != b
-    ]
+    differs = plan_differences(run.plan, plan)
     if differs:
         raise ClusterError(
             f"run {run.run_id} is already up on these nodes with another plan ({', '.join(differs)} differ)",
@@ -646,10 +1040,12 @@ def up(
     env: dict | None = None,
     network: str | None = None,
     interface: str | None = None,
+    spares: str | None = None,
 ) -> Run:
     """Check, then start a Ray cluster for ``recipe`` on the nodes and return its :class:`Run`
     once every node and GPU has joined. With ``reuse``, an identical cluster already up from the
-    current run is returned instead of starting a second one. Raises :class:`CheckFailed`
+    current run is returned instead of starting a second one. ``spares``: a hostfile of spare
+    hosts (:func:`plan_launch`), recorded in the manifest for :meth:`Run.supervise`. Raises :class:`CheckFailed`
     (nothing started), :class:`ClusterError` / :class:`TransportError` (rolled back: nothing left
     running), :class:`UsageError` for bad input."""
     reporter = reporter or NullReporter()
@@ -675,6 +1071,7 @@ def up(
         transport=transport,
         reporter=reporter,
         startable=transport is None,
+        spares=spares,
     )
     _refuse(p)
     t = transport or make_transport(p.alloc, ssh)
@@ -683,6 +1080,7 @@ def up(
         if existing is not None:
             reporter.done("cluster already up", True, str(existing.path or ""))
             existing.reused = True
+            existing.cluster.recipe = existing.cluster.recipe or p.recipe
             return existing
     run = Run(p.plan, t, recipe=p.recipe, reporter=reporter, join_timeout_s=join_timeout_s)
     run.up(runs_dir, recipe=p.recipe, ssh=ssh, alloc=p.alloc)
@@ -715,6 +1113,10 @@ def launch(
     deep: bool = True,
     prepare: bool = False,
     reporter: Reporter | None = None,
+    max_restarts: int = 0,
+    restart_on: str = "cluster",
+    hang_timeout_s: float | None = None,
+    backoff_base_s: float = Defaults.restart_backoff_s,
     **up_kwargs,
 ) -> LaunchResult:
     """Checks, up, submit, follow, down: the whole main job in one call.
@@ -724,8 +1126,10 @@ def launch(
     Slurm allocation, or this machine for the probe). With ``keep`` the cluster stays up after
     the job; ``dry_run`` only builds and checks the plan (the same plan ``glmlaunch render``
     prints); ``prepare`` first runs :func:`glmlaunch.prep.prepare` on the same nodes (downloads,
-    conversion, node-local copies; each skipped when verified already). Other keyword arguments
-    go to :func:`up`.
+    conversion, node-local copies; each skipped when verified already).
+    ``max_restarts``/``restart_on``/``hang_timeout_s``/``backoff_base_s``: supervision
+    (:meth:`Run.supervise`: restarts after a cluster cause, resuming from the run's newest
+    complete checkpoint, every attempt in the manifest). Other keyword arguments go to :func:`up`.
 
     Returns a :class:`LaunchResult` (``result.ok`` tells whether the trainer succeeded). Raises
     :class:`CheckFailed` before anything starts, :class:`ClusterError`/:class:`TransportError`
@@ -749,7 +1153,16 @@ def launch(
         prepare_run(recipe, hostfile, reporter=reporter, **{k: up_kwargs[k] for k in keys})
     run = up(recipe, hostfile, deep=deep, reporter=reporter, **up_kwargs)
     try:
-        result = run.submit(follow=follow)
+        result: jobs.JobResult | None
+        if follow:
+            result = run.supervise(
+                max_restarts=max_restarts,
+                restart_on=restart_on,
+                hang_timeout_s=hang_timeout_s,
+                backoff_base_s=backoff_base_s,
+            )
+        else:
+            result = run.submit(follow=False)
         probe = None
         if result is not None and run.plan.trainer_kind == "probe" and run.path:
             from .probe import parse_report

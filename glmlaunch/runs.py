@@ -78,9 +78,15 @@ class NodeRecord(_Record):
 
 
 class HostRecord(_Record):
+    """A host as the manifest keeps it (a node, or a spare: ``spares``); ``source``: the
+    hostfile line it came from."""
+
     name: str
     address: str
     gpus: int = 0
+    ssh_user: str | None = None
+    ssh_port: int | None = None
+    source: str = ""
 
 
 class JobRecord(_Record):
@@ -90,6 +96,32 @@ class JobRecord(_Record):
     exit_code: int | None = None
     message: str = ""
     seconds: float = 0.0
+
+
+class Attempt(_Record):
+    """One attempt of a supervised run (``manifest.json``'s ``attempts``): its number (1 = the
+    first launch), when it started and ended (Unix time, seconds), its nodes, the checkpoint
+    iteration it resumed from (``None``: none yet / not known), the job's submission id and
+    status, and why it ended: ``cause`` (:class:`glmlaunch.recovery.CauseKind`: ``cluster``,
+    ``trainer``, ``stopped``, ``none``), ``detail`` and the hosts it names; ``bundle``: its
+    crash bundle's directory; ``restarted``: whether another attempt followed; ``replaced``:
+    bad node -> the spare that took its place for this attempt (:func:`glmlaunch.recovery.replace_nodes`)."""
+
+    number: int
+    started: float = Field(default_factory=time.time)
+    ended: float | None = None
+    nodes: list[str] = Field(default_factory=list)
+    resumed_from: int | None = None
+    resume_note: str = ""
+    submission_id: str = ""
+    status: str = ""
+    exit_code: int | None = None
+    cause: str = ""
+    detail: str = ""
+    hosts: dict[str, str] = Field(default_factory=dict)
+    bundle: str = ""
+    restarted: bool = False
+    replaced: dict[str, str] = Field(default_factory=dict)
 
 
 class TransportRecord(_Record):
@@ -133,7 +165,13 @@ class Manifest(_Record):
     nodes: dict[str, NodeRecord] = Field(default_factory=dict)
     preflight: list[dict[str, Any]] = Field(default_factory=list)
     job: JobRecord | None = None
+    job_states: dict[str, JobRecord] = Field(
+        default_factory=dict
+    )  # submission id -> how it ended (kept at down)
     slurm: dict[str, Any] | None = None
+    attempts: list[Attempt] = Field(default_factory=list)
+    spares: list[HostRecord] = Field(default_factory=list)  # hosts kept out of the cluster, for replacements
+    excluded: dict[str, str] = Field(default_factory=dict)  # host -> why it is out for the rest of the run
 
 
 def default_runs_dir() -> Path:

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import GlmlaunchError, UsageError
+from .hosts import shown, whole_number
 from .options import Defaults
 from .progress import Reporter
 from .recipe import Recipe, load_recipe
@@ -60,6 +61,21 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RECIPE = "local-probe"
 # port_base / dashboard_port: see glmlaunch.run.up
+
+
+def restart_count(environ=None) -> int:
+    """How many times Slurm has requeued this job (``SLURM_RESTART_COUNT``, unset or empty: 0).
+
+    Raises :class:`UsageError` when the value is not ASCII digits (``str.isdigit`` would accept
+    ``²``): the sbatch docs define it as a count."""
+    text = (os.environ if environ is None else environ).get("SLURM_RESTART_COUNT", "") or "0"
+    n = whole_number(text)
+    if n is None:
+        raise UsageError(
+            f"SLURM_RESTART_COUNT={shown(text)}: not a whole number",
+            "unset SLURM_RESTART_COUNT in the job's environment (Slurm sets it on a requeue)",
+        )
+    return n
 
 
 class RequeueLimit(GlmlaunchError):
@@ -392,7 +408,7 @@ class LaunchJob:
 
     @staticmethod
     def _marker(env, what: str) -> Path:
-        attempt = os.environ.get("SLURM_RESTART_COUNT", "0")
+        attempt = restart_count()
         return Path(env.paths.folder) / f"{env.job_id}_glmlaunch.{attempt}.{what}"
 
     def _record(self, **kw) -> None:
@@ -436,7 +452,7 @@ class LaunchJob:
         from . import run as runs
         from .probe import parse_report
 
-        attempt = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        attempt = restart_count()
         if attempt > self.max_requeues:
             raise RequeueLimit(
                 f"Slurm started job {env.job_id} {attempt + 1} times, more than max_requeues={self.max_requeues} allows",

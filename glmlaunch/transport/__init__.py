@@ -8,8 +8,9 @@ that failed.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,7 +29,9 @@ class Target:
 @dataclass
 class RemoteResult:
     """One host's outcome. ``exit_code`` is ``None`` when the command never ran (connection
-    failed, timed out): then ``error`` says why. Durations are in seconds."""
+    failed, timed out): then ``error`` says why. Durations are in seconds; ``started`` is the
+    Unix time the command was sent and ``connect_s`` the part of ``duration_s`` spent opening a
+    new connection (0 where the transport does not measure them)."""
 
     host: str
     exit_code: int | None
@@ -36,6 +39,8 @@ class RemoteResult:
     stderr: str = ""
     error: str = ""
     duration_s: float = 0.0
+    started: float = 0.0
+    connect_s: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -89,19 +94,66 @@ def run_parallel(
     timeout: float,
     on_done: Callable[[Target, RemoteResult], None] | None = None,
     max_parallel: int = 64,
+    slack_s: float | None = None,
+    abandon: Callable[[Target], None] | None = None,
 ) -> dict[Target, RemoteResult]:
     """The body of every transport's ``run_many``: ``run_one(target, command, timeout)`` on a
-    thread per target (at most ``max_parallel`` at once); one result per target, in order."""
+    thread per target (at most ``max_parallel`` at once); one result per target, in order.
+
+    ``slack_s``: a hard bound on each target, ``timeout + slack_s`` seconds from the moment its
+    ``run_one`` starts, whatever the transport's library does inside (paramiko waits without a
+    timeout for the answer to an exec request on an open connection, paramiko/channel.py
+    ``_wait_for_event`` (paramiko@5.1.0)). A target past it gets a result with ``exit_code=None``
+    and an ``error`` naming the host as unreachable; ``abandon(target)`` is called so that the
+    transport drops (and closes) that host's connection; its thread (a daemon) is left to end on
+    its own and its late result is discarded. ``None``: no such bound (the transport's own
+    timeouts are trusted, e.g. a local subprocess)."""
     out: dict[Target, RemoteResult] = {}
     if not commands:
         return out
-    with ThreadPoolExecutor(max_workers=min(max_parallel, len(commands))) as ex:
-        futs = {ex.submit(run_one, t, cmd, timeout): t for t, cmd in commands.items()}
-        for f, t in futs.items():
-            r = f.result()
-            out[t] = r
-            if on_done:
-                on_done(t, r)
+    gate = threading.Semaphore(max(1, max_parallel))
+    results: dict[Target, RemoteResult] = {}
+    started: dict[Target, float] = {}
+    cv = threading.Condition()
+
+    def work(t: Target, cmd: str) -> None:
+        with gate:
+            with cv:
+                started[t] = time.monotonic()
+            try:
+                r = run_one(t, cmd, timeout)
+            except Exception as e:  # a transport bug must not lose the host: report it
+                r = RemoteResult(t.name, None, error=f"{t.name}: {e.__class__.__name__}: {e}")
+            with cv:
+                results.setdefault(t, r)
+                cv.notify_all()
+
+    for t, cmd in commands.items():
+        threading.Thread(target=work, args=(t, cmd), daemon=True, name=f"glmlaunch-{t.name}").start()
+    for t in commands:
+        with cv:
+            while t not in results:
+                t0 = started.get(t)
+                if slack_s is not None and t0 is not None:
+                    left = t0 + timeout + slack_s - time.monotonic()
+                    if left <= 0:
+                        results[t] = RemoteResult(
+                            t.name,
+                            None,
+                            error=f"{t.name}: no answer within {timeout + slack_s:.0f} s: unreachable "
+                            "(the connection was dropped)",
+                            duration_s=time.monotonic() - t0,
+                        )
+                        if abandon is not None:
+                            threading.Thread(target=abandon, args=(t,), daemon=True).start()
+                        break
+                    cv.wait(min(left, 1.0))
+                else:
+                    cv.wait(1.0)
+            r = results[t]
+        out[t] = r
+        if on_done:
+            on_done(t, r)
     return out
 
 

@@ -30,8 +30,11 @@ log = logging.getLogger(__name__)
 
 
 class SSHTransport:
-    """Run commands over SSH with Fabric. ``connect_timeout`` (seconds) bounds the TCP connect and
-    the SSH banner/auth; each command's ``timeout`` bounds its run time."""
+    """Run commands over SSH with Fabric. ``connect_timeout`` (seconds) bounds the TCP connect,
+    the SSH banner/auth and the opening of a channel on a cached connection; each command's
+    ``timeout`` bounds its run time; :meth:`slack_s` beyond that is a hard bound whatever paramiko
+    does. A host past a bound is reported unreachable (``RemoteResult.error`` names it) and its
+    connection is dropped from the cache, so the next call connects afresh."""
 
     kind = "ssh"
 
@@ -96,7 +99,13 @@ class SSHTransport:
             c = self._conns.get(t)
             if c is not None:
                 return c
-            ck: dict = {"banner_timeout": self.connect_timeout, "auth_timeout": self.connect_timeout}
+            ck: dict = {
+                "banner_timeout": self.connect_timeout,
+                "auth_timeout": self.connect_timeout,
+                # opening a channel on an open connection: paramiko's default is an hour
+                # (paramiko/transport.py:542, channel_timeout = 60 * 60 (paramiko@5.1.0))
+                "channel_timeout": self.connect_timeout,
+            }
             if self.key:
                 ck["key_filename"] = [os.path.expanduser(self.key)]
             c = Connection(
@@ -127,14 +136,55 @@ class SSHTransport:
             self._conns[t] = c
             return c
 
+    def _bound(self, c) -> None:
+        """Bound a freshly opened connection's silent failures: an SSH keepalive every
+        ``connect_timeout / 2`` s (so an idle connection sends data) and, on a TCP socket,
+        ``TCP_USER_TIMEOUT`` of ``2 * connect_timeout``: data unacknowledged that long closes
+        the connection (tcp(7)), instead of TCP's retransmissions for about 15 minutes
+        (``tcp_retries2``). paramiko's transport thread then ends, which wakes every waiter on
+        the connection (paramiko/transport.py ``run``: ``chan._unlink()`` (paramiko@5.1.0))."""
+        tr = c.client.get_transport() if c.client is not None else None
+        if tr is None or getattr(tr, "_glmlaunch_bounded", False):
+            return
+        tr.set_keepalive(max(1, int(self.connect_timeout / 2)))
+        sock = getattr(tr, "sock", None)
+        if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                user_timeout = getattr(socket, "TCP_USER_TIMEOUT", None)
+                if user_timeout is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, user_timeout, int(2000 * self.connect_timeout))
+            except OSError as e:  # not fatal: the hard bound of run_parallel still holds
+                log.debug("cannot set TCP timeouts on the connection to %s: %s", c.host, e)
+        tr._glmlaunch_bounded = True
+
+    def _drop(self, t: Target, c=None) -> None:
+        """Forget ``t``'s cached connection (only ``c`` if given: a newer one stays) and close it;
+        closing its transport wakes any thread still waiting on it."""
+        with self._lock:
+            cur = self._conns.get(t)
+            if cur is not None and (c is None or cur is c):
+                self._conns.pop(t, None)
+            else:
+                cur = c
+        if cur is not None:
+            try:
+                cur.close()
+            except Exception:
+                pass
+
+    @staticmethod
+    def _where(t: Target, c) -> str:
+        return f"{c.user}@{t.name}" + (f" ({c.host}:{c.port})" if c.host != t.name or c.port != 22 else "")
+
     def _describe(self, t: Target, c, e: BaseException) -> str:
         """Turn a connection/run exception into a message that says what to do."""
         import paramiko
         from invoke.exceptions import CommandTimedOut
 
-        where = f"{c.user}@{t.name}" + (f" ({c.host}:{c.port})" if c.host != t.name or c.port != 22 else "")
+        where = self._where(t, c)
         if isinstance(e, CommandTimedOut):
-            return f"{where}: command timed out after {e.timeout:.0f} s"
+            return f"{where}: no answer: the command timed out after {e.timeout:.0f} s (connection dropped)"
         if isinstance(e, paramiko.BadHostKeyException):
             return (
                 f"{where}: host key does not match known_hosts (possible man-in-the-middle); fix known_hosts"
@@ -157,6 +207,13 @@ class SSHTransport:
         if isinstance(e, OSError):
             return f"{where}: {e.strerror or e}"
         msg = str(e) or e.__class__.__name__
+        if "Timeout opening channel" in msg:
+            return (
+                f"{where}: unreachable: the open connection did not answer within the "
+                f"{self.connect_timeout:.0f} s connect timeout (connection dropped)"
+            )
+        if "SSH session not active" in msg or isinstance(e, EOFError):
+            return f"{where}: unreachable: the connection was lost (the host stopped answering)"
         if "Error reading SSH protocol banner" in msg or "No existing session" in msg:
             return f"{where}: no SSH answer within the {self.connect_timeout:.0f} s connect timeout"
         return f"{where}: {msg}"
@@ -164,10 +221,14 @@ class SSHTransport:
     # ------------------------------------------------------------------ running
 
     def _run_one(self, t: Target, command: str, timeout: float, stdin: str | None = None) -> RemoteResult:
-        t0 = time.monotonic()
+        t0, started, connect_s = time.monotonic(), time.time(), 0.0
         c = None
         try:
             c = self._connection(t)
+            if not getattr(c, "is_connected", True):  # opened here, not inside run(): timed
+                c.open()  # bounded by connect/banner/auth timeouts
+                connect_s = time.monotonic() - t0
+            self._bound(c)
             r = c.run(
                 "bash -c " + shlex.quote(command),
                 hide=True,
@@ -177,17 +238,30 @@ class SSHTransport:
                 in_stream=io.StringIO(stdin) if stdin is not None else False,
                 pty=False,
             )
-            return RemoteResult(t.name, r.exited, r.stdout, r.stderr, "", time.monotonic() - t0)
+            tr = c.client.get_transport() if c.client is not None else None
+            if r.exited == -1 and tr is not None and not tr.is_active():
+                # the channel ended without an exit status because the connection died under it
+                # (TCP_USER_TIMEOUT, see _bound): the host stopped answering mid-command
+                self._drop(t, c)
+                return RemoteResult(
+                    t.name,
+                    None,
+                    r.stdout,
+                    r.stderr,
+                    f"{self._where(t, c)}: unreachable: the connection was lost while the command ran "
+                    "(connection dropped)",
+                    time.monotonic() - t0,
+                    started,
+                    connect_s,
+                )
+            return RemoteResult(
+                t.name, r.exited, r.stdout, r.stderr, "", time.monotonic() - t0, started, connect_s
+            )
         except Exception as e:  # per-host: never raise, report
             err = self._describe(t, c, e) if c is not None else f"{t.name}: {e}"
-            with self._lock:  # a broken connection must not be reused
-                bad = self._conns.pop(t, None)
-            if bad is not None:
-                try:
-                    bad.close()
-                except Exception:
-                    pass
-            return RemoteResult(t.name, None, "", "", err, time.monotonic() - t0)
+            if c is not None:  # a broken connection must not be reused
+                self._drop(t, c)
+            return RemoteResult(t.name, None, "", "", err, time.monotonic() - t0, started, connect_s)
 
     def run_many(
         self,
@@ -200,7 +274,21 @@ class SSHTransport:
         def one(t: Target, cmd: str, timeout: float) -> RemoteResult:
             return self._run_one(t, cmd, timeout, stdin)
 
-        return run_parallel(one, commands, timeout=timeout, on_done=on_done, max_parallel=self.max_parallel)
+        return run_parallel(
+            one,
+            commands,
+            timeout=timeout,
+            on_done=on_done,
+            max_parallel=self.max_parallel,
+            slack_s=self.slack_s,
+            abandon=self._drop,
+        )
+
+    @property
+    def slack_s(self) -> float:
+        """The hard bound of each remote call beyond its command timeout (seconds): TCP connect,
+        banner, auth and channel open (``connect_timeout`` each) plus 5 s."""
+        return 4 * self.connect_timeout + 5.0
 
     def put_text(self, targets, path, text, *, mode=0o600, timeout=30.0, python="python3"):
         """``nodeops write_secret`` on each node (``python``), the text on its stdin."""

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tear down the hosts of hosts_up.sh: SIGKILL each host's tini anchor (by its root-ns pid file);
 # the kernel then kills every process of that host, and the waiting `unshare` exits.
-# Then delete the netns, the bridge and our /etc/hosts lines. Logs under $GLT_STATE stay.
+# Then delete the netns, each host's root-side veth, the bridge and our /etc/hosts lines. Logs under $GLT_STATE stay.
 set -uo pipefail
 . "$(dirname "$0")/common.sh"
 running() { [ -r "/proc/$1/stat" ] && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
@@ -22,6 +22,9 @@ for d in "$GLT_STATE"/hosts/h*; do
     [ -z "$pids" ] || { glt_log "killing leftover pids in netns $h: $pids"; kill -9 $pids 2>/dev/null; sleep 0.2; }
     ip netns del "$h"
   fi
+  # The root-side end of the host's veth pair can outlive the netns (a namespace still pinned by a
+  # dying process, a crashed hosts_up.sh); left there, the next hosts_up.sh fails with "File exists".
+  ip link show "veth-$h" >/dev/null 2>&1 && ip link del "veth-$h"
 done
 ip link show "$GLT_BRIDGE" >/dev/null 2>&1 && ip link del "$GLT_BRIDGE"
 for pd in $GLT_PRIVATE_DIRS; do rmdir "$pd" 2>/dev/null; done   # the mount points, if empty

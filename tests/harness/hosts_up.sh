@@ -21,6 +21,8 @@ for i in $(seq 1 "$N"); do
   mkdir -p "$d"
   if [ ! -e "/run/netns/$h" ]; then
     ip netns add "$h"
+    # a root-side veth left by an earlier run (its netns is gone) would make `ip link add` fail
+    ip link show "veth-$h" >/dev/null 2>&1 && ip link del "veth-$h"
     ip link add "veth-$h" type veth peer name eth0 netns "$h"
     ip link set "veth-$h" master "$GLT_BRIDGE" up
     ip -n "$h" addr add "$(glt_ip "$i")/24" dev eth0

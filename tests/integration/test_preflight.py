@@ -131,3 +131,56 @@ def test_save_dir_not_shared(testcluster, hostfile):
     assert any("is not shared" in m and "h2" in m for m in msgs), msgs
     assert any("config.json is missing" in m for m in msgs), msgs  # the model files are checked on every node
     assert not c.started
+
+
+FAKE_SMI = """#!/bin/sh
+# nvidia-smi of an NVLink machine, for `topo -m` only (anything else prints nothing)
+[ "$1" = topo ] || exit 0
+printf '\\tGPU0\\tGPU1\\tCPU Affinity\\nGPU0\\t X \\tNV18\\t0-55\\nGPU1\\tNV18\\t X \\t0-55\\n\\nLegend:\\n  NV#  = Connection traversing a bonded set of # NVLinks\\n'
+"""
+
+
+@pytest.mark.parametrize("with_nvlink", [(1, 2, 3), (1, 2)], ids=["all", "not-h3"])
+def test_nvlink_probe_decides_nvls_on_the_real_hosts(testcluster, hostfile, with_nvlink):
+    # an nvidia-smi that shows NVLink, in a directory private to each host (/tmp/ray), on PATH
+    # through cluster.setup; a host without it has no nvidia-smi at all (docs/fidelity.md#probed-env)
+    bindir = "/tmp/ray/glt-nvlink-bin"
+    for i in range(1, len(testcluster.hosts) + 1):
+        testcluster.on_host(i, "rm", "-rf", bindir)
+    for i in with_nvlink:
+        write = 'mkdir -p "$1" && printf "%s" "$2" > "$1/nvidia-smi" && chmod 755 "$1/nvidia-smi"'
+        testcluster.on_host(i, "sh", "-c", write, "sh", bindir, FAKE_SMI)
+    try:
+        recipe = load_recipe(
+            "glm45-355b-a32b-grpo",
+            [
+                "cluster.nodes=3",
+                "cluster.hardware=cpu",
+                "run.base_dir=/tmp/ray/glm",
+                "checkpoint.save=",
+                f'cluster.setup=["export PATH={bindir}:$PATH"]',
+            ],
+        )
+        alloc = read_hostfile(hostfile)
+        plan = build_plan(recipe, alloc, ports=PORTS, python=sys.executable)
+        assert plan.probed_env == {"NCCL_NVLS_ENABLE": "nvlink"} and plan.env_vars["NCCL_NVLS_ENABLE"] == "0"
+        ssh = SSHOptions(
+            ssh_config=str(testcluster.ssh_config),
+            key=str(testcluster.ssh_key),
+            known_hosts=str(testcluster.known_hosts),
+            connect_timeout=5,
+        )
+        c = RayCluster(plan, make_transport(alloc, ssh), recipe=recipe)
+        findings = c.inspect()  # the model files are missing here: errors, but the probe is answered
+        everywhere = len(with_nvlink) == len(testcluster.hosts)
+        assert plan.probed and plan.env_vars["NCCL_NVLS_ENABLE"] == ("1" if everywhere else "0")
+        mixed = [str(f) for f in findings if f.field == "env.vars.NCCL_NVLS_ENABLE"]
+        if everywhere:
+            assert not mixed
+        else:
+            assert len(mixed) == 1 and "h3" in mixed[0] and "h1" not in mixed[0], mixed
+            assert any("h3: no nvidia-smi" in n for n in plan.notes), plan.notes
+        assert not c.started
+    finally:
+        for i in range(1, len(testcluster.hosts) + 1):
+            testcluster.on_host(i, "rm", "-rf", bindir)

@@ -79,7 +79,8 @@ class FakeHost:
     - ``foreign_dirs``: paths that exist on the node and are not this run's (another user's, a
       symlink, open to others): ``write_secret`` refuses them as nodeops does;
     - ``boot``: the node's boot id (change it to play a reboot); ``hostname``: what the node calls
-      itself (default ``fake-<name>``).
+      itself (default ``fake-<name>``); ``nvlink``: the NVLink connections its ``nvidia-smi topo
+      -m`` shows (``inspect``'s ``nvlink``).
     """
 
     unreachable: bool = False
@@ -95,6 +96,7 @@ class FakeHost:
     foreign_dirs: set[str] = field(default_factory=set)
     boot: str = "boot-1"
     hostname: str | None = None
+    nvlink: int = 0
 
 
 @dataclass
@@ -345,6 +347,8 @@ class FakeTransport:
                     "free_gib": {p: 100.0 for p in a.get("space", [])},
                     "interface": True if a.get("interface") else None,
                     "repos": {p: "abc123" for p in a.get("repos", [])},
+                    "nvlink": h.nvlink,
+                    "nvlink_why": f"nvidia-smi topo -m shows {h.nvlink} NVLink connection(s)",
                 },
             }
         elif op == "start":

@@ -232,6 +232,32 @@ CASES = [
          sets=["optimizer.precision_aware=false"], errors={"optimizer.precision_aware"}),
     # --- warnings only ---
     Case("ep-tp-without-sp", 32, "355b", 4, 1, 1, 4, sp=False, warnings={"parallelism.sequence_parallel"}),
+    # --- more layouts of both models (docs/rules.md: each verdict equals megatron-core's) ---
+    # valid: TP above the 8 query groups (a multiple of them: KV heads replicated), ETP != TP,
+    # CP 2 / 4, VPP, the GRPO template's 8-node layout with its 8-layer last stage
+    Case("355B-tp16-cp1", 256, "355b", 16, 4, 1, 16, warnings={"parallelism.tp"}),
+    Case("air-tp16-divisor-groups", 128, "air", 16, 2, 1, 16, warnings={"parallelism.tp"}),
+    Case("air-tp32-divisor-groups", 64, "air", 32, 1, 1, 8, warnings={"parallelism.tp"}),
+    Case("355B-grpo-8node", 64, "355b", 4, 8, 2, 8, last=8, tc=dict(num_layers_in_last_pipeline_stage=8)),
+    Case("355B-vpp2", 64, "355b", 8, 2, 2, 16, vpp=2),
+    Case("355B-etp2", 64, "355b", 4, 4, 1, 8, etp=2),
+    Case("355B-tp2", 64, "355b", 2, 4, 1, 16),
+    Case("355B-cp4", 64, "355b", 8, 2, 4, 32),
+    Case("air-etp2", 64, "air", 2, 2, 1, 8, etp=2),
+    Case("air-cp2-ep16", 64, "air", 2, 1, 2, 16),
+    # refused: 12 is neither a multiple nor a divisor of 8 query groups (TransformerConfig); ETP
+    # defaulting to TP=16 makes the expert grid 16·16·4 (parallel_state)
+    Case("air-tp12-groups", 96, "air", 12, 1, 1, 8, gpus=12, core_tc_error=True, errors={"parallelism.tp"}),
+    Case("355B-tp16-etp-default", 256, "355b", 16, 4, 1, 16, etp=None, core_ps_error=True,
+         errors={"parallelism.ep", "parallelism.etp/parallelism.ep/parallelism.pp"}, warnings={"parallelism.tp"}),
+    # megatron-core's configs accept; Megatron-LM refuses (validate_args)
+    Case("air-experts-not-div-ep3", 48, "air", 1, 2, 1, 3, gpus=6, errors={"parallelism.ep"},
+         warnings={"parallelism.sequence_parallel"}),
+    Case("air-pp4-without-last", 32, "air", 1, 4, 1, 8, errors={"parallelism.pp"},
+         warnings={"parallelism.sequence_parallel"}),
+    # the MTP layer is SGLang's draft model (num_nextn_predict_layers), not a Megatron layer: with
+    # EAGLE on, 92 layers still do not split over PP=3
+    Case("355B-pp3-mtp-not-a-layer", 48, "355b", 8, 3, 2, 16, sets=["sglang.mtp=true"], errors={"parallelism.pp"}),
 ]
 # fmt: on
 
@@ -292,8 +318,12 @@ def _layout_findings(findings):
 
 
 def test_case_count():
-    assert len(CASES) >= 20
+    assert len(CASES) >= 30
     assert len({c.id for c in CASES}) == len(CASES)
+    for model in ("355b", "air"):  # both models, accepted and refused layouts of each
+        assert {bool(c.errors) for c in CASES if c.model == model} == {True, False}
+    # TP=16 with 8 query groups is accepted (Megatron replicates KV heads), on both models
+    assert {c.model for c in CASES if c.tp == 16 and not c.core_tc_error and not c.errors} == {"355b", "air"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -323,6 +353,11 @@ def test_layout_matches_megatron_core(case: Case, monkeypatch):
     assert {f.field for f in union if f.severity == "warning"} == case.warnings, [str(f) for f in union]
     for f in union:
         assert f.source and f.rule
+    # No error that megatron-core accepts is put on megatron-core: a hand rule citing its
+    # parallel_state / TransformerConfig says error only where that code raised.
+    for core, path in ((core_ps, "megatron/core/parallel_state.py:"), (core_tc, "transformer_config.py:")):
+        if core is None:
+            assert not [str(f) for f in union if f.severity == "error" and path in f.source]
 
 
 def test_seed_8node_messages_name_numbers(monkeypatch):

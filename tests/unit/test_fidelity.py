@@ -29,7 +29,7 @@ import pytest
 from glm_args import M355, MAIR
 
 from glmlaunch.hosts import Allocation, Host
-from glmlaunch.plan import build_plan
+from glmlaunch.plan import PROBE_DEFAULT, apply_probes, build_plan
 from glmlaunch.recipe import PACKAGE_TEMPLATES, load_recipe
 from glmlaunch.resolve import resolve
 
@@ -636,12 +636,18 @@ def _flags(tokens: list[str], *, once: bool = False) -> dict[str, tuple[str, ...
     return out
 
 
-def _render(template: str, sets: list[str], nodes: int, gpus: int):
+def _render(template: str, sets: list[str], nodes: int, gpus: int, nvlink: int = 18):
+    """The template's argv (flag -> values), its runtime env as submitted after the nodes'
+    NVLink probe (each node answering ``nvlink`` NV connections: miles' probe on the same
+    machines; docs/fidelity.md#probed-env) and the node addresses."""
     hosts = tuple(Host(f"10.0.0.{i}", f"10.0.0.{i}", gpus) for i in range(1, nodes + 1))
     alloc = Allocation(hosts=hosts, gpus_per_node=gpus, origin="test")
     recipe = load_recipe(template, sets)
     plan = build_plan(recipe, alloc, resolved=resolve(recipe, alloc), run_id="t", python="/py/bin/python3")
     assert plan.argv[:2] == ["python3", "/root/miles/train.py"]
+    for var in plan.probed_env:  # the render, before the nodes answer, shows the default
+        assert plan.env_vars[var] == PROBE_DEFAULT
+    apply_probes(plan, {h.name: {"nvlink": nvlink} for h in hosts})
     return _flags(plan.argv[2:], once=True), plan.env_vars, [h.address for h in hosts]
 
 
@@ -675,9 +681,11 @@ def _no_inert_eval(flags: dict) -> dict:
 
 
 def _computed_env(env: dict, hosts: list[str]) -> dict:
-    """docs/fidelity.md#computed-env: no_proxy / NO_PROXY list localhost, loopback and every node."""
+    """docs/fidelity.md#computed-env: no_proxy is miles' own list (execute_train's
+    ``127.0.0.1,<head>`` where the launcher sets none), then every other node; NO_PROXY the same."""
     out = dict(env)
-    out["no_proxy"] = out["NO_PROXY"] = ",".join(["localhost", "127.0.0.1", *hosts])
+    miles = env.get("no_proxy", f"127.0.0.1,{hosts[0]}").split(",")
+    out["no_proxy"] = out["NO_PROXY"] = ",".join(dict.fromkeys([*miles, *hosts]))
     return out
 
 
@@ -741,6 +749,16 @@ def test_grpo_equals_run_glm45_355b_a32b(case):
     assert env == _computed_env({**GRPO_ENV, **extra_env}, hosts)
 
 
+@pytest.mark.parametrize("template", ["glm45-355b-a32b-grpo", "glm45-355b-a32b-gspo", "glm45-air-p2p"])
+def test_nvls_without_nvlink(template):
+    """execute_train's probe on machines without NVLink gives NCCL_NVLS_ENABLE=0 (GRPO); the
+    8-node script and run.py set 0 whatever the probe says (docs/fidelity.md#probed-env)."""
+    _, env, _ = _render(template, [], 8, 8, nvlink=0)
+    assert env["NCCL_NVLS_ENABLE"] == "0"
+    _, env, _ = _render(template, [], 8, 8, nvlink=4)
+    assert env["NCCL_NVLS_ENABLE"] == ("1" if template == "glm45-355b-a32b-grpo" else "0")
+
+
 def test_air_p2p_equals_run_py():
     got, env, hosts = _render("glm45-air-p2p", [], 8, 8)
     want = _paths(
@@ -777,7 +795,7 @@ def test_gspo_equals_run_glm45_355b_a32b_8node():
     assert want["--moe-token-dispatcher-type"] == ("flex",)
     assert got == _run_owned(want, "glm45-355b-a32b-gspo", interval="20")
     want_env = {k: v for k, v in GSPO_ENV.items() if not k.startswith("OMPI_MCA_")}  # docs/fidelity.md#no-mpi
-    assert env == _computed_env(want_env, hosts)  # no 0.0.0.0: docs/fidelity.md#computed-env
+    assert env == _computed_env(want_env, hosts)  # the script's no_proxy, then the other nodes
 
 
 @pytest.mark.parametrize(
@@ -786,3 +804,17 @@ def test_gspo_equals_run_glm45_355b_a32b_8node():
 def test_template_header_pins_the_miles_commit(template):
     header = Path(PACKAGE_TEMPLATES / f"{template}.toml").read_text().split("\n[", 1)[0]
     assert MILES_COMMIT in header
+
+
+def test_every_cited_fidelity_anchor_exists():
+    """Each anchor of docs/fidelity.md that the code, the templates, the tests or the README
+    link to exists there."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "fidelity.md").read_text()
+    anchors = set(re.findall(r'<a id="([^"]+)"></a>', doc))
+    files = [root / "README.md", root / "docs" / "rules.md", *root.glob("glmlaunch/**/*.py")]
+    files += [*root.glob("glmlaunch/templates/*.toml"), *root.glob("tests/unit/*.py")]
+    cited = {(f.name, a) for f in files for a in re.findall(r"fidelity\.md#([a-z0-9-]+)", f.read_text())}
+    assert cited and not {c for c in cited if c[1] not in anchors}

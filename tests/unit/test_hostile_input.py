@@ -589,6 +589,48 @@ ROWS = [
         hostfile=EIGHT,
         code=1,
     ),
+    *[
+        Row(
+            f"option-{opt.lstrip('-')}-{kind}",
+            ("launch", "local-probe", "--dry-run", "--hostfile", "{hf}", opt, value),
+            f"{opt} '",
+            hostfile="10.0.0.1 slots=1\n",
+        )
+        for opt in (
+            "--python",
+            "--ssh-key",
+            "--ssh-config",
+            "--known-hosts",
+            "--network",
+            "--interface",
+            "--head",
+        )
+        for kind, value in (("newline", "/x\ny"), ("escape", "/x\x1b[31mred"))
+    ],
+    *[
+        Row(
+            f"option-{rid}",
+            ("launch", "local-probe", "--dry-run", "--hostfile", "{hf}", *args),
+            needle,
+            hostfile="10.0.0.1 slots=1\n",
+        )
+        for rid, args, needle in (
+            (
+                "ssh-user-dash",
+                ("--ssh-user", "-oProxyCommand=x"),
+                "--ssh-user '-oProxyCommand=x': not a login name",
+            ),
+            ("ssh-user-shell", ("--ssh-user", "a;b"), "--ssh-user 'a;b': not a login name"),
+            (
+                "interface-slash",
+                ("--interface", "eth0/1"),
+                "--interface 'eth0/1': not a network interface name",
+            ),
+            ("interface-long", ("--interface", "e" * 16), "not a network interface name"),
+            ("ssh-port-zero", ("--ssh-port", "0"), "--ssh-port 0: not a TCP port"),
+            ("python-empty", ("--python", ""), "--python '': empty"),
+        )
+    ],
 ]
 
 

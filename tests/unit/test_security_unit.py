@@ -272,6 +272,11 @@ def test_ssh_sends_stdin_to_the_remote_command_never_in_its_line(monkeypatch):
     got: dict = {}
 
     class Conn:
+        client = None  # no paramiko client: nothing to bound
+
+        def open(self):
+            pass
+
         def run(self, cmd, **kw):
             stream = kw["in_stream"]
             got.update(cmd=cmd, data=stream.read() if stream else stream, pty=kw["pty"])

@@ -647,3 +647,20 @@ def test_rank0_refuses_beyond_max_requeues(tmp_path, monkeypatch):
     with pytest.raises(RequeueLimit, match="more than max_requeues=3"):
         LaunchJob(load_recipe("local-probe"))()
     assert (tmp_path / "42_glmlaunch.4.done").exists()  # the other ranks are released
+
+
+@pytest.mark.parametrize("value, expected", [(None, 0), ("", 0), ("0", 0), ("3", 3)])
+def test_restart_count_reads_slurms_count(value, expected):
+    from glmlaunch.slurm import restart_count
+
+    env = {} if value is None else {"SLURM_RESTART_COUNT": value}
+    assert restart_count(env) == expected
+
+
+@pytest.mark.parametrize("value", ["²", "٣", "-1", "1.0", "x"])
+def test_a_restart_count_that_is_not_ascii_digits_is_a_usage_error_naming_it(value):
+    from glmlaunch.errors import UsageError
+    from glmlaunch.slurm import restart_count
+
+    with pytest.raises(UsageError, match="SLURM_RESTART_COUNT=.*not a whole number"):
+        restart_count({"SLURM_RESTART_COUNT": value})
