@@ -27,11 +27,16 @@ fi
 t1=$(date +%s.%N)
 "$V/bin/python3" -c 'import ray, torch, glmlaunch; print("ray", ray.__version__, "torch", torch.__version__, "GPUs", torch.cuda.device_count())'
 nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
+nvidia-smi topo -m > "$OUT/nvidia-smi-topo.txt" 2>&1 || true   # what the NVLink probe reads
 export GLMLAUNCH_STATE_DIR=$OUT/state PATH="$V/bin:$PATH"
 rc=0
+# one GPU has no NVLink: the nodes' probe decides NCCL_NVLS_ENABLE (and must say 0); with several,
+# multicast is kept off by setting it, whatever the probe says (the device docs' rule)
+nvls=()
+[ "$(nvidia-smi -L | wc -l)" -gt 1 ] && nvls=(--set env.vars.NCCL_NVLS_ENABLE=0)
 RUNS=$(mktemp -d)   # not under $OUT: a run directory holds the token (mode 600)
 "$V/bin/glmlaunch" launch local-probe --local --runs-dir "$RUNS" \
-  --set env.vars.NCCL_NVLS_ENABLE=0 --set env.vars.TORCH_SYMM_MEM_DISABLE_MULTICAST=1 --set env.vars.NVSHMEM_DISABLE_NVLS=1 \
+  "${nvls[@]}" --set env.vars.TORCH_SYMM_MEM_DISABLE_MULTICAST=1 --set env.vars.NVSHMEM_DISABLE_NVLS=1 \
   2>&1 | tee "$OUT/launch.log" || rc=$?
 t2=$(date +%s.%N)
 sleep 2
@@ -73,6 +78,8 @@ checks = {
     "CUDA_VISIBLE_DEVICES set by Ray": all(n["cuda_visible_devices"] != "" for n in nodes),
     "collective over NCCL and ok": all(n["collective"].get("backend") == "nccl" and n["collective"].get("ok") for n in nodes),
     "no GPU process after down": left.strip() == "",
+    # NCCL_NVLS_ENABLE comes from the nodes' NVLink probe (nvidia-smi topo -m, as miles'
+    # execute_train) unless set; on one GPU there is no NVLink: 0
     "NVLink multicast off in the job's runtime env": json.loads(pathlib.Path(out, "plan.json").read_text())[
         "env_vars"
     ].get("NCCL_NVLS_ENABLE")

@@ -573,6 +573,10 @@ def runtime_env(
             # scripts/run_glm45_355b_a32b.py:261-263 (miles@31f1ca961a94)
             env["SGLANG_DEEPEP_NUM_MAX_DISPATCH_TOKENS_PER_RANK"] = str(FP8_DECODE_MAX_BS)
     else:
+        # the probe's NCCL collective gets NVLink multicast as the trainer would (it checks what
+        # training will use)
+        env["NCCL_NVLS_ENABLE"] = PROBE_DEFAULT
+        probed["NCCL_NVLS_ENABLE"] = NVLINK_PROBE
         pkg_root = str(PurePosixPath(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
         env["PYTHONPATH"] = pkg_root
     env["MASTER_ADDR"] = head

@@ -30,9 +30,20 @@ ok=0; for i in $(seq 120); do $SSH 10.0.0.1 'env -u RAY_AUTH_TOKEN RAY_AUTH_MODE
 [ "$ok" = 1 ] || { echo "the cluster did not reach 3 nodes and 24 GPUs in 10 minutes; not submitting" >&2; exit 1; }
 
 # 4. runtime env (secrets come from this shell's environment, never from argv)
-python3 - /tmp/glr-golden-0000000000000000/runtime_env.json <<'EOF'
+# NCCL_NVLS_ENABLE: 1 when every node's `nvidia-smi topo -m` shows an NVLink (NV<n>),
+# else 0 (no nvidia-smi counts as none), as glmlaunch's preflight decides it
+NVLINK=1
+n=$($SSH 10.0.0.1 'timeout 20 nvidia-smi topo -m 2>/dev/null | grep -o '"'"'NV[0-9][0-9]*'"'"' | wc -l') || n=0
+[ "${n:-0}" -gt 0 ] || NVLINK=0
+n=$($SSH 10.0.0.2 'timeout 20 nvidia-smi topo -m 2>/dev/null | grep -o '"'"'NV[0-9][0-9]*'"'"' | wc -l') || n=0
+[ "${n:-0}" -gt 0 ] || NVLINK=0
+n=$($SSH 10.0.0.3 'timeout 20 nvidia-smi topo -m 2>/dev/null | grep -o '"'"'NV[0-9][0-9]*'"'"' | wc -l') || n=0
+[ "${n:-0}" -gt 0 ] || NVLINK=0
+python3 - /tmp/glr-golden-0000000000000000/runtime_env.json "$NVLINK" <<'EOF'
 import json, os, sys
-env = json.loads('{"env_vars": {"PYTHONUNBUFFERED": "1", "PYTHONPATH": "<repo>", "MASTER_ADDR": "10.0.0.1", "no_proxy": "127.0.0.1,10.0.0.1,10.0.0.2,10.0.0.3", "NO_PROXY": "127.0.0.1,10.0.0.1,10.0.0.2,10.0.0.3"}}')
+env = json.loads('{"env_vars": {"PYTHONUNBUFFERED": "1", "NCCL_NVLS_ENABLE": "0", "PYTHONPATH": "<repo>", "MASTER_ADDR": "10.0.0.1", "no_proxy": "127.0.0.1,10.0.0.1,10.0.0.2,10.0.0.3", "NO_PROXY": "127.0.0.1,10.0.0.1,10.0.0.2,10.0.0.3"}}')
+for k in ["NCCL_NVLS_ENABLE"]:
+    env['env_vars'][k] = sys.argv[2]
 for k in []:
     env['env_vars'][k] = os.environ[k]
 open(sys.argv[1], 'w').write(json.dumps(env))

@@ -146,7 +146,8 @@ def test_templates_follow_their_launchers():
     assert _plan("glm45-355b-a32b-gspo").probed_env == {}  # the 8-node script: NCCL_RACK
     assert _plan("glm45-air-p2p").probed_env == {}  # run.py: enable_nccl_nvls False
     assert _plan("glm45-air-p2p").env_vars["NCCL_NVLS_ENABLE"] == "0"
-    assert "NCCL_NVLS_ENABLE" not in _plan("local-probe").env_vars  # not miles: nothing to decide
+    # the probe's NCCL collective runs as the trainer would: decided by the same probe
+    assert _plan("local-probe").probed_env == {"NCCL_NVLS_ENABLE": "nvlink"}
 
 
 def test_no_proxy_starts_with_miles_entries_then_every_node():
