@@ -95,3 +95,11 @@ def test_wheel_carries_the_bash_template(wheel):
 def test_wheel_requires_jinja2(wheel):
     (meta,) = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
     assert "Requires-Dist: jinja2>=3" in wheel.read(meta).decode().splitlines()
+
+
+def test_no_two_test_files_share_a_basename():
+    # tests/ has no __init__.py: pytest imports test files by basename, so two alike in unit/ and
+    # integration/ stop the whole collection ("import file mismatch")
+    root = Path(__file__).resolve().parents[1]
+    names = [p.name for p in root.rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []

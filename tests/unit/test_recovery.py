@@ -2,7 +2,7 @@
 and left behind (issue 14, "the launcher hangs when a node's network is cut").
 
 The real cut link (a veth taken down under a running cluster) is in
-tests/integration/test_recovery.py; here the transports' bounding and the cluster's handling of
+tests/integration/test_link_cut_and_restarts.py; here the transports' bounding and the cluster's handling of
 an unreachable host are checked with fakes.
 """
 
