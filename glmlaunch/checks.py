@@ -688,9 +688,35 @@ COMPUTED_ENV = {
 }
 
 
+# Ray's own connection and auth variables: the job's driver gets them from Ray (RAY_ADDRESS) and
+# the run (its token file); one in the job's runtime env would point it elsewhere
+RAY_AUTH_ENV = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
+
+
 def check_env(res: Resolved, out: list[Finding]) -> None:
-    """``env.vars`` that replace a value glmlaunch computed for this launch (warnings)."""
+    """``env.vars`` that replace a value glmlaunch computed for this launch (warnings), or Ray's
+    auth variables, which the run owns (errors: docs/rules.md#ray-env)."""
     recipe = res.recipe
+    for k in recipe.env.vars:
+        if k in RAY_AUTH_ENV:
+            _err(
+                out,
+                f"env.vars.{k}",
+                f"{k} is the run's own (Ray token auth: a new token per run, in a mode-600 file); "
+                "one in the job's env would replace it",
+                f"remove env.vars.{k}",
+                own("ray-env"),
+            )
+        elif k == "RAY_ADDRESS":
+            _err(
+                out,
+                f"env.vars.{k}",
+                "RAY_ADDRESS is set by Ray for the job's driver (this run's head); the recipe's value "
+                "would point the trainer at another cluster",
+                "remove env.vars.RAY_ADDRESS unless you mean it",
+                own("ray-env"),
+                "warning",
+            )
     for k, what in COMPUTED_ENV.items():
         if k in recipe.env.vars:
             _err(

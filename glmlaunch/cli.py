@@ -538,7 +538,18 @@ def launch(
     )
     try:
         if dry_run:
-            res = runs.launch(recipe, hostfile, dry_run=True, deep=not no_deep_check, **kw)
+            res = runs.launch(
+                recipe,
+                hostfile,
+                dry_run=True,
+                deep=not no_deep_check,
+                join_timeout_s=join_timeout,
+                max_restarts=max_restarts,
+                restart_on=restart_on,
+                hang_timeout_s=hang_timeout,
+                backoff_base_s=backoff,
+                **kw,
+            )
             sys.stdout.write(render_bash(res.plan))
             if res.findings:
                 print_findings(res.findings)

@@ -796,7 +796,14 @@ def _with_spares(alloc: Allocation, want_nodes: int | None, spares: str | os.Pat
         hosts, extra = hosts[:want_nodes], hosts[want_nodes:]
     if spares is not None:
         seen = {h.address: h for h in (*hosts, *extra)}
-        for s in read_hostfile(spares).hosts:
+        try:
+            spare_hosts = read_hostfile(spares).hosts
+        except HostfileError as err:  # the same reader: say which option the file came from
+            raise HostfileError(
+                f"--spares: {err.message}",
+                "pass --spares PATH of a readable hostfile of spare hosts (one per line, e.g. '10.0.0.9 slots=8')",
+            ) from None
+        for s in spare_hosts:
             if s.address in seen:
                 prev = seen[s.address]
                 same = "" if prev.name == s.name else f" (the same address {s.address} as '{prev.name}')"

@@ -7,6 +7,8 @@ defaults cannot disagree. Times are seconds.
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 
 
@@ -58,6 +60,16 @@ class SSHOptions:
             ("--known-hosts", self.known_hosts),
         ):
             plain_option(option, value, f"pass {option} PATH of a readable file")
+            if value is not None and not os.path.isfile(os.path.expanduser(value)):
+                raise UsageError(
+                    f"{option} {shown(value)}: no such file",
+                    f"pass {option} PATH of an existing, readable file",
+                )
+        t = self.connect_timeout
+        if not (isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) and t > 0):
+            raise UsageError(
+                f"--connect-timeout {t}: must be a number of seconds more than 0", "e.g. --connect-timeout 10"
+            )
         if self.user is not None and not is_user(self.user):
             raise UsageError(
                 f"--ssh-user '{shown(self.user)}': not a login name (letters, digits, '.', '_' and '-', not starting with '-')",

@@ -117,7 +117,7 @@ class Resolved:
 def gpus_per_node(recipe: Recipe, alloc: Allocation) -> tuple[int, str]:
     """GPUs per node and their source: the hostfile's slots, else the recipe's
     ``cluster.gpus_per_node``, else the hardware's count (miles ``NUM_GPUS_OF_HARDWARE``)."""
-    if alloc.gpus_per_node:
+    if alloc.gpus_per_node is not None:  # 0 too: a CPU-only node says so
         return alloc.gpus_per_node, "slots"
     if recipe.cluster.gpus_per_node:
         return recipe.cluster.gpus_per_node, "cluster.gpus_per_node"

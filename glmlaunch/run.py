@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import sys
@@ -675,10 +676,7 @@ class Run:
         from . import bundle, recovery
         from .runs import Attempt
 
-        if restart_on not in ("cluster", "any"):
-            raise UsageError(f"--restart-on {restart_on}: not cluster or any", "e.g. --restart-on cluster")
-        if max_restarts < 0:
-            raise UsageError(f"--max-restarts {max_restarts}: must be 0 or more", "e.g. --max-restarts 3")
+        check_supervision(max_restarts, restart_on, hang_timeout_s, backoff_base_s)
         rd = self.run_dir
         number = len(rd.manifest.attempts) if rd else 0
         restarts = 0
@@ -1049,10 +1047,7 @@ def up(
     (nothing started), :class:`ClusterError` / :class:`TransportError` (rolled back: nothing left
     running), :class:`UsageError` for bad input."""
     reporter = reporter or NullReporter()
-    if not join_timeout_s > 0:
-        raise UsageError(
-            f"--join-timeout {join_timeout_s}: must be more than 0 seconds", "e.g. --join-timeout 300"
-        )
+    check_seconds("--join-timeout", join_timeout_s, "300")
     p = plan_launch(
         recipe,
         hostfile,
@@ -1103,6 +1098,38 @@ class LaunchResult:
         return self.job is not None and self.job.ok
 
 
+def check_seconds(option: str, value: object, example: str, *, optional: bool = False) -> None:
+    """Refuse a duration that is not a finite number of seconds above 0 (``None`` passes when
+    ``optional``). Raises :class:`UsageError` naming ``option``."""
+    if value is None and optional:
+        return
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if not ok:
+        raise UsageError(
+            f"{option} {value}: must be a number of seconds more than 0", f"e.g. {option} {example}"
+        )
+
+
+def check_supervision(
+    max_restarts: object, restart_on: object, hang_timeout_s: object, backoff_base_s: object
+) -> None:
+    """The supervision options of :func:`launch` / :meth:`Run.supervise`, checked before anything
+    (a dry run included): ``max_restarts`` a whole number >= 0, ``restart_on`` ``cluster`` or
+    ``any``, ``hang_timeout_s`` ``None`` or finite seconds > 0, ``backoff_base_s`` finite >= 0.
+    Raises :class:`UsageError` naming the option."""
+    if restart_on not in ("cluster", "any"):
+        raise UsageError(f"--restart-on {restart_on}: not cluster or any", "e.g. --restart-on cluster")
+    if not isinstance(max_restarts, int) or isinstance(max_restarts, bool) or max_restarts < 0:
+        raise UsageError(
+            f"--max-restarts {max_restarts}: must be a whole number, 0 or more", "e.g. --max-restarts 3"
+        )
+    check_seconds("--hang-timeout", hang_timeout_s, "1800", optional=True)
+    if not (
+        isinstance(backoff_base_s, int | float) and math.isfinite(backoff_base_s) and backoff_base_s >= 0
+    ):
+        raise UsageError(f"--backoff {backoff_base_s}: must be 0 or more seconds", "e.g. --backoff 30")
+
+
 def launch(
     recipe: str | Path | dict | Recipe = DEFAULT_RECIPE,
     hostfile: str | None = None,
@@ -1141,6 +1168,8 @@ def launch(
     unknown = set(up_kwargs) - set(inspect.signature(up).parameters)
     if unknown:
         raise TypeError(f"launch() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    check_supervision(max_restarts, restart_on, hang_timeout_s, backoff_base_s)
+    check_seconds("--join-timeout", up_kwargs.get("join_timeout_s", Defaults.join_timeout_s), "300")
     if dry_run:
         keys = set(inspect.signature(plan_launch).parameters) & set(up_kwargs)
         p = plan_launch(recipe, hostfile, deep=deep, **{k: up_kwargs[k] for k in keys})

@@ -27,7 +27,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..errors import GlmlaunchError, PrepareError, UsageError
+from ..errors import Findings, GlmlaunchError, PrepareError, UsageError
 from ..options import Defaults, SSHOptions
 from ..progress import NullReporter, Reporter
 from ..recipe import Recipe
@@ -36,6 +36,9 @@ from ..transport import Transport
 from . import download as dl
 from . import verify as vf
 from .result import STEPS, NodeOutcome, PrepareResult, StepResult
+
+PATH_FIELDS = ("run.", "checkpoint.", "rollout.prompt_data", "eval.prompt_data")
+"""The findings that stop a prepare before anything is fetched: where the files go (paths)."""
 
 __all__ = ["STEPS", "NodeOutcome", "PrepareResult", "StepResult", "prepare"]
 
@@ -123,6 +126,15 @@ def prepare(
     )
     res, r = p.resolved, p.resolved.recipe
     dl.refuse_probe(r)
+    # the path checks first: nothing is fetched or converted into a place the run would refuse
+    # (the layout checks stay the launch's: a conversion runs on any number of GPUs)
+    refused = [f for f in p.findings.errors if f.field.startswith(PATH_FIELDS)]
+    if refused:
+        Findings(refused).raise_for_errors()
+    if convert_port is not None and not (isinstance(convert_port, int) and 0 < convert_port < 65536):
+        raise UsageError(
+            f"--convert-port {convert_port}: not a TCP port", "pass a port from 1024 to 65535, e.g. 23456"
+        )
     plan = p.plan
     if convert_port is not None:
         plan = plan.model_copy(update={"ports": plan.ports.model_copy(update={"convert": convert_port})})

@@ -226,3 +226,23 @@ def test_number_ranges_defaults_pass():
             "sglang.mem_fraction_static",
             "algorithm.eps_clip_high",
         }
+
+
+@pytest.mark.parametrize("key", ["RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"])
+def test_ray_auth_variables_in_env_vars_are_errors(key):
+    plan = checked_plan(
+        load_recipe(GSPO, [f"env.vars.{key}=x"]), placeholder_allocation(8), run_id="t", python=PY
+    )
+    (f,) = _findings(plan, f"env.vars.{key}")
+    assert f.severity == "error" and f.source == "docs/rules.md#ray-env" and "run's own" in f.message
+
+
+def test_ray_address_in_env_vars_warns():
+    plan = checked_plan(
+        load_recipe(GSPO, ["env.vars.RAY_ADDRESS=http://x:8265"]),
+        placeholder_allocation(8),
+        run_id="t",
+        python=PY,
+    )
+    (f,) = _findings(plan, "env.vars.RAY_ADDRESS")
+    assert f.severity == "warning" and "another cluster" in f.message

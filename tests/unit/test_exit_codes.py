@@ -136,7 +136,7 @@ def test_unreadable_current_pointer(cli, cmd, tmp_path):
 def test_join_timeout_must_be_positive(cli):
     _bad(
         cli("up", "local-probe", "--local", "--join-timeout", "-1"),
-        "--join-timeout -1.0: must be more than 0 seconds",
+        "--join-timeout -1.0: must be a number of seconds more than 0",
     )
 
 

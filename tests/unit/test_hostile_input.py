@@ -629,6 +629,21 @@ ROWS = [
             ("interface-long", ("--interface", "e" * 16), "not a network interface name"),
             ("ssh-port-zero", ("--ssh-port", "0"), "--ssh-port 0: not a TCP port"),
             ("python-empty", ("--python", ""), "--python '': empty"),
+            (
+                "ssh-key-missing",
+                ("--ssh-key", "/nonexistent/key"),
+                "--ssh-key /nonexistent/key: no such file",
+            ),
+            (
+                "known-hosts-missing",
+                ("--known-hosts", "/nonexistent/kh"),
+                "--known-hosts /nonexistent/kh: no such",
+            ),
+            ("connect-timeout-zero", ("--connect-timeout", "0"), "--connect-timeout 0"),
+            ("restart-on-word", ("--restart-on", "never"), "--restart-on never: not cluster or any"),
+            ("hang-timeout-inf", ("--hang-timeout", "inf"), "--hang-timeout inf"),
+            ("join-timeout-negative", ("--join-timeout", "-1"), "--join-timeout -1"),
+            ("spares-missing", ("--spares", "/nonexistent/spares"), "--spares: /nonexistent/spares"),
         )
     ],
 ]

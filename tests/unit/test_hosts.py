@@ -535,3 +535,13 @@ def test_het_job_without_a_component(no_scontrol):
 def test_parse_gres_unreadable(text):
     with pytest.raises(ValueError, match="cannot read the GPU count"):
         hosts.parse_gres(text)
+
+
+def test_zero_gpus_per_node_is_a_count_not_missing():
+    from glmlaunch.hosts import placeholder_allocation
+    from glmlaunch.recipe import load_recipe
+    from glmlaunch.resolve import gpus_per_node
+
+    r = load_recipe("glm45-355b-a32b-gspo")
+    assert gpus_per_node(r, placeholder_allocation(8, 0)) == (0, "slots")  # --gpus-per-node 0
+    assert gpus_per_node(r, placeholder_allocation(8)) == (8, "cluster.gpus_per_node")

@@ -218,3 +218,12 @@ def test_cli_prepare_prints_each_step_and_item(hub, tmp_path, cli):
     assert "▶ prepare: download" in r.output and "↓ zai-org/GLM-4.5" in r.output  # progress
     for line in ("download", "zai-org/GLM-4.5", "zhuzilin/aime-2024", "verify-download", "run directory:"):
         assert line in r.output
+
+
+def test_a_relative_base_dir_is_refused_before_anything_is_fetched(monkeypatch):
+    from glmlaunch.errors import CheckFailed
+    from glmlaunch.prep import prepare
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing may be asked: a dead port
+    with pytest.raises(CheckFailed, match="run.base_dir"):
+        prepare("glm45-355b-a32b-gspo", local=True, overrides=["run.base_dir=relative"], dry_run=True)

@@ -474,9 +474,14 @@ def test_a_restart_rebuilds_the_same_plan_with_new_state_dirs(tmp_path, hostfile
     new = run._build(run._plan_hosts())
     nonce_old, nonce_new = old.state_dir[-16:], new.state_dir[-16:]
     assert nonce_old != nonce_new
+    # the same plan, not probed yet: the restart's preflight asks the nodes again (NVLink), so
+    # its note says "decided at launch" where the first attempt's says what the nodes answered
     assert render_json(new).replace(nonce_new, nonce_old) == render_json(
-        old.model_copy(update={"probed": False})
+        old.model_copy(update={"probed": False, "notes": new.notes})
     )
+    assert [n for n in new.notes if not n.startswith("decided at launch")] == [
+        n for n in old.notes if not n.startswith("NCCL_NVLS_ENABLE=")
+    ]
     run.down()
 
 
