@@ -34,6 +34,20 @@ class Defaults:
     copy_timeout_s = 4 * 3600.0  # the node-local copies of the checkpoints (glmlaunch prepare)
 
 
+def check_seconds(option: str, value: object, example: str, *, optional: bool = False) -> None:
+    """Refuse a duration that is not a finite number of seconds above 0 (``None`` passes when
+    ``optional``). Raises :class:`~glmlaunch.errors.UsageError` naming ``option``."""
+    from .errors import UsageError
+
+    if value is None and optional:
+        return
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if not ok:
+        raise UsageError(
+            f"{option} {value}: must be a number of seconds more than 0", f"e.g. {option} {example}"
+        )
+
+
 @dataclass
 class SSHOptions:
     """How to reach the nodes over SSH; unset fields come from ``~/.ssh/config`` (or
@@ -65,11 +79,7 @@ class SSHOptions:
                     f"{option} {shown(value)}: no such file",
                     f"pass {option} PATH of an existing, readable file",
                 )
-        t = self.connect_timeout
-        if not (isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) and t > 0):
-            raise UsageError(
-                f"--connect-timeout {t}: must be a number of seconds more than 0", "e.g. --connect-timeout 10"
-            )
+        check_seconds("--connect-timeout", self.connect_timeout, "10")
         if self.user is not None and not is_user(self.user):
             raise UsageError(
                 f"--ssh-user '{shown(self.user)}': not a login name (letters, digits, '.', '_' and '-', not starting with '-')",

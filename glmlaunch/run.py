@@ -31,8 +31,8 @@ from . import checks, jobs
 from .cluster import ClusterStatus, RayCluster
 from .errors import ClusterError, Finding, Findings, GlmlaunchError, JobError, UsageError
 from .hosts import Allocation, AllocationKind, Host, discover, is_ifname, plain_option, shown
-from .options import Defaults, SSHOptions
-from .plan import LaunchPlan, PortPlan, build_plan
+from .options import Defaults, SSHOptions, check_seconds
+from .plan import LaunchPlan, NodePlan, PortPlan, build_plan
 from .progress import NullReporter, Reporter
 from .recipe import Recipe, load_recipe
 from .render import render_bash, render_json
@@ -506,33 +506,13 @@ class Run:
 
     def _plan_hosts(self) -> list[Host]:
         """The plan's nodes as :class:`~glmlaunch.hosts.Host` (head first), as discovery gave them."""
-        return [
-            Host(
-                name=n.name,
-                address=n.address,
-                slots=n.gpus,
-                ssh_user=n.ssh_user,
-                ssh_port=n.ssh_port,
-                source=n.source,
-            )
-            for n in self.plan.nodes
-        ]
+        return [_host_of(n) for n in self.plan.nodes]
 
     def _spare_hosts(self) -> list[Host]:
         """The run's spares left (the manifest's ``spares``), in order."""
         if self.run_dir is None:
             return []
-        return [
-            Host(
-                name=h.name,
-                address=h.address,
-                slots=h.gpus,
-                ssh_user=h.ssh_user,
-                ssh_port=h.ssh_port,
-                source=h.source,
-            )
-            for h in self.run_dir.manifest.spares
-        ]
+        return [_host_of(h) for h in self.run_dir.manifest.spares]
 
     def _build(self, hosts: list[Host]) -> LaunchPlan:
         """:func:`~glmlaunch.plan.build_plan` of the run's recipe on ``hosts`` (head first) with the
@@ -900,6 +880,18 @@ def _host_record(h: Host) -> HostRecord:
     )
 
 
+def _host_of(rec: NodePlan | HostRecord) -> Host:
+    """A plan node or a manifest host record as the :class:`~glmlaunch.hosts.Host` discovery gave."""
+    return Host(
+        name=rec.name,
+        address=rec.address,
+        slots=rec.gpus,
+        ssh_user=rec.ssh_user,
+        ssh_port=rec.ssh_port,
+        source=rec.source,
+    )
+
+
 def _stop_quietly(client, sid: str) -> None:
     try:
         jobs.stop_job(client, sid)
@@ -1096,18 +1088,6 @@ class LaunchResult:
     @property
     def ok(self) -> bool:
         return self.job is not None and self.job.ok
-
-
-def check_seconds(option: str, value: object, example: str, *, optional: bool = False) -> None:
-    """Refuse a duration that is not a finite number of seconds above 0 (``None`` passes when
-    ``optional``). Raises :class:`UsageError` naming ``option``."""
-    if value is None and optional:
-        return
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    if not ok:
-        raise UsageError(
-            f"{option} {value}: must be a number of seconds more than 0", f"e.g. {option} {example}"
-        )
 
 
 def check_supervision(
